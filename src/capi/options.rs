@@ -1,0 +1,256 @@
+//! `ld_options`: the run options, set one by one.
+//!
+//! Setters store what they are given and return the verdict on it at once (`LD_OK` or
+//! `LD_INVALID_ARGUMENT`); `ld_runner_new` and `ld_run` validate everything again and put a
+//! message naming the bad value in their `error_out`, so an ignored setter status still stops
+//! the run before anything starts.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::boundary::guard;
+use super::error::ld_status;
+use super::runner::ld_state;
+use crate::error::Error;
+use crate::options::{self, Level, Options, RepeatSignalPolicy};
+
+/// Run options. Make with `ld_options_new`, free with `ld_options_free`. Runners copy the
+/// options when they are made, so the options may be changed or freed afterwards.
+/// Not thread-safe: set options from one thread at a time.
+pub struct ld_options {
+    pub(crate) options: Options,
+}
+
+/// Log severity passed to an `ld_log_fn`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ld_log_level {
+    /// Detail about the library itself.
+    LD_LOG_DEBUG = 0,
+    /// A lifecycle event (the Go texts: "Received signal [terminated]; entering lame-duck mode for 3s").
+    LD_LOG_INFO = 1,
+    /// Something went wrong, the run goes on.
+    LD_LOG_WARN = 2,
+    /// The run failed.
+    LD_LOG_ERROR = 3,
+}
+
+/// What a trigger signal does once lame-duck has already begun. Pass to
+/// `ld_options_set_repeat_signal_policy`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ld_repeat_policy {
+    /// Default. Second signal: end the period now and call close (result `LD_FORCED`).
+    /// Third: restore the default disposition and re-raise, so the process dies by the signal.
+    LD_REPEAT_FORCE = 0,
+    /// Log repeated signals and otherwise ignore them.
+    LD_REPEAT_IGNORE = 1,
+    /// Second signal: restore the default disposition and re-raise it at once.
+    LD_REPEAT_EXIT = 2,
+}
+
+/// Receives one log line. `message` is NUL-terminated and valid only during the call.
+/// Called on the thread running `ld_run`/`ld_runner_run`, one call at a time per runner.
+/// Must not call `ld_runner_run` or `ld_runner_free` on the same runner.
+pub type ld_log_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, level: ld_log_level, message: *const c_char)>;
+
+/// Receives every state transition, in order. Called on the thread running
+/// `ld_run`/`ld_runner_run`, one call at a time per runner; keep it short (it delays the run).
+pub type ld_state_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, old_state: ld_state, new_state: ld_state)>;
+
+/// A `void *` the caller promised may be used from the runner's thread.
+#[derive(Clone, Copy)]
+struct ForeignData(*mut c_void);
+// SAFETY: the header documents that callbacks run on the runner's thread, so the caller who
+// registers `user_data` promises it may be used from there.
+unsafe impl Send for ForeignData {}
+// SAFETY: as above; we never touch the pointee ourselves, we only pass the pointer back.
+unsafe impl Sync for ForeignData {}
+
+fn with_options(options: *mut ld_options, f: impl FnOnce(&mut Options) -> ld_status) -> ld_status {
+    // SAFETY: NULL is checked; otherwise the caller passes live options from ld_options_new,
+    // used by one thread at a time (documented).
+    match unsafe { options.as_mut() } {
+        Some(o) => guard(ld_status::LD_PANIC, || f(&mut o.options)),
+        None => ld_status::LD_NULL_ARGUMENT,
+    }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn verdict(result: Result<(), Error>) -> ld_status {
+    ld_status::of(result)
+}
+
+/// Makes options with the defaults: period 3000 ms, signals SIGINT and SIGTERM, drain delay 0,
+/// close timeout 5000 ms, logging to stderr, repeat policy `LD_REPEAT_FORCE`, readiness when
+/// serve starts, the library owning the signals. Free with `ld_options_free`. Never NULL.
+#[no_mangle]
+pub extern "C" fn ld_options_new() -> *mut ld_options {
+    guard(std::ptr::null_mut(), || Box::into_raw(Box::new(ld_options { options: Options::default() })))
+}
+
+/// Frees options. NULL does nothing. Runners made from them are not affected.
+///
+/// # Safety
+/// `options` must be NULL or from `ld_options_new`, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn ld_options_free(options: *mut ld_options) {
+    guard((), || {
+        if !options.is_null() {
+            // SAFETY: per the contract, it came from Box::into_raw in ld_options_new.
+            drop(unsafe { Box::from_raw(options) });
+        }
+    })
+}
+
+/// Sets the lame-duck period: shutdown's deadline is trigger (+ drain delay) + period.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or more than 86400000 (24 h).
+#[no_mangle]
+pub extern "C" fn ld_options_set_period_ms(options: *mut ld_options, period_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.period = millis(period_ms);
+        verdict(options::validate_period(o.period))
+    })
+}
+
+/// Sets the drain delay: after the trigger the state is `LD_STATE_DRAINING` (not ready) and
+/// serve keeps serving this long before shutdown is called, so load balancers stop sending
+/// traffic first. 0 (the default) means no drain.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
+#[no_mangle]
+pub extern "C" fn ld_options_set_drain_delay_ms(options: *mut ld_options, delay_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.drain_delay = millis(delay_ms);
+        verdict(options::validate_drain_delay(o.drain_delay))
+    })
+}
+
+/// Sets how long the run waits, once close was called, for close (and for serve and shutdown)
+/// to return before it gives up on them and returns anyway (`ld_error_abandoned`).
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+#[no_mangle]
+pub extern "C" fn ld_options_set_close_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.close_timeout = millis(timeout_ms);
+        verdict(options::validate_close_timeout(o.close_timeout))
+    })
+}
+
+/// Replaces the trigger signals with `signals[0..count]` (duplicates are fine). The array is
+/// copied. Signals that cannot or must not be trapped are rejected: 0, negatives, above
+/// SIGRTMAX, SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL and the C library's reserved
+/// real-time signals.
+/// Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0; options are then
+/// unchanged); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
+#[no_mangle]
+pub extern "C" fn ld_options_set_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
+    with_options(options, |o| {
+        let list: Vec<i32> = if count == 0 {
+            Vec::new()
+        } else if signals.is_null() {
+            return ld_status::LD_NULL_ARGUMENT;
+        } else {
+            // SAFETY: the caller passes `count` readable ints at `signals` (checked non-NULL).
+            unsafe { std::slice::from_raw_parts(signals, count) }.to_vec()
+        };
+        o.signals = list;
+        verdict(o.validate_signal_setting())
+    })
+}
+
+/// Sends log lines to `log_fn(user_data, level, message)` instead of stderr. `user_data` is
+/// borrowed: it must stay valid while any runner made from these options exists.
+/// Errors: `LD_NULL_ARGUMENT` when options or log_fn is NULL (use
+/// `ld_options_disable_logging` to turn logging off).
+#[no_mangle]
+pub extern "C" fn ld_options_set_logger(options: *mut ld_options, log_fn: ld_log_fn, user_data: *mut c_void) -> ld_status {
+    let Some(log_fn) = log_fn else { return ld_status::LD_NULL_ARGUMENT };
+    let data = ForeignData(user_data);
+    with_options(options, move |o| {
+        o.logger = Some(Arc::new(move |level: Level, message: &str| {
+            let level = match level {
+                Level::Debug => ld_log_level::LD_LOG_DEBUG,
+                Level::Info => ld_log_level::LD_LOG_INFO,
+                Level::Warn => ld_log_level::LD_LOG_WARN,
+                Level::Error => ld_log_level::LD_LOG_ERROR,
+            };
+            let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+            let data = data; // the whole ForeignData, not its raw field
+            // SAFETY: a C function pointer the caller registered, with its own user_data.
+            unsafe { log_fn(data.0, level, text.as_ptr()) }
+        }));
+        ld_status::LD_OK
+    })
+}
+
+/// Turns logging off (Go's `WithoutLogger`, which here does not panic).
+/// Errors: `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_options_disable_logging(options: *mut ld_options) -> ld_status {
+    with_options(options, |o| {
+        o.logger = None;
+        ld_status::LD_OK
+    })
+}
+
+/// Sets what repeated trigger signals do: one of `LD_REPEAT_FORCE` (default),
+/// `LD_REPEAT_IGNORE`, `LD_REPEAT_EXIT`.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for any other value (options unchanged).
+#[no_mangle]
+pub extern "C" fn ld_options_set_repeat_signal_policy(options: *mut ld_options, policy: c_int) -> ld_status {
+    with_options(options, |o| {
+        o.repeat_signal = match policy {
+            0 => RepeatSignalPolicy::Force,
+            1 => RepeatSignalPolicy::Ignore,
+            2 => RepeatSignalPolicy::ExitNow,
+            _ => return ld_status::LD_INVALID_ARGUMENT,
+        };
+        ld_status::LD_OK
+    })
+}
+
+/// Calls `state_fn(user_data, old, new)` on every state transition (for health endpoints and
+/// metrics). `user_data` is borrowed, as for the logger. NULL `state_fn` removes the observer.
+/// Errors: `LD_NULL_ARGUMENT` when options is NULL.
+#[no_mangle]
+pub extern "C" fn ld_options_set_state_observer(options: *mut ld_options, state_fn: ld_state_fn, user_data: *mut c_void) -> ld_status {
+    let data = ForeignData(user_data);
+    with_options(options, move |o| {
+        o.state_observer = state_fn.map(|f| {
+            Arc::new(move |old: crate::State, new: crate::State| {
+                let data = data;
+                // SAFETY: a C function pointer the caller registered, with its own user_data.
+                unsafe { f(data.0, ld_state::from(old), ld_state::from(new)) }
+            }) as crate::StateObserver
+        });
+        ld_status::LD_OK
+    })
+}
+
+/// When true, the run becomes ready (`LD_STATE_READY`, `ld_runner_wait_ready` returns) only
+/// once serve calls `ld_context_ready`, i.e. when it is bound and accepting. When false (the
+/// default), as soon as the signal handlers are installed and serve has started.
+/// Errors: `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explicit_ready: bool) -> ld_status {
+    with_options(options, |o| {
+        o.explicit_ready = explicit_ready;
+        ld_status::LD_OK
+    })
+}
+
+/// When false, the library installs no signal handlers: the program catches the signals
+/// itself (signalfd, an event loop) and forwards them with `ld_runner_deliver_signal`.
+/// The signal list may then be empty. Default true.
+/// Errors: `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_options, install: bool) -> ld_status {
+    with_options(options, |o| {
+        o.signal_owner = if install { options::SignalOwner::Library } else { options::SignalOwner::Host };
+        ld_status::LD_OK
+    })
+}

@@ -1,0 +1,216 @@
+//! `ld_runner` and `ld_run`: Go's `NewRunner`/`Runner.Run`/`Ready`/`State` and `lameduck.Run`.
+
+use std::ffi::{c_char, c_int};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::boundary::{guard, guard_result, null_arg};
+use super::error::{ld_error, ld_status};
+use super::options::ld_options;
+use super::server::ld_server;
+use crate::error::Error;
+use crate::options::Options;
+use crate::runner::Runner;
+use crate::state::State;
+
+/// A runner's lifecycle state. Transitions, in order:
+/// NOT_STARTED → STARTING → SERVING → READY → DRAINING → SHUTTING_DOWN → CLOSING → STOPPED,
+/// or FAILED when serve fails. DRAINING appears only with a drain delay, CLOSING only when
+/// close is called.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ld_state {
+    /// Only for a NULL runner.
+    LD_STATE_UNKNOWN = 0,
+    /// Made, not yet run.
+    LD_STATE_NOT_STARTED = 1,
+    /// `ld_runner_run` was called; installing signal handlers.
+    LD_STATE_STARTING = 2,
+    /// serve is running but has not called `ld_context_ready` (explicit readiness only).
+    LD_STATE_SERVING = 3,
+    /// Handlers installed and serve running (and, with explicit readiness, accepting).
+    LD_STATE_READY = 4,
+    /// Triggered; serve keeps serving during the drain delay while reporting not ready.
+    LD_STATE_DRAINING = 5,
+    /// shutdown has been called with its deadline.
+    LD_STATE_SHUTTING_DOWN = 6,
+    /// close has been called.
+    LD_STATE_CLOSING = 7,
+    /// The run is over.
+    LD_STATE_STOPPED = 8,
+    /// serve failed (or could not start).
+    LD_STATE_FAILED = 9,
+}
+
+impl From<State> for ld_state {
+    fn from(state: State) -> ld_state {
+        match state {
+            State::NotStarted => ld_state::LD_STATE_NOT_STARTED,
+            State::Starting => ld_state::LD_STATE_STARTING,
+            State::Serving => ld_state::LD_STATE_SERVING,
+            State::Ready => ld_state::LD_STATE_READY,
+            State::Draining => ld_state::LD_STATE_DRAINING,
+            State::ShuttingDown => ld_state::LD_STATE_SHUTTING_DOWN,
+            State::Closing => ld_state::LD_STATE_CLOSING,
+            State::Stopped => ld_state::LD_STATE_STOPPED,
+            State::Failed => ld_state::LD_STATE_FAILED,
+        }
+    }
+}
+
+/// A prepared run of one server. Made by `ld_runner_new`, run once by `ld_runner_run`, freed
+/// by `ld_runner_free`. `ld_runner_stop`, `ld_runner_state`, `ld_runner_wait_ready` and
+/// `ld_runner_deliver_signal` may be called from any thread, at any time, including from
+/// inside a hook.
+pub struct ld_runner {
+    runner: Runner,
+}
+
+fn make_runner(server: *const ld_server, options: *const ld_options) -> Result<Runner, Error> {
+    // SAFETY: NULL is checked; otherwise a live server from ld_server_new.
+    let server = unsafe { server.as_ref() }.ok_or_else(|| null_arg("server"))?;
+    // SAFETY: NULL means defaults; otherwise live options from ld_options_new.
+    let options = unsafe { options.as_ref() }.map_or_else(Options::default, |o| o.options.clone());
+    Runner::new(Arc::clone(&server.inner) as Arc<dyn crate::Server>, options)
+}
+
+fn with_runner<T>(runner: *const ld_runner, absent: T, f: impl FnOnce(&Runner) -> T) -> T {
+    // SAFETY: NULL is checked; otherwise a live runner from ld_runner_new.
+    match unsafe { runner.as_ref() } {
+        Some(r) => f(&r.runner),
+        None => absent,
+    }
+}
+
+/// Runs `server` under lame-duck coordination until it stops: Go's `lameduck.Run`.
+/// `options` may be NULL for the defaults; `error_out` may be NULL.
+///
+/// Blocks the calling thread. Installs handlers for the trigger signals for the duration of
+/// the run (chained to the previous handlers, restored afterwards). Returns `LD_OK` when
+/// shutdown completed (or serve returned 0 before any signal), otherwise `LD_EXPIRED`,
+/// `LD_FORCED`, `LD_SHUTDOWN_FAILED`, `LD_FAILED`, or a setup error (`LD_NULL_ARGUMENT`,
+/// `LD_INVALID_ARGUMENT`, `LD_SIGNAL_SETUP`, `LD_SYSTEM`) before anything started.
+/// Must not be called from inside a hook of the same server's running run.
+#[no_mangle]
+pub extern "C" fn ld_run(server: *const ld_server, options: *const ld_options, error_out: *mut *mut ld_error) -> ld_status {
+    guard_result(error_out, || make_runner(server, options)?.run())
+}
+
+/// Makes a runner for `server` with `options` (NULL for defaults), validating everything:
+/// nothing starts and no handler is installed. The runner keeps its own reference to the
+/// server and a copy of the options. On success writes `*runner_out`; free it with
+/// `ld_runner_free`.
+/// Errors: `LD_NULL_ARGUMENT`, `LD_INVALID_ARGUMENT` (the message names the bad value),
+/// `LD_SYSTEM`.
+#[no_mangle]
+pub extern "C" fn ld_runner_new(
+    server: *const ld_server,
+    options: *const ld_options,
+    runner_out: *mut *mut ld_runner,
+    error_out: *mut *mut ld_error,
+) -> ld_status {
+    guard_result(error_out, || {
+        if runner_out.is_null() {
+            return Err(null_arg("runner_out"));
+        }
+        let runner = make_runner(server, options)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { *runner_out = Box::into_raw(Box::new(ld_runner { runner })) };
+        Ok(())
+    })
+}
+
+/// Runs the runner (see `ld_run` for the outcomes), blocking the calling thread. A runner
+/// runs once: a second call, or a call while it runs, returns `LD_BUSY`. If `ld_runner_stop`
+/// was called before, no hook is called and the result is `LD_CANCELED`.
+#[no_mangle]
+pub extern "C" fn ld_runner_run(runner: *const ld_runner, error_out: *mut *mut ld_error) -> ld_status {
+    guard_result(error_out, || with_runner(runner, Err(null_arg("runner")), Runner::run))
+}
+
+/// Starts lame-duck exactly as a trigger signal would (drain delay, then shutdown with its
+/// deadline). Idempotent; never counts as a repeated signal. Before `ld_runner_run` it makes
+/// the run return `LD_CANCELED` without calling any hook.
+///
+/// Safe to call from any thread, from inside a hook, and from a signal handler: it only does
+/// an atomic update and a `write(2)` to a pipe (async-signal-safe).
+/// Errors: `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_runner_stop(runner: *const ld_runner) -> ld_status {
+    guard(ld_status::LD_PANIC, || {
+        with_runner(runner, ld_status::LD_NULL_ARGUMENT, |r| {
+            r.stop();
+            ld_status::LD_OK
+        })
+    })
+}
+
+/// Hands the runner a trigger signal the program caught itself (with
+/// `ld_options_set_install_signal_handlers(false)`): exactly as if the library had caught it,
+/// including the repeat-signal policy, which may end the process. Async-signal-safe.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` when `signal` is not a trigger signal.
+#[no_mangle]
+pub extern "C" fn ld_runner_deliver_signal(runner: *const ld_runner, signal: c_int) -> ld_status {
+    guard(ld_status::LD_PANIC, || {
+        with_runner(runner, ld_status::LD_NULL_ARGUMENT, |r| ld_status::of(r.deliver_signal(signal)))
+    })
+}
+
+/// Waits until the run is ready: signal handlers installed and serve started (with explicit
+/// readiness: serve called `ld_context_ready`). `timeout_ms` < 0 waits without limit.
+/// Returns `LD_OK` (ready now, or was ready earlier in a run that is over), `LD_TIMEOUT`,
+/// `LD_NOT_RUNNING` (the run ended without becoming ready) or `LD_NULL_ARGUMENT`. Any thread;
+/// may be called before `ld_runner_run` starts.
+#[no_mangle]
+pub extern "C" fn ld_runner_wait_ready(runner: *const ld_runner, timeout_ms: i64) -> ld_status {
+    guard(ld_status::LD_PANIC, || {
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        with_runner(runner, ld_status::LD_NULL_ARGUMENT, |r| ld_status::of(r.wait_ready(timeout)))
+    })
+}
+
+/// The current state (an atomic read; any thread, any time). NULL gives `LD_STATE_UNKNOWN`.
+#[no_mangle]
+pub extern "C" fn ld_runner_state(runner: *const ld_runner) -> ld_state {
+    guard(ld_state::LD_STATE_UNKNOWN, || with_runner(runner, ld_state::LD_STATE_UNKNOWN, |r| r.state().into()))
+}
+
+/// The state's name (`"READY"`, `"DRAINING"`, …; `"UNKNOWN"` for anything else). Static.
+#[no_mangle]
+pub extern "C" fn ld_state_str(state: c_int) -> *const c_char {
+    let name = match state {
+        1 => c"NOT_STARTED",
+        2 => c"STARTING",
+        3 => c"SERVING",
+        4 => c"READY",
+        5 => c"DRAINING",
+        6 => c"SHUTTING_DOWN",
+        7 => c"CLOSING",
+        8 => c"STOPPED",
+        9 => c"FAILED",
+        _ => c"UNKNOWN",
+    };
+    name.as_ptr()
+}
+
+/// Frees a runner. NULL does nothing and returns `LD_OK`. While the runner is running
+/// (including from inside one of its hooks) it is not freed and `LD_BUSY` is returned: stop
+/// it, wait for `ld_runner_run` to return, then free it.
+///
+/// # Safety
+/// `runner` must be NULL or from `ld_runner_new`, not yet freed, and no other thread may use
+/// it once this returns `LD_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn ld_runner_free(runner: *mut ld_runner) -> ld_status {
+    guard(ld_status::LD_PANIC, || {
+        if runner.is_null() {
+            return ld_status::LD_OK;
+        }
+        if with_runner(runner, false, Runner::is_running) {
+            return ld_status::LD_BUSY;
+        }
+        // SAFETY: per the contract, it came from Box::into_raw in ld_runner_new.
+        drop(unsafe { Box::from_raw(runner) });
+        ld_status::LD_OK
+    })
+}

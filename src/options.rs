@@ -1,0 +1,294 @@
+//! Run options and their validation.
+//!
+//! Options are plain values; [`Options::validate`] is the one place that decides what is
+//! acceptable, so the C setters, the Python keyword arguments and the Node options object all
+//! reject the same values with the same messages, before anything starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::format::{go_duration, signal_name};
+use crate::state::State;
+
+/// The longest period, drain delay or close timeout accepted: one day. Anything longer is
+/// almost certainly a unit mistake (seconds passed as milliseconds).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum Level {
+    /// Detail useful when debugging the library itself.
+    Debug = 0,
+    /// A lifecycle event (the Go texts).
+    Info = 1,
+    /// Something went wrong but the run goes on.
+    Warn = 2,
+    /// The run failed.
+    Error = 3,
+}
+
+/// Receives one line per lifecycle event. Called on the thread that runs the runner.
+pub type Logger = Arc<dyn Fn(Level, &str) + Send + Sync>;
+
+/// Receives every state transition `(old, new)`. Called on the thread that runs the runner.
+pub type StateObserver = Arc<dyn Fn(State, State) + Send + Sync>;
+
+/// What a trigger signal does once lame-duck has already begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RepeatSignalPolicy {
+    /// Second signal: end the period now and call `close` (result: forced). Third signal: restore
+    /// the default disposition and re-raise it, so the process dies as the signal intends.
+    Force = 0,
+    /// Repeated signals are logged and otherwise ignored; lame-duck runs its course.
+    Ignore = 1,
+    /// Second signal: restore the default disposition and re-raise it at once.
+    ExitNow = 2,
+}
+
+impl RepeatSignalPolicy {
+    /// Parses the names the bindings accept: `force`, `ignore`, `exit` (or `exit-now`).
+    pub fn from_name(name: &str) -> Result<Self, Error> {
+        match name {
+            "force" => Ok(RepeatSignalPolicy::Force),
+            "ignore" => Ok(RepeatSignalPolicy::Ignore),
+            "exit" | "exit-now" | "exit_now" => Ok(RepeatSignalPolicy::ExitNow),
+            other => Err(Error::invalid(format!(
+                "repeat signal policy {other:?} is invalid: use \"force\", \"ignore\" or \"exit\""
+            ))),
+        }
+    }
+}
+
+/// Who owns the trigger signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOwner {
+    /// The library installs `sigaction` handlers for the run (chained, restored afterwards).
+    Library,
+    /// The host (Python's `signal`, Node's `process.on`, a C event loop) catches the signals and
+    /// forwards them with `Runner::deliver_signal`; the library installs nothing.
+    Host,
+}
+
+/// Options for one run. `Default` gives Go's defaults plus ours.
+#[derive(Clone)]
+pub struct Options {
+    /// The lame-duck period: `shutdown`'s deadline is trigger (+ drain delay) + period. Default 3 s.
+    pub period: Duration,
+    /// Trigger signals. Default SIGINT, SIGTERM; a custom list replaces the default.
+    pub signals: Vec<i32>,
+    /// Time between the trigger and `shutdown` during which `serve` keeps serving and the state
+    /// reads "draining" (not ready), so load balancers stop sending traffic first. Default 0.
+    pub drain_delay: Duration,
+    /// How long the runner waits for `close` (and for `serve`/`shutdown` to return after it)
+    /// before it gives up and abandons them. Default 5 s.
+    pub close_timeout: Duration,
+    /// Where log lines go; `None` disables logging. Default: stderr.
+    pub logger: Option<Logger>,
+    /// What repeated trigger signals do. Default [`RepeatSignalPolicy::Force`].
+    pub repeat_signal: RepeatSignalPolicy,
+    /// Called on every state transition.
+    pub state_observer: Option<StateObserver>,
+    /// When true, the run becomes ready only when `serve` calls `Context::ready` (bound and
+    /// accepting); when false, as soon as the handlers are installed and `serve` has started.
+    pub explicit_ready: bool,
+    /// Who catches the trigger signals. Default [`SignalOwner::Library`].
+    pub signal_owner: SignalOwner,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            period: Duration::from_secs(3),
+            signals: vec![libc::SIGINT, libc::SIGTERM],
+            drain_delay: Duration::ZERO,
+            close_timeout: Duration::from_secs(5),
+            logger: Some(stderr_logger()),
+            repeat_signal: RepeatSignalPolicy::Force,
+            state_observer: None,
+            explicit_ready: false,
+            signal_owner: SignalOwner::Library,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("period", &self.period)
+            .field("signals", &self.signals)
+            .field("drain_delay", &self.drain_delay)
+            .field("close_timeout", &self.close_timeout)
+            .field("logger", &self.logger.is_some())
+            .field("repeat_signal", &self.repeat_signal)
+            .field("state_observer", &self.state_observer.is_some())
+            .field("explicit_ready", &self.explicit_ready)
+            .field("signal_owner", &self.signal_owner)
+            .finish()
+    }
+}
+
+/// The default logger: one line per event on stderr, written with a single `write` so lines
+/// from several threads or processes do not interleave.
+pub fn stderr_logger() -> Logger {
+    Arc::new(|level: Level, message: &str| {
+        use std::io::Write;
+        let prefix = match level {
+            Level::Debug => "lameduck: debug: ",
+            Level::Info => "lameduck: ",
+            Level::Warn => "lameduck: warning: ",
+            Level::Error => "lameduck: error: ",
+        };
+        let line = format!("{prefix}{message}\n");
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    })
+}
+
+impl Options {
+    /// Checks every value; the message names the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_period(self.period)?;
+        validate_drain_delay(self.drain_delay)?;
+        validate_close_timeout(self.close_timeout)?;
+        self.validate_signal_setting()
+    }
+
+    /// The signal list: non-empty when the library owns the signals, each one trappable.
+    pub fn validate_signal_setting(&self) -> Result<(), Error> {
+        match self.signal_owner {
+            SignalOwner::Library => validate_signals(&self.signals),
+            SignalOwner::Host => self.signals.iter().try_for_each(|&s| validate_signal(s)),
+        }
+    }
+}
+
+/// The period must be above zero and at most [`MAX_DURATION`].
+pub fn validate_period(period: Duration) -> Result<(), Error> {
+    if period.is_zero() || period > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "lame-duck period {} is invalid: it must be greater than zero and at most {}",
+            go_duration(period),
+            go_duration(MAX_DURATION)
+        )));
+    }
+    Ok(())
+}
+
+/// The drain delay may be zero, and at most [`MAX_DURATION`].
+pub fn validate_drain_delay(delay: Duration) -> Result<(), Error> {
+    if delay > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "drain delay {} is invalid: it must be at most {}",
+            go_duration(delay),
+            go_duration(MAX_DURATION)
+        )));
+    }
+    Ok(())
+}
+
+/// The close timeout must be above zero and at most [`MAX_DURATION`].
+pub fn validate_close_timeout(timeout: Duration) -> Result<(), Error> {
+    if timeout.is_zero() || timeout > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "close timeout {} is invalid: it must be greater than zero and at most {}",
+            go_duration(timeout),
+            go_duration(MAX_DURATION)
+        )));
+    }
+    Ok(())
+}
+
+/// A non-empty list of signals that can be trapped.
+pub fn validate_signals(signals: &[i32]) -> Result<(), Error> {
+    if signals.is_empty() {
+        return Err(Error::invalid("the trigger signal list is empty: give at least one signal"));
+    }
+    signals.iter().try_for_each(|&s| validate_signal(s))
+}
+
+/// One signal that can be trapped as a lame-duck trigger.
+///
+/// Rejected: 0 and negatives, numbers above `SIGRTMAX`, the two that cannot be caught (SIGKILL,
+/// SIGSTOP), the synchronous fault signals a handler must not swallow (SIGSEGV, SIGBUS, SIGFPE,
+/// SIGILL), and the real-time signals the C library reserves for itself (below `SIGRTMIN`).
+pub fn validate_signal(signal: i32) -> Result<(), Error> {
+    let max = libc::SIGRTMAX();
+    if signal <= 0 || signal > max {
+        return Err(Error::invalid(format!(
+            "signal {signal} is invalid: signal numbers run from 1 to {max}"
+        )));
+    }
+    let why = match signal {
+        libc::SIGKILL | libc::SIGSTOP => Some("it cannot be caught"),
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL => {
+            Some("it reports a fault and must not be trapped")
+        }
+        s if s > 31 && s < libc::SIGRTMIN() => Some("it is reserved by the C library"),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(Error::invalid(format!(
+            "signal {signal} ({}) cannot be a trigger signal: {why}",
+            signal_name(signal)
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_go_defaults() {
+        let o = Options::default();
+        assert_eq!(o.period, Duration::from_secs(3));
+        assert_eq!(o.signals, vec![libc::SIGINT, libc::SIGTERM]);
+        assert_eq!(o.drain_delay, Duration::ZERO);
+        assert_eq!(o.repeat_signal, RepeatSignalPolicy::Force);
+        assert!(o.logger.is_some());
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_them() {
+        let cases: Vec<(Options, &str)> = vec![
+            (Options { period: Duration::ZERO, ..Options::default() }, "period 0s"),
+            (Options { period: MAX_DURATION + Duration::from_millis(1), ..Options::default() }, "period 24h0m0.001s"),
+            (Options { drain_delay: Duration::from_secs(90_000), ..Options::default() }, "drain delay 25h0m0s"),
+            (Options { close_timeout: Duration::ZERO, ..Options::default() }, "close timeout 0s"),
+            (Options { signals: vec![], ..Options::default() }, "empty"),
+            (Options { signals: vec![0], ..Options::default() }, "signal 0"),
+            (Options { signals: vec![-3], ..Options::default() }, "signal -3"),
+            (Options { signals: vec![libc::SIGTERM, 65], ..Options::default() }, "signal 65"),
+            (Options { signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9 (killed)"),
+            (Options { signals: vec![libc::SIGSTOP], ..Options::default() }, "signal 19"),
+            (Options { signals: vec![libc::SIGSEGV], ..Options::default() }, "signal 11"),
+            (Options { signals: vec![libc::SIGBUS], ..Options::default() }, "signal 7"),
+            (Options { signals: vec![libc::SIGFPE], ..Options::default() }, "signal 8"),
+            (Options { signals: vec![libc::SIGILL], ..Options::default() }, "signal 4"),
+            (Options { signals: vec![32], ..Options::default() }, "signal 32"),
+        ];
+        for (options, needle) in cases {
+            let err = options.validate().expect_err(needle);
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+            assert!(err.message().contains(needle), "{:?} should contain {needle:?}", err.message());
+        }
+    }
+
+    #[test]
+    fn host_owned_signals_may_be_empty() {
+        let o = Options { signals: vec![], signal_owner: SignalOwner::Host, ..Options::default() };
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn policy_names() {
+        assert_eq!(RepeatSignalPolicy::from_name("force").unwrap(), RepeatSignalPolicy::Force);
+        assert_eq!(RepeatSignalPolicy::from_name("ignore").unwrap(), RepeatSignalPolicy::Ignore);
+        assert_eq!(RepeatSignalPolicy::from_name("exit").unwrap(), RepeatSignalPolicy::ExitNow);
+        assert!(RepeatSignalPolicy::from_name("nope").unwrap_err().message().contains("\"nope\""));
+    }
+}

@@ -1,0 +1,599 @@
+//! The lame-duck lifecycle: Go's `lameduck.Runner`, with its hangs and races fixed.
+//!
+//! The thread that calls [`Runner::run`] coordinates; hooks run on threads of their own
+//! (`serve`, `shutdown`, `close`), so the coordinator can always enforce the deadline and the
+//! close timeout. The coordinator is the only writer of the state and the only caller of the
+//! logger and the state observer, so those see events in order, on one thread.
+//!
+//! ```text
+//! NotStarted → Starting → Serving → Ready ─trigger→ Draining ─drain delay→ ShuttingDown
+//!     ShuttingDown ─shutdown ok & serve returned→ Stopped
+//!     ShuttingDown ─deadline / DEADLINE_EXCEEDED / forced→ Closing ─close returned→ Stopped
+//!     Serving|Ready ─serve failed→ Failed
+//! ```
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, HookError};
+use crate::format::{go_duration, signal_list, signal_name};
+use crate::options::{Level, Options, RepeatSignalPolicy, SignalOwner};
+use crate::server::Server;
+use crate::signals::{self, die_by_signal, Subscription};
+use crate::state::{State, StateCell};
+use crate::trigger::{Escalation, Trigger, CAUSE_STOP};
+
+/// Runs one server once under lame-duck coordination. `Send + Sync`: share it (in an `Arc`) to
+/// call [`Runner::stop`], [`Runner::state`] or [`Runner::wait_ready`] from other threads.
+pub struct Runner {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    server: Arc<dyn Server>,
+    options: Options,
+    trigger: Arc<Trigger>,
+    state: StateCell,
+    claimed: AtomicBool,
+    running: AtomicBool,
+    readiness: Mutex<Readiness>,
+    readiness_changed: Condvar,
+}
+
+#[derive(Default)]
+struct Readiness {
+    became_ready: bool,
+    ended: bool,
+}
+
+impl Runner {
+    /// Validates `options` and prepares a run. Nothing is started and no handler is installed.
+    pub fn new(server: Arc<dyn Server>, options: Options) -> Result<Runner, Error> {
+        options.validate()?;
+        let trigger = Trigger::new(&options.signals, options.repeat_signal)
+            .map_err(|e| Error::new(ErrorKind::System, format!("could not create the wake pipe: {e}")))?;
+        Ok(Runner {
+            shared: Arc::new(Shared {
+                server,
+                options,
+                trigger: Arc::new(trigger),
+                state: StateCell::new(),
+                claimed: AtomicBool::new(false),
+                running: AtomicBool::new(false),
+                readiness: Mutex::new(Readiness::default()),
+                readiness_changed: Condvar::new(),
+            }),
+        })
+    }
+
+    /// Runs the server until it stops; see the crate docs for the outcomes. A runner runs once:
+    /// a second call returns [`ErrorKind::Busy`]. If [`Runner::stop`] (or a delivered signal)
+    /// came before `run`, no hook is called and the result is [`ErrorKind::Canceled`].
+    pub fn run(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        if shared.claimed.swap(true, Ordering::SeqCst) {
+            let message = if shared.running.load(Ordering::SeqCst) {
+                "the runner is already running"
+            } else {
+                "the runner has already run; create a new runner for another run"
+            };
+            return Err(Error::new(ErrorKind::Busy, message));
+        }
+        shared.running.store(true, Ordering::SeqCst);
+        let result = Run::new(Arc::clone(shared)).execute();
+        shared.running.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Starts lame-duck exactly like a trigger signal (drain delay, `shutdown`, …). Idempotent,
+    /// and never counts as a repeated signal. Safe from any thread, from inside a hook, and from
+    /// a signal handler (it is an atomic update and a `write(2)`).
+    pub fn stop(&self) {
+        self.shared.trigger.request_stop();
+    }
+
+    /// Hands the runner a trigger signal caught by the host (Python's `signal`, Node's
+    /// `process.on`, a C event loop). Same effect as when the library catches it itself,
+    /// including the repeat-signal policy (which may end the process). Async-signal-safe when
+    /// it succeeds. Fails when `signal` is not one of the configured trigger signals.
+    pub fn deliver_signal(&self, signal: i32) -> Result<(), Error> {
+        if !self.shared.trigger.wants(signal) {
+            return Err(Error::invalid(format!(
+                "signal {signal} ({}) is not one of this runner's trigger signals {}",
+                signal_name(signal),
+                signal_list(&self.shared.options.signals)
+            )));
+        }
+        if self.shared.trigger.on_signal(signal) == Escalation::Die {
+            die_by_signal(signal);
+        }
+        Ok(())
+    }
+
+    /// The current state; any thread, any time.
+    pub fn state(&self) -> State {
+        self.shared.state.get()
+    }
+
+    /// True while `run` is executing.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// The options this runner was made with.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// Waits until the run is ready: signal handlers installed and `serve` started (and, with
+    /// explicit readiness, `serve` has called [`Context::ready`]). `None` waits forever.
+    /// Errors: [`ErrorKind::Timeout`], or [`ErrorKind::NotRunning`] when the run ended without
+    /// ever becoming ready. Returns `Ok` if the run was ready at some point, even if it is over.
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        let shared = &self.shared;
+        let mut readiness = shared.readiness.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if readiness.became_ready {
+                return Ok(());
+            }
+            if readiness.ended {
+                return Err(Error::new(ErrorKind::NotRunning, "the run ended before the server became ready"));
+            }
+            readiness = match until {
+                None => shared.readiness_changed.wait(readiness).unwrap_or_else(PoisonError::into_inner),
+                Some(until) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("the server did not become ready within {}", go_duration(timeout.unwrap_or_default())),
+                        ));
+                    }
+                    shared.readiness_changed.wait_timeout(readiness, until - now).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+    }
+}
+
+/// Why `close` was called.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    Expired,
+    Forced,
+    ShutdownFailed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Draining { until: Instant },
+    ShuttingDown { deadline: Instant },
+    Closing { give_up: Instant },
+}
+
+/// A hook running on its own thread, and its result once it returned.
+struct HookThread {
+    name: &'static str,
+    slot: Arc<Mutex<Option<Result<(), HookError>>>>,
+    handle: Option<JoinHandle<()>>,
+    result: Option<Result<(), HookError>>,
+    returned: bool,
+}
+
+impl HookThread {
+    fn spawn<F>(name: &'static str, trigger: Arc<Trigger>, hook: F) -> Result<HookThread, Error>
+    where
+        F: FnOnce() -> Result<(), HookError> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let slot_in_thread = Arc::clone(&slot);
+        let handle = std::thread::Builder::new()
+            .name(format!("lameduck-{name}"))
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(hook)).unwrap_or_else(|p| Err(HookError::panic(panic_text(&*p))));
+                *slot_in_thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                trigger.wake();
+            })
+            .map_err(|e| Error::new(ErrorKind::System, format!("could not start the {name} thread: {e}")))?;
+        Ok(HookThread { name, slot, handle: Some(handle), result: None, returned: false })
+    }
+
+    /// Picks up the result if the hook has returned (and joins its thread). True once returned.
+    fn poll(&mut self) -> bool {
+        if !self.returned {
+            if let Some(result) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                self.result = Some(result);
+                self.returned = true;
+                if let Some(handle) = self.handle.take() {
+                    let _ = handle.join();
+                }
+            }
+        }
+        self.returned
+    }
+}
+
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
+}
+
+/// One execution of a runner: the coordinator's state machine.
+struct Run {
+    shared: Arc<Shared>,
+    ctx: Context,
+    phase: Phase,
+    serve: Option<HookThread>,
+    shutdown: Option<HookThread>,
+    close: Option<HookThread>,
+    /// Trigger events already acted on.
+    handled_events: u32,
+    triggered: bool,
+    shutdown_examined: bool,
+    shutdown_error: Option<HookError>,
+    close_reason: Option<CloseReason>,
+    abandoned: Vec<&'static str>,
+    /// `serve` failed (or could not start): the run ends in `Failed` rather than `Stopped`.
+    serve_failed: bool,
+}
+
+impl Run {
+    fn new(shared: Arc<Shared>) -> Run {
+        let ctx = Context::new(Arc::clone(&shared.trigger));
+        Run {
+            shared,
+            ctx,
+            phase: Phase::Serving,
+            serve: None,
+            shutdown: None,
+            close: None,
+            handled_events: 0,
+            triggered: false,
+            shutdown_examined: false,
+            shutdown_error: None,
+            close_reason: None,
+            abandoned: Vec::new(),
+            serve_failed: false,
+        }
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        if let Some(logger) = &self.shared.options.logger {
+            let _ = catch_unwind(AssertUnwindSafe(|| logger(level, message)));
+        }
+    }
+
+    fn transition(&self, new: State) {
+        let old = self.shared.state.swap(new);
+        if old == new {
+            return;
+        }
+        if let Some(observer) = &self.shared.options.state_observer {
+            if catch_unwind(AssertUnwindSafe(|| observer(old, new))).is_err() {
+                self.log(Level::Warn, "the state observer panicked; the run goes on");
+            }
+        }
+        if new == State::Ready || new.is_final() {
+            let mut readiness = self.shared.readiness.lock().unwrap_or_else(PoisonError::into_inner);
+            readiness.became_ready |= new == State::Ready;
+            readiness.ended |= new.is_final();
+            self.shared.readiness_changed.notify_all();
+        }
+    }
+
+    fn execute(mut self) -> Result<(), Error> {
+        let options = &self.shared.options;
+        if self.shared.trigger.snapshot().0 > 0 {
+            self.log(Level::Info, "Stop requested before the run started; not starting server");
+            self.transition(State::Stopped);
+            return Err(Error::new(ErrorKind::Canceled, "the runner was stopped before it started; no hook was called"));
+        }
+        self.transition(State::Starting);
+        let mut subscription: Option<Subscription> = None;
+        if options.signal_owner == SignalOwner::Library {
+            match signals::subscribe(&self.shared.trigger, &options.signals) {
+                Ok(s) => subscription = Some(s),
+                Err(err) => {
+                    self.log(Level::Error, err.message());
+                    self.transition(State::Failed);
+                    return Err(err);
+                }
+            }
+        }
+        if !options.signals.is_empty() {
+            self.log(Level::Info, &format!("Waiting for signals: {}", signal_list(&options.signals)));
+        }
+        self.log(Level::Info, "Starting server");
+        let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
+        let result = match HookThread::spawn("serve", Arc::clone(&self.shared.trigger), move || server.serve(&ctx)) {
+            Ok(serve) => {
+                self.serve = Some(serve);
+                self.transition(State::Serving);
+                if !self.shared.options.explicit_ready {
+                    self.transition(State::Ready);
+                }
+                self.drive()
+            }
+            Err(err) => {
+                self.serve_failed = true;
+                Err(err)
+            }
+        };
+        if let Some(mut subscription) = subscription {
+            for warning in subscription.release() {
+                self.log(Level::Warn, &warning);
+            }
+        }
+        match &result {
+            Ok(()) => self.log(Level::Info, "Server stopped"),
+            Err(err) => self.log(Level::Error, &format!("Run ended: {}", err.message())),
+        }
+        self.transition(if self.serve_failed { State::Failed } else { State::Stopped });
+        result
+    }
+
+    /// The coordinator loop: absorb events, act, sleep until the next event or timer.
+    fn drive(&mut self) -> Result<(), Error> {
+        loop {
+            for hook in [&mut self.serve, &mut self.shutdown, &mut self.close].into_iter().flatten() {
+                hook.poll();
+            }
+            if let Some(result) = self.step(Instant::now()) {
+                return result;
+            }
+            let wake_at = match self.phase {
+                Phase::Serving => None,
+                Phase::Draining { until } => Some(until),
+                Phase::ShuttingDown { deadline } => Some(deadline),
+                Phase::Closing { give_up } => Some(give_up),
+            };
+            self.shared.trigger.wait(wake_at);
+        }
+    }
+
+    fn returned(hook: &Option<HookThread>) -> bool {
+        hook.as_ref().is_some_and(|h| h.returned)
+    }
+
+    fn step(&mut self, now: Instant) -> Option<Result<(), Error>> {
+        if self.phase == Phase::Serving
+            && self.shared.state.get() == State::Serving
+            && self.ctx.ready_reported()
+        {
+            self.transition(State::Ready);
+        }
+        self.absorb_trigger_events(now);
+        match self.phase {
+            Phase::Serving => {
+                if Self::returned(&self.serve) {
+                    return Some(self.serve_returned_before_trigger());
+                }
+            }
+            Phase::Draining { until } => {
+                if Self::returned(&self.serve) || now >= until {
+                    self.start_shutdown(Instant::now());
+                }
+            }
+            Phase::ShuttingDown { deadline } => {
+                if Self::returned(&self.shutdown) && !self.shutdown_examined {
+                    self.examine_shutdown(now);
+                }
+                if let Phase::ShuttingDown { .. } = self.phase {
+                    if Self::returned(&self.shutdown) && Self::returned(&self.serve) {
+                        return Some(self.finish());
+                    }
+                    if now >= deadline {
+                        self.ctx.set_done();
+                        if self.shutdown_error.is_some() {
+                            self.log(Level::Info, "Lame-duck period has expired while serve was still running");
+                            self.start_close(CloseReason::ShutdownFailed, now);
+                        } else {
+                            self.log(Level::Info, "Lame-duck period has expired");
+                            self.start_close(CloseReason::Expired, now);
+                        }
+                    }
+                }
+            }
+            Phase::Closing { give_up } => {
+                let waiting: Vec<&'static str> = [&self.close, &self.serve, &self.shutdown]
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| !h.returned)
+                    .map(|h| h.name)
+                    .collect();
+                if waiting.is_empty() {
+                    return Some(self.finish());
+                }
+                if now >= give_up {
+                    for name in &waiting {
+                        self.log(
+                            Level::Warn,
+                            &format!(
+                                "{name} did not return within the close timeout ({}); abandoning it",
+                                go_duration(self.shared.options.close_timeout)
+                            ),
+                        );
+                    }
+                    self.abandoned = waiting;
+                    return Some(self.finish());
+                }
+            }
+        }
+        None
+    }
+
+    fn absorb_trigger_events(&mut self, now: Instant) {
+        let (events, first_cause) = self.shared.trigger.snapshot();
+        if events <= self.handled_events {
+            return;
+        }
+        let mut new_events = events - self.handled_events;
+        self.handled_events = events;
+        if !self.triggered {
+            self.triggered = true;
+            new_events -= 1;
+            self.begin_lame_duck(first_cause, now);
+        }
+        if new_events == 0 {
+            return;
+        }
+        let signal = signal_name(self.shared.trigger.last_signal());
+        match self.shared.options.repeat_signal {
+            RepeatSignalPolicy::Ignore => {
+                self.log(Level::Info, &format!("Received signal [{signal}] again; ignoring it (repeat-signal policy: ignore)"))
+            }
+            RepeatSignalPolicy::Force | RepeatSignalPolicy::ExitNow => match self.phase {
+                Phase::Draining { .. } | Phase::ShuttingDown { .. } => {
+                    self.log(
+                        Level::Info,
+                        &format!("Received signal [{signal}] again; forcing close now (another one exits at once)"),
+                    );
+                    self.ctx.set_done();
+                    self.start_close(CloseReason::Forced, now);
+                }
+                _ => self.log(Level::Info, &format!("Received signal [{signal}] again; already closing (another one exits at once)")),
+            },
+        }
+    }
+
+    fn begin_lame_duck(&mut self, first_cause: u32, now: Instant) {
+        let options = &self.shared.options;
+        let cause = if first_cause == CAUSE_STOP {
+            "Stop requested".to_string()
+        } else {
+            format!("Received signal [{}]", signal_name(first_cause as i32))
+        };
+        let period = go_duration(options.period);
+        if Self::returned(&self.serve) {
+            // serve already returned on its own; its result is handled by the Serving phase.
+            self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
+            self.start_shutdown(now);
+        } else if options.drain_delay.is_zero() {
+            self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
+            self.start_shutdown(now);
+        } else {
+            self.log(
+                Level::Info,
+                &format!("{cause}; draining for {}, then entering lame-duck mode for {period}", go_duration(options.drain_delay)),
+            );
+            self.transition(State::Draining);
+            self.phase = Phase::Draining { until: now + options.drain_delay };
+        }
+    }
+
+    fn start_shutdown(&mut self, now: Instant) {
+        let deadline = now + self.shared.options.period;
+        self.ctx.set_deadline(deadline);
+        self.transition(State::ShuttingDown);
+        self.phase = Phase::ShuttingDown { deadline };
+        let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
+        match HookThread::spawn("shutdown", Arc::clone(&self.shared.trigger), move || server.shutdown(&ctx)) {
+            Ok(thread) => self.shutdown = Some(thread),
+            Err(err) => {
+                self.log(Level::Error, err.message());
+                self.shutdown_error = Some(HookError::new(-1, err.message().to_string()));
+                self.shutdown_examined = true;
+                self.start_close(CloseReason::ShutdownFailed, now);
+            }
+        }
+    }
+
+    fn examine_shutdown(&mut self, now: Instant) {
+        self.shutdown_examined = true;
+        match self.shutdown.as_mut().and_then(|h| h.result.take()) {
+            Some(Ok(())) | None => self.log(Level::Info, "Completed lame-duck mode"),
+            Some(Err(err)) if err.is_deadline_exceeded() => {
+                self.log(Level::Info, "Lame-duck period has expired");
+                self.ctx.set_done();
+                self.start_close(CloseReason::Expired, now);
+            }
+            Some(Err(err)) => {
+                self.log(Level::Error, &format!("error shutting down server: {}", err.describe("shutdown")));
+                self.shutdown_error = Some(err);
+            }
+        }
+    }
+
+    fn start_close(&mut self, reason: CloseReason, now: Instant) {
+        self.close_reason = Some(reason);
+        self.transition(State::Closing);
+        self.phase = Phase::Closing { give_up: now + self.shared.options.close_timeout };
+        let server = Arc::clone(&self.shared.server);
+        match HookThread::spawn("close", Arc::clone(&self.shared.trigger), move || server.close()) {
+            Ok(thread) => self.close = Some(thread),
+            Err(err) => {
+                // Without a close thread there is nothing left to wait for but the deadline.
+                self.log(Level::Error, err.message());
+            }
+        }
+    }
+
+    fn serve_returned_before_trigger(&mut self) -> Result<(), Error> {
+        match self.serve.as_mut().and_then(|h| h.result.take()) {
+            Some(Err(err)) => Err(self.serve_error(err, "")),
+            _ => {
+                self.log(Level::Info, "Server returned before any signal; no lame-duck needed");
+                Ok(())
+            }
+        }
+    }
+
+    /// `serve` failed (Go's `Failed`): logs it and builds the error.
+    fn serve_error(&mut self, err: HookError, note: &str) -> Error {
+        let message = err.describe("serve");
+        self.log(Level::Error, &format!("Server failed: {message}"));
+        self.serve_failed = true;
+        let kind = if err.is_panic() { ErrorKind::Panic } else { ErrorKind::Failed };
+        Error::new(kind, format!("{message}{note}")).with_cause(err.code(), Some(err))
+    }
+
+    /// Puts the outcome together, in order of precedence: forced, expired, shutdown failed,
+    /// serve failed during lame-duck, success.
+    fn finish(&mut self) -> Result<(), Error> {
+        let abandoned = !self.abandoned.is_empty();
+        let abandoned_note = self
+            .abandoned
+            .iter()
+            .map(|name| {
+                format!(" + {name} did not return within {} (abandoned)", go_duration(self.shared.options.close_timeout))
+            })
+            .collect::<String>();
+        let close_result = self.close.as_mut().and_then(|h| h.result.take());
+        let (close_code, close_note, close_cause) = match close_result {
+            Some(Err(err)) => (err.code(), format!(" + {}", err.describe("close")), Some(err)),
+            _ => (0, String::new(), None),
+        };
+        let serve_error = self.serve.as_mut().and_then(|h| h.result.take()).and_then(Result::err);
+        let result = match (self.close_reason, self.shutdown_error.take()) {
+            (Some(CloseReason::Forced), _) => Err(Error::new(
+                ErrorKind::Forced,
+                format!("Lame-duck period was cut short by a repeated signal{close_note}{abandoned_note}"),
+            )
+            .with_cause(close_code, close_cause)),
+            (Some(CloseReason::Expired), _) => Err(Error::new(
+                ErrorKind::Expired,
+                format!("Lame-duck period has expired{close_note}{abandoned_note}"),
+            )
+            .with_cause(close_code, close_cause)),
+            (_, Some(err)) => {
+                let kind = if err.is_panic() { ErrorKind::Panic } else { ErrorKind::ShutdownFailed };
+                Err(Error::new(kind, format!("{}{close_note}{abandoned_note}", err.describe("shutdown")))
+                    .with_cause(err.code(), Some(err)))
+            }
+            (_, None) => match serve_error {
+                Some(err) => Err(self.serve_error(err, &abandoned_note)),
+                None => Ok(()),
+            },
+        };
+        result.map_err(|e| e.with_abandoned(abandoned))
+    }
+}

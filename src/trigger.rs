@@ -1,0 +1,173 @@
+//! The part of a runner that signal handlers and other threads touch: counters and a wake pipe.
+//!
+//! Everything reachable from a signal handler here is async-signal-safe: atomics and `write(2)`
+//! on a non-blocking pipe. The pipe only wakes the runner's thread; what happened is read from
+//! the atomics, so a full pipe (a signal storm) never loses an event.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::options::RepeatSignalPolicy;
+
+/// `first_cause` value meaning "a stop request, not a signal".
+pub(crate) const CAUSE_STOP: u32 = u32::MAX;
+
+/// What the caller of [`Trigger::on_signal`] must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Escalation {
+    /// Nothing: the runner's thread handles it.
+    None,
+    /// The repeat-signal policy says the process must die by this signal now.
+    Die,
+}
+
+pub(crate) struct Trigger {
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+    /// Bit `n` set: signal `n` is one of this runner's trigger signals.
+    signal_mask: u128,
+    policy: RepeatSignalPolicy,
+    /// High 32 bits: trigger events so far (signals, plus a stop that came first).
+    /// Low 32 bits: the first event's cause: 0 none yet, a signal number, or [`CAUSE_STOP`].
+    /// One word, so the count and the first cause always agree.
+    events: AtomicU64,
+    /// The most recent trigger signal, for log lines about repeats.
+    last_signal: AtomicI32,
+}
+
+impl Trigger {
+    pub(crate) fn new(signals: &[i32], policy: RepeatSignalPolicy) -> io::Result<Trigger> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+        let (wake_read, wake_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let signal_mask = signals
+            .iter()
+            .filter(|&&s| (1..128).contains(&s))
+            .fold(0u128, |mask, &s| mask | (1u128 << s));
+        Ok(Trigger { wake_read, wake_write, signal_mask, policy, events: AtomicU64::new(0), last_signal: AtomicI32::new(0) })
+    }
+
+    /// True when `signal` is one of this runner's trigger signals. Async-signal-safe.
+    pub(crate) fn wants(&self, signal: i32) -> bool {
+        (1..128).contains(&signal) && self.signal_mask & (1u128 << signal) != 0
+    }
+
+    /// Records a trigger signal and wakes the runner. Async-signal-safe (atomics and `write`).
+    /// Returns [`Escalation::Die`] when the repeat-signal policy says the process must die now.
+    pub(crate) fn on_signal(&self, signal: i32) -> Escalation {
+        let previous = self
+            .events
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                let (count, first) = split(v);
+                let first = if first == 0 { signal as u32 } else { first };
+                Some(join(count.saturating_add(1), first))
+            })
+            .unwrap_or_else(|v| v);
+        self.last_signal.store(signal, Ordering::SeqCst);
+        self.wake();
+        let count = split(previous).0.saturating_add(1);
+        match self.policy {
+            RepeatSignalPolicy::Force if count >= 3 => Escalation::Die,
+            RepeatSignalPolicy::ExitNow if count >= 2 => Escalation::Die,
+            _ => Escalation::None,
+        }
+    }
+
+    /// Starts lame-duck if nothing has triggered it yet; otherwise does nothing (a stop is never
+    /// a "repeated signal"). Async-signal-safe.
+    pub(crate) fn request_stop(&self) {
+        let _ = self.events.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            (split(v).0 == 0).then_some(join(1, CAUSE_STOP))
+        });
+        self.wake();
+    }
+
+    /// `(events so far, first cause)`.
+    pub(crate) fn snapshot(&self) -> (u32, u32) {
+        split(self.events.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn last_signal(&self) -> i32 {
+        self.last_signal.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the runner's thread. Async-signal-safe; a full pipe already means "awake".
+    pub(crate) fn wake(&self) {
+        let byte = 1u8;
+        // SAFETY: writing one byte from a valid buffer to an fd this struct owns.
+        unsafe { libc::write(self.wake_write.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+    }
+
+    /// Blocks until woken or until `until` (forever when `None`), then empties the pipe.
+    pub(crate) fn wait(&self, until: Option<Instant>) {
+        let fd: RawFd = self.wake_read.as_raw_fd();
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let timeout = until.map(|t| {
+            let left = t.saturating_duration_since(Instant::now());
+            libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as _ }
+        });
+        let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: one valid pollfd; the timeout is NULL or points to a live timespec; no sigmask.
+        // EINTR simply returns early, and the caller re-checks everything.
+        unsafe { libc::ppoll(&mut pfd, 1, timeout_ptr, std::ptr::null()) };
+        let mut buf = [0u8; 64];
+        // SAFETY: reading into a local buffer from an fd this struct owns (non-blocking).
+        while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+}
+
+fn split(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+fn join(count: u32, first: u32) -> u64 {
+    (u64::from(count) << 32) | u64::from(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_first_cause_agree() {
+        let t = Trigger::new(&[libc::SIGTERM], RepeatSignalPolicy::Force).unwrap();
+        assert!(t.wants(libc::SIGTERM) && !t.wants(libc::SIGINT) && !t.wants(0) && !t.wants(200));
+        t.request_stop();
+        assert_eq!(t.snapshot(), (1, CAUSE_STOP));
+        t.request_stop();
+        assert_eq!(t.snapshot(), (1, CAUSE_STOP), "a second stop is not a repeat");
+        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::None);
+        assert_eq!(t.snapshot(), (2, CAUSE_STOP));
+        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::Die, "third event with force policy");
+    }
+
+    #[test]
+    fn exit_now_dies_on_second_and_ignore_never() {
+        let t = Trigger::new(&[libc::SIGINT], RepeatSignalPolicy::ExitNow).unwrap();
+        assert_eq!(t.on_signal(libc::SIGINT), Escalation::None);
+        assert_eq!(t.snapshot(), (1, libc::SIGINT as u32));
+        assert_eq!(t.on_signal(libc::SIGINT), Escalation::Die);
+        let t = Trigger::new(&[libc::SIGINT], RepeatSignalPolicy::Ignore).unwrap();
+        for _ in 0..5 {
+            assert_eq!(t.on_signal(libc::SIGINT), Escalation::None);
+        }
+    }
+
+    #[test]
+    fn wait_returns_on_wake_and_on_timeout() {
+        let t = Trigger::new(&[], RepeatSignalPolicy::Force).unwrap();
+        for _ in 0..100_000 {
+            t.wake(); // far more than the pipe holds: never blocks
+        }
+        t.wait(None);
+        let start = Instant::now();
+        t.wait(Some(start + std::time::Duration::from_millis(20)));
+        assert!(start.elapsed() >= std::time::Duration::from_millis(20));
+    }
+}
