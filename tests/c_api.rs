@@ -1,0 +1,124 @@
+//! Runs the C tests (`tests/c/test_api.c`) against the freshly built `liblameduck.so`: one
+//! process per sub-test, real signals, AddressSanitizer/UBSan by default
+//! (`LAMEDUCK_C_MODE=valgrind` runs them under valgrind instead).
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn program() -> &'static PathBuf {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| common::build_c("test_api", &["tests/c/test_api.c"]))
+}
+
+enum Expect {
+    Pass,
+    KilledBy(i32),
+}
+
+fn run(name: &str, expect: Expect) -> String {
+    let mut cmd = common::c_command(program());
+    cmd.arg(name);
+    let (status, stdout, stderr) = common::run_limited(cmd, Duration::from_secs(120));
+    match expect {
+        Expect::Pass => assert!(
+            status.success() && stdout.contains(&format!("ok {name}")),
+            "C sub-test {name} failed ({status:?}):\n{stdout}\n{stderr}"
+        ),
+        Expect::KilledBy(signal) => {
+            // valgrind reports the child's death by signal as its own.
+            assert_eq!(status.signal(), Some(signal), "{name} should die by signal {signal}: {status:?}\n{stderr}");
+        }
+    }
+    stderr
+}
+
+macro_rules! c_tests {
+    ($($name:ident),* $(,)?) => { $( #[test] fn $name() { run(stringify!($name), Expect::Pass); } )* };
+}
+
+c_tests!(
+    custom_signals_replace,
+    validation,
+    shutdown_ok,
+    serve_outlives_deadline,
+    deadline_exceeded,
+    shutdown_failed,
+    shutdown_hangs,
+    close_hangs,
+    serve_fails,
+    final_states,
+    drain_delay,
+    repeat_force,
+    repeat_ignore,
+    ready_race,
+    explicit_ready,
+    state_observer,
+    stop_from_thread,
+    stop_in_hook,
+    stop_from_signal_handler,
+    stop_before_run,
+    run_twice_and_free_while_running,
+    chaining_and_restore,
+    no_leaks_across_runs,
+    user_data_destructor,
+    deliver_signal,
+    null_arguments,
+    strings_and_version,
+    logger_lines,
+);
+
+#[test]
+fn defaults() {
+    let stderr = run("defaults", Expect::Pass);
+    // Logging is on by default, to stderr, with Go's texts.
+    assert!(stderr.contains("lameduck: Waiting for signals: [interrupt terminated]"), "{stderr}");
+    assert!(stderr.contains("lameduck: Received signal [terminated]; entering lame-duck mode for 3s"), "{stderr}");
+    assert!(stderr.contains("lameduck: Received signal [interrupt]; entering lame-duck mode for 3s"), "{stderr}");
+    assert!(stderr.contains("lameduck: Completed lame-duck mode"), "{stderr}");
+}
+
+#[test]
+fn logging_disabled() {
+    let stderr = run("logging_disabled", Expect::Pass);
+    assert!(!stderr.contains("lameduck:"), "logging was disabled, yet: {stderr}");
+}
+
+#[test]
+fn custom_signals_sigterm_kills() {
+    run("custom_signals_sigterm_kills", Expect::KilledBy(libc::SIGTERM));
+}
+
+#[test]
+fn repeat_force_third_kills() {
+    let stderr = run("repeat_force_third_kills", Expect::KilledBy(libc::SIGTERM));
+    assert!(stderr.contains("again; forcing close now"), "{stderr}");
+}
+
+#[test]
+fn repeat_exit() {
+    run("repeat_exit", Expect::KilledBy(libc::SIGTERM));
+}
+
+/// Every sub-test in the C file is run by one of the tests above.
+#[test]
+fn every_subtest_is_run() {
+    let (status, stdout, _) = common::run_limited(common::c_command(program()).arg("--list").to_owned_cmd(), Duration::from_secs(60));
+    assert!(status.success());
+    let this_file = include_str!("c_api.rs");
+    for name in stdout.lines() {
+        assert!(this_file.contains(&format!("    {name},")) || this_file.contains(&format!("fn {name}()")), "sub-test {name} is never run");
+    }
+}
+
+trait ToOwnedCmd {
+    fn to_owned_cmd(&mut self) -> std::process::Command;
+}
+impl ToOwnedCmd for std::process::Command {
+    fn to_owned_cmd(&mut self) -> std::process::Command {
+        std::mem::replace(self, std::process::Command::new("true"))
+    }
+}

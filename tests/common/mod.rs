@@ -1,0 +1,116 @@
+//! Shared by the integration tests: building C programs against the freshly built
+//! `liblameduck.so`, and running child processes with a time limit.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How C programs are built and run: `LAMEDUCK_C_MODE=asan` (default: AddressSanitizer +
+/// UBSan, leaks included), `valgrind` (plain build under memcheck), or `plain`.
+pub fn c_mode() -> String {
+    std::env::var("LAMEDUCK_C_MODE").unwrap_or_else(|_| "asan".into())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory holding `liblameduck.so.0` (the SONAME) and `liblameduck.so`, copied from the
+/// cdylib cargo built for this test run.
+pub fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let built = deps.join("liblameduck.so");
+        assert!(built.exists(), "cargo did not build {}", built.display());
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("clib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&built, dir.join("liblameduck.so.0")).unwrap();
+        let link = dir.join("liblameduck.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("liblameduck.so.0", &link).unwrap();
+        dir
+    })
+}
+
+/// Compiles C `sources` into `name` with warnings as errors, linked to liblameduck.
+pub fn build_c(name: &str, sources: &[&str]) -> PathBuf {
+    let lib = lib_dir();
+    let out = lib.join(name);
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread", "-g", "-O1"]);
+    if c_mode() == "asan" {
+        cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]);
+    }
+    cmd.arg("-I").arg(repo().join("include"));
+    for s in sources {
+        cmd.arg(repo().join(s));
+    }
+    cmd.arg("-L").arg(lib).arg("-llameduck").arg(format!("-Wl,-rpath,{}", lib.display())).arg("-o").arg(&out);
+    let output = cmd.output().expect("a C compiler (cc) is installed");
+    assert!(
+        output.status.success(),
+        "compiling {sources:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A command for a built C program, wrapped in valgrind in valgrind mode.
+pub fn c_command(program: &Path) -> Command {
+    let mut cmd = if c_mode() == "valgrind" {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--show-leak-kinds=definite",
+        ]);
+        c.arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:abort_on_error=0")
+        .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1");
+    cmd
+}
+
+/// Waits for `child` with a limit; kills it (and fails) when the limit passes.
+pub fn wait_with_limit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs a command to completion with a time limit; returns (status, stdout, stderr).
+pub fn run_limited(mut cmd: Command, limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_with_limit(&mut child, limit);
+    (status, out_reader.join().unwrap(), err_reader.join().unwrap())
+}
