@@ -114,3 +114,84 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> (ExitStatus, String, St
     let status = wait_with_limit(&mut child, limit);
     (status, out_reader.join().unwrap(), err_reader.join().unwrap())
 }
+
+/// A child process whose stdout and stderr lines are collected as they arrive, so tests can
+/// wait for events (a log line) instead of sleeping. Killed on drop if still running.
+pub struct Proc {
+    child: Child,
+    lines: std::sync::Arc<(std::sync::Mutex<Lines>, std::sync::Condvar)>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct Lines {
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        use std::io::BufRead;
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = std::sync::Arc::new((std::sync::Mutex::new(Lines::default()), std::sync::Condvar::new()));
+        let mut readers = Vec::new();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_err, stream) in [(false, Box::new(out) as Box<dyn Read + Send>), (true, Box::new(err))] {
+            let lines = std::sync::Arc::clone(&lines);
+            readers.push(std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = lines.0.lock().unwrap();
+                    if is_err { l.stderr.push(line) } else { l.stdout.push(line) }
+                    lines.1.notify_all();
+                }
+            }));
+        }
+        Proc { child, lines, readers }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until a line on stdout (`on_stderr` false) or stderr contains `needle`.
+    pub fn wait_line(&self, on_stderr: bool, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        let mut l = self.lines.0.lock().unwrap();
+        loop {
+            let list = if on_stderr { &l.stderr } else { &l.stdout };
+            if let Some(found) = list.iter().find(|line| line.contains(needle)) {
+                return found.clone();
+            }
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!("no line containing {needle:?} within {limit:?}; stdout: {:?}; stderr: {:?}", l.stdout, l.stderr)
+            });
+            l = self.lines.1.wait_timeout(l, left).unwrap().0;
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for exit (bounded); returns the status and all stderr text.
+    pub fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = wait_with_limit(&mut self.child, limit);
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let stderr = self.lines.0.lock().unwrap().stderr.join("\n");
+        (status, stderr)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

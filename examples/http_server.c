@@ -1,0 +1,343 @@
+/*
+ * A small threaded HTTP/1.1 server run under lame-duck coordination by liblameduck.
+ *
+ *   http_server [--host 127.0.0.1] [--port 8080] [--period MS] [--drain MS]
+ *
+ * Routes: GET /             hello
+ *         GET /sleep?ms=N   answers after N ms (a slow request to watch lame-duck with)
+ *         GET /health       200 "READY" while ready, 503 with the state name otherwise
+ *
+ * serve    binds, reports ready (ld_context_ready), accepts until shutdown wakes it, then
+ *          closes the listening socket (new connections are refused from then on).
+ * shutdown stops accepting, answers requests already sent (with "Connection: close"),
+ *          closes idle keep-alive connections after a short grace, and waits for the
+ *          connections to finish until the deadline (then LD_DEADLINE_EXCEEDED).
+ * close    shuts every remaining connection down at once.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lameduck.h"
+
+#define MAX_CONNS 1024
+#define IDLE_GRACE_MS 1000
+
+typedef struct {
+    const char *host;
+    int port;
+    int listen_fd;
+    int wake[2]; /* shutdown writes here to end the accept loop */
+    pthread_mutex_t mu;
+    pthread_cond_t changed;
+    int active; /* connection threads alive */
+    int draining, closing;
+    int conns[MAX_CONNS];
+    ld_runner *runner;
+} demo;
+
+typedef struct {
+    demo *d;
+    int fd;
+    int slot;
+} conn;
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void abs_time_in(struct timespec *ts, int64_t ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+static void send_all(int fd, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n <= 0) return;
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void respond(int fd, int status, const char *reason, const char *body, int keep_alive) {
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: %s\r\n\r\n",
+                     status, reason, strlen(body), keep_alive ? "keep-alive" : "close");
+    send_all(fd, head, (size_t)n);
+    send_all(fd, body, strlen(body));
+}
+
+/* Waits up to `ms` unless close is called; returns 1 when the wait was cut short by close. */
+static int sleep_unless_closed(demo *d, int64_t ms) {
+    struct timespec until;
+    abs_time_in(&until, ms);
+    pthread_mutex_lock(&d->mu);
+    int rc = 0;
+    while (!d->closing && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&d->changed, &d->mu, &until);
+    int closed = d->closing;
+    pthread_mutex_unlock(&d->mu);
+    return closed;
+}
+
+/* Waits for the next request's bytes. Returns 0 when the connection should end instead:
+ * close was called, or lame-duck began and the connection stayed idle for the grace. */
+static int wait_for_request(demo *d, int fd) {
+    int64_t idle_since = now_ms();
+    for (;;) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 50) != 0) return 1; /* data, EOF or error: let read() tell */
+        pthread_mutex_lock(&d->mu);
+        int closing = d->closing, draining = d->draining;
+        pthread_mutex_unlock(&d->mu);
+        if (closing) return 0;
+        if (draining && now_ms() - idle_since >= IDLE_GRACE_MS) return 0;
+    }
+}
+
+static void handle(demo *d, int fd, const char *path, int keep_alive) {
+    char body[256];
+    if (strncmp(path, "/sleep", 6) == 0) {
+        const char *q = strstr(path, "ms=");
+        long ms = q ? strtol(q + 3, NULL, 10) : 1000;
+        if (ms < 0 || ms > 600000) ms = 1000;
+        fprintf(stderr, "demo: request GET %s\n", path);
+        if (sleep_unless_closed(d, ms)) return; /* close hook: drop it */
+        snprintf(body, sizeof body, "slept %ld ms\n", ms);
+        respond(fd, 200, "OK", body, keep_alive);
+    } else if (strcmp(path, "/health") == 0) {
+        ld_state s = ld_runner_state(d->runner);
+        snprintf(body, sizeof body, "%s\n", ld_state_str(s));
+        respond(fd, s == LD_STATE_READY ? 200 : 503, s == LD_STATE_READY ? "OK" : "Service Unavailable", body, keep_alive);
+    } else {
+        snprintf(body, sizeof body, "hello from lameduck (pid %d)\n", (int)getpid());
+        respond(fd, 200, "OK", body, keep_alive);
+    }
+}
+
+static void *conn_main(void *arg) {
+    conn *c = arg;
+    demo *d = c->d;
+    char buf[8192];
+    size_t used = 0;
+    for (;;) {
+        if (used == 0 && !wait_for_request(d, c->fd)) break;
+        ssize_t n = recv(c->fd, buf + used, sizeof buf - 1 - used, 0);
+        if (n <= 0) break;
+        used += (size_t)n;
+        buf[used] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end == NULL) {
+            if (used >= sizeof buf - 1) break; /* header too large */
+            continue;
+        }
+        char method[16] = "", path[1024] = "", version[16] = "";
+        if (sscanf(buf, "%15s %1023s %15s", method, path, version) != 3) break;
+        pthread_mutex_lock(&d->mu);
+        int draining = d->draining;
+        pthread_mutex_unlock(&d->mu);
+        /* A request already sent is always answered; in lame-duck with "Connection: close". */
+        int keep_alive = strcmp(version, "HTTP/1.1") == 0 && strcasestr(buf, "connection: close") == NULL && !draining;
+        handle(d, c->fd, path, keep_alive);
+        if (!keep_alive) break;
+        size_t consumed = (size_t)(end + 4 - buf);
+        memmove(buf, buf + consumed, used - consumed);
+        used -= consumed;
+    }
+    pthread_mutex_lock(&d->mu);
+    d->conns[c->slot] = -1;
+    close(c->fd);
+    d->active--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+    free(c);
+    return NULL;
+}
+
+static int demo_serve(void *ud, const ld_context *ctx) {
+    demo *d = ud;
+    d->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (d->listen_fd < 0) return errno;
+    int one = 1;
+    setsockopt(d->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)d->port);
+    if (inet_pton(AF_INET, d->host, &addr.sin_addr) != 1) return EINVAL;
+    if (bind(d->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(d->listen_fd, 128) != 0) {
+        int err = errno;
+        fprintf(stderr, "demo: cannot listen on %s:%d: %s\n", d->host, d->port, strerror(err));
+        close(d->listen_fd);
+        return err;
+    }
+    socklen_t len = sizeof addr;
+    getsockname(d->listen_fd, (struct sockaddr *)&addr, &len);
+    printf("listening on http://%s:%d\n", d->host, ntohs(addr.sin_port));
+    fflush(stdout);
+    ld_context_ready(ctx); /* bound and accepting: now the run is ready */
+
+    for (;;) {
+        struct pollfd p[2] = {{d->listen_fd, POLLIN, 0}, {d->wake[0], POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (p[1].revents) break; /* shutdown: stop accepting */
+        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) continue;
+        pthread_mutex_lock(&d->mu);
+        int slot = -1;
+        for (int i = 0; i < MAX_CONNS && slot < 0; i++)
+            if (d->conns[i] < 0) slot = i;
+        if (slot < 0 || d->closing) {
+            pthread_mutex_unlock(&d->mu);
+            close(fd);
+            continue;
+        }
+        d->conns[slot] = fd;
+        d->active++;
+        pthread_mutex_unlock(&d->mu);
+        conn *c = malloc(sizeof *c);
+        c->d = d;
+        c->fd = fd;
+        c->slot = slot;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, conn_main, c) != 0) {
+            pthread_mutex_lock(&d->mu);
+            d->conns[slot] = -1;
+            d->active--;
+            pthread_mutex_unlock(&d->mu);
+            close(fd);
+            free(c);
+        }
+        pthread_attr_destroy(&attr);
+    }
+    close(d->listen_fd);
+    fprintf(stderr, "demo: stopped accepting new connections\n");
+    return 0;
+}
+
+static int demo_shutdown(void *ud, const ld_context *ctx) {
+    demo *d = ud;
+    pthread_mutex_lock(&d->mu);
+    d->draining = 1;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+    char byte = 1;
+    if (write(d->wake[1], &byte, 1) < 0) return errno;
+    pthread_mutex_lock(&d->mu);
+    while (d->active > 0) {
+        int64_t left = ld_context_remaining_ms(ctx);
+        if (left == 0) break;
+        struct timespec until;
+        abs_time_in(&until, left);
+        pthread_cond_timedwait(&d->changed, &d->mu, &until);
+    }
+    int remaining = d->active;
+    pthread_mutex_unlock(&d->mu);
+    if (remaining > 0) {
+        fprintf(stderr, "demo: %d connection(s) still open at the deadline\n", remaining);
+        return LD_DEADLINE_EXCEEDED;
+    }
+    return 0;
+}
+
+static int demo_close(void *ud) {
+    demo *d = ud;
+    pthread_mutex_lock(&d->mu);
+    d->closing = 1;
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (d->conns[i] >= 0) shutdown(d->conns[i], SHUT_RDWR);
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+    char byte = 1;
+    if (write(d->wake[1], &byte, 1) < 0) return errno; /* in case serve is still accepting */
+    return 0;
+}
+
+static long arg_number(const char *flag, const char *value) {
+    char *end = NULL;
+    long n = value ? strtol(value, &end, 10) : -1;
+    if (value == NULL || *end != '\0' || n < 0) {
+        fprintf(stderr, "demo: %s needs a non-negative number\n", flag);
+        exit(2);
+    }
+    return n;
+}
+
+int main(int argc, char **argv) {
+    static demo d;
+    d.host = "127.0.0.1";
+    d.port = 8080;
+    long period_ms = 3000, drain_ms = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--host") == 0 && value) d.host = argv[++i];
+        else if (strcmp(argv[i], "--port") == 0) d.port = (int)arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--period") == 0) period_ms = arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--drain") == 0) drain_ms = arg_number(argv[i], value), i++;
+        else {
+            fprintf(stderr, "usage: %s [--host H] [--port N] [--period MS] [--drain MS]\n", argv[0]);
+            return 2;
+        }
+    }
+    for (int i = 0; i < MAX_CONNS; i++) d.conns[i] = -1;
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d.changed, &ca);
+    if (pipe2(d.wake, O_CLOEXEC) != 0) return 1;
+
+    ld_error *err = NULL;
+    ld_server *server = NULL;
+    ld_options *options = ld_options_new();
+    if (ld_options_set_period_ms(options, (uint64_t)period_ms) != LD_OK ||
+        ld_options_set_drain_delay_ms(options, (uint64_t)drain_ms) != LD_OK) {
+        /* ld_runner_new below reports which value is wrong */
+    }
+    ld_options_set_explicit_ready(options, true);
+    ld_status rc = ld_server_new(demo_serve, demo_shutdown, demo_close, &d, NULL, &server, &err);
+    if (rc == LD_OK) rc = ld_runner_new(server, options, &d.runner, &err);
+    ld_options_free(options);
+    if (rc == LD_OK) rc = ld_runner_run(d.runner, &err);
+    if (rc != LD_OK) fprintf(stderr, "demo: run ended: %s: %s\n", ld_status_str(rc), ld_error_message(err));
+    else fprintf(stderr, "demo: run ended cleanly\n");
+    ld_error_free(err);
+
+    /* After close, connection threads end promptly; give them a moment before exiting. */
+    pthread_mutex_lock(&d.mu);
+    struct timespec until;
+    abs_time_in(&until, 2000);
+    while (d.active > 0 && pthread_cond_timedwait(&d.changed, &d.mu, &until) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&d.mu);
+    ld_runner_free(d.runner);
+    ld_server_free(server);
+    close(d.wake[0]);
+    close(d.wake[1]);
+    return rc == LD_OK ? 0 : 1;
+}

@@ -1,0 +1,111 @@
+//! The C demo server (`examples/http_server.c`) under `ld_runner_run`, talked to by a real
+//! HTTP client over 127.0.0.1 while it receives real signals.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::Proc;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn server_binary() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| common::build_c("http_server", &["examples/http_server.c"]))
+}
+
+fn start(args: &[&str]) -> (Proc, u16) {
+    let mut cmd = common::c_command(server_binary());
+    cmd.args(["--port", "0"]).args(args);
+    let proc = Proc::spawn(cmd);
+    let line = proc.wait_line(false, "listening on http://127.0.0.1:", LIMIT);
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    (proc, port)
+}
+
+/// Sends one HTTP/1.1 request and returns the open stream (the answer is read later).
+fn send_request(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    s
+}
+
+fn read_response(mut s: TcpStream) -> String {
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+fn get(port: u16, path: &str) -> String {
+    read_response(send_request(port, path))
+}
+
+#[test]
+fn in_flight_request_completes_and_new_connections_are_refused() {
+    let (proc, port) = start(&["--period", "10000"]);
+    assert!(get(port, "/").starts_with("HTTP/1.1 200 OK"));
+    let slow = send_request(port, "/sleep?ms=1500");
+    proc.wait_line(true, "demo: request GET /sleep?ms=1500", LIMIT);
+    proc.signal(libc::SIGTERM);
+    proc.wait_line(true, "demo: stopped accepting new connections", LIMIT);
+    let refused = TcpStream::connect(("127.0.0.1", port)).expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    let answer = read_response(slow);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "in-flight request lost: {answer:?}");
+    assert!(answer.contains("slept 1500 ms"));
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("lameduck: Received signal [terminated]; entering lame-duck mode for 10s"), "{stderr}");
+    assert!(stderr.contains("lameduck: Completed lame-duck mode"), "{stderr}");
+    assert!(stderr.contains("demo: run ended cleanly"), "{stderr}");
+}
+
+#[test]
+fn request_longer_than_the_period_expires_and_close_drops_it() {
+    let (proc, port) = start(&["--period", "300"]);
+    let slow = send_request(port, "/sleep?ms=20000");
+    proc.wait_line(true, "demo: request GET /sleep?ms=20000", LIMIT);
+    proc.signal(libc::SIGINT);
+    let answer = read_response(slow);
+    assert_eq!(answer, "", "close must cut the request short");
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lameduck: Lame-duck period has expired"), "{stderr}");
+    assert!(stderr.contains("demo: run ended: lame-duck period expired; close was called"), "{stderr}");
+}
+
+#[test]
+fn drain_delay_keeps_serving_but_reports_not_ready() {
+    let (proc, port) = start(&["--drain", "1500"]);
+    assert!(get(port, "/health").starts_with("HTTP/1.1 200 OK"));
+    proc.signal(libc::SIGTERM);
+    proc.wait_line(true, "draining for 1.5s, then entering lame-duck mode for 3s", LIMIT);
+    let health = get(port, "/health"); // still accepting during the drain...
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("DRAINING"), "{health}"); // ...but not ready
+    assert!(get(port, "/").starts_with("HTTP/1.1 200 OK"));
+    proc.wait_line(true, "demo: stopped accepting new connections", LIMIT);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn second_signal_forces_close() {
+    let (proc, port) = start(&["--period", "60000"]);
+    let slow = send_request(port, "/sleep?ms=60000");
+    proc.wait_line(true, "demo: request GET /sleep?ms=60000", LIMIT);
+    proc.signal(libc::SIGTERM);
+    proc.wait_line(true, "demo: stopped accepting new connections", LIMIT);
+    proc.signal(libc::SIGTERM);
+    assert_eq!(read_response(slow), "");
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Received signal [terminated] again; forcing close now"), "{stderr}");
+    assert!(stderr.contains("forced by a repeated signal"), "{stderr}");
+}
