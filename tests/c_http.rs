@@ -81,10 +81,10 @@ fn request_longer_than_the_period_expires_and_close_drops_it() {
 
 #[test]
 fn drain_delay_keeps_serving_but_reports_not_ready() {
-    let (proc, port) = start(&["--drain", "1500"]);
+    let (proc, port) = start(&["--drain", "4000"]);
     assert!(get(port, "/health").starts_with("HTTP/1.1 200 OK"));
     proc.signal(libc::SIGTERM);
-    proc.wait_line(true, "draining for 1.5s, then entering lame-duck mode for 3s", LIMIT);
+    proc.wait_line(true, "draining for 4s, then entering lame-duck mode for 3s", LIMIT);
     let health = get(port, "/health"); // still accepting during the drain...
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("DRAINING"), "{health}"); // ...but not ready
