@@ -11,6 +11,10 @@
 //! - This module is the only place with `#[no_mangle]` functions; it converts, the core decides.
 
 #![allow(non_camel_case_types)]
+// C callers cannot see Rust's `unsafe`: every pointer is NULL-checked and each function's doc
+// states what a non-NULL pointer must point to. Only the `_free` functions, whose misuse
+// (double free) cannot be detected, are marked `unsafe` with a `# Safety` section.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 #![deny(missing_docs)]
 
 mod boundary;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests, the C tests (AddressSanitizer/UBSan, then
+# valgrind), the C HTTP server tests, the install/pkg-config test, the header check.
+# Installs what a fresh machine lacks (pkg-config, valgrind, binutils) by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+missing=()
+need pkg-config || missing+=(pkg-config)
+need valgrind || missing+=(valgrind)
+need nm || missing+=(binutils)
+need make || missing+=(make)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  if [ "$(id -u)" = 0 ] && need apt-get; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing tools: ${missing[*]} (install them, or run as root with apt-get)" >&2
+    exit 1
+  fi
+fi
+
+echo "== cargo test (Rust + C under AddressSanitizer/UBSan)"
+cargo test --all-targets 2>&1
+
+echo "== C tests again under valgrind"
+LAMEDUCK_C_MODE=valgrind cargo test --test c_api --test c_http 2>&1
+
+echo "== header is generated and committed"
+if [ -d .git ] && [ -n "$(git status --porcelain -- include/lameduck.h)" ]; then
+  echo "include/lameduck.h is stale: run cargo build and commit it" >&2
+  git --no-pager diff -- include/lameduck.h | head -40 >&2
+  exit 1
+fi
+
+echo "== all tests passed"
