@@ -248,6 +248,31 @@ static void bg_finish(bg_run *b) {
     CHECK_EQ(ld_runner_free(b->runner), LD_OK);
 }
 
+/* One test's server, options and background run, made and freed together. Heap-allocated
+ * because the server keeps a pointer to `t`. */
+typedef struct {
+    test_server t;
+    ld_server *server;
+    ld_options *o;
+    bg_run b;
+} fixture;
+
+static fixture *fx_new(void) {
+    fixture *f = calloc(1, sizeof *f);
+    CHECK(f != NULL);
+    ts_init(&f->t);
+    f->server = make_server(&f->t);
+    f->o = quiet_options();
+    return f;
+}
+
+static void fx_free(fixture *f) {
+    if (f->b.runner) bg_finish(&f->b);
+    ld_options_free(f->o);
+    ld_server_free(f->server);
+    free(f);
+}
+
 static int count_dir(const char *path) {
     DIR *d = opendir(path);
     CHECK(d != NULL);
@@ -292,24 +317,18 @@ static int test_defaults(void) {
 }
 
 static int test_custom_signals_replace(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
+    fixture *f = fx_new();
     int sigs[] = {SIGUSR1};
-    CHECK_EQ(ld_options_set_signals(o, sigs, 1), LD_OK);
-    bg_run b;
-    bg_start_ready(&b, server, o);
+    CHECK_EQ(ld_options_set_signals(f->o, sigs, 1), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
     CHECK(current_handler(SIGTERM) == SIG_DFL); /* the default list was replaced, not extended */
     CHECK(current_handler(SIGINT) == SIG_DFL);
     CHECK(kill(getpid(), SIGUSR1) == 0);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
     CHECK_CONTAINS(log_buf, "Waiting for signals: [user defined signal 1]");
     CHECK_CONTAINS(log_buf, "Received signal [user defined signal 1]; entering lame-duck mode for 3s");
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
@@ -637,36 +656,30 @@ static void check_states(const ld_state *want, int n) {
 }
 
 static int test_drain_delay(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    CHECK_EQ(ld_options_set_drain_delay_ms(o, 400), LD_OK);
-    CHECK_EQ(ld_options_set_state_observer(o, record_state, NULL), LD_OK);
-    bg_run b;
-    bg_start_ready(&b, server, o);
-    ts_wait_for(&t, &t.serve_calls, 1); /* serve's thread is running its code */
+    fixture *f = fx_new();
+    CHECK_EQ(ld_options_set_drain_delay_ms(f->o, 400), LD_OK);
+    CHECK_EQ(ld_options_set_state_observer(f->o, record_state, NULL), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
+    ts_wait_for(&f->t, &f->t.serve_calls, 1); /* serve's thread is running its code */
     int64_t signal_ms = now_ms();
     CHECK(kill(getpid(), SIGTERM) == 0);
-    while (ld_runner_state(b.runner) == LD_STATE_READY) usleep(1000);
+    while (ld_runner_state(f->b.runner) == LD_STATE_READY) usleep(1000);
     /* Draining: serve still serving, shutdown not called yet. */
-    CHECK_EQ(ld_runner_state(b.runner), LD_STATE_DRAINING);
-    pthread_mutex_lock(&t.mu);
-    CHECK(t.serving);
-    CHECK_EQ(t.shutdown_calls, 0);
-    pthread_mutex_unlock(&t.mu);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(t.shutdown_calls, 1);
-    CHECK(t.shutdown_entry_ms - signal_ms >= 400); /* shutdown only after the drain delay */
-    CHECK(t.shutdown_remaining_ms > 2000);         /* ...with its full period */
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_DRAINING);
+    pthread_mutex_lock(&f->t.mu);
+    CHECK(f->t.serving);
+    CHECK_EQ(f->t.shutdown_calls, 0);
+    pthread_mutex_unlock(&f->t.mu);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(f->t.shutdown_calls, 1);
+    CHECK(f->t.shutdown_entry_ms - signal_ms >= 400); /* shutdown only after the drain delay */
+    CHECK(f->t.shutdown_remaining_ms > 2000);         /* ...with its full period */
     CHECK_CONTAINS(log_buf, "Received signal [terminated]; draining for 400ms, then entering lame-duck mode for 3s");
     ld_state want[] = {LD_STATE_NOT_STARTED, LD_STATE_STARTING, LD_STATE_SERVING, LD_STATE_READY,
                        LD_STATE_DRAINING, LD_STATE_SHUTTING_DOWN, LD_STATE_STOPPED};
     check_states(want, 7);
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
@@ -832,36 +845,29 @@ static void *state_reader(void *arg) {
 }
 
 static int test_state_observer(void) {
-    test_server t;
-    ts_init(&t);
-    t.shutdown_mode = SHUTDOWN_WAIT_DEADLINE;
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    CHECK_EQ(ld_options_set_period_ms(o, 100), LD_OK);
-    CHECK_EQ(ld_options_set_state_observer(o, record_state, NULL), LD_OK);
+    fixture *f = fx_new();
+    f->t.shutdown_mode = SHUTDOWN_WAIT_DEADLINE;
+    CHECK_EQ(ld_options_set_period_ms(f->o, 100), LD_OK);
+    CHECK_EQ(ld_options_set_state_observer(f->o, record_state, NULL), LD_OK);
     ld_runner *runner = NULL;
-    CHECK_EQ(ld_runner_new(server, o, &runner, NULL), LD_OK);
+    CHECK_EQ(ld_runner_new(f->server, f->o, &runner, NULL), LD_OK);
     CHECK_EQ(ld_runner_state(runner), LD_STATE_NOT_STARTED);
     pthread_t readers[2];
     for (int i = 0; i < 2; i++) CHECK(pthread_create(&readers[i], NULL, state_reader, runner) == 0);
-    bg_run b;
-    memset(&b, 0, sizeof b);
-    b.runner = runner;
-    CHECK(pthread_create(&b.thread, NULL, bg_main, &b) == 0);
+    f->b.runner = runner;
+    CHECK(pthread_create(&f->b.thread, NULL, bg_main, &f->b) == 0);
     CHECK_EQ(ld_runner_wait_ready(runner, 10000), LD_OK);
     CHECK(kill(getpid(), SIGTERM) == 0);
-    bg_join(&b);
+    bg_join(&f->b);
     reader_stop = 1;
     for (int i = 0; i < 2; i++) pthread_join(readers[i], NULL);
-    CHECK_EQ(b.status, LD_EXPIRED);
+    CHECK_EQ(f->b.status, LD_EXPIRED);
     ld_state want[] = {LD_STATE_NOT_STARTED, LD_STATE_STARTING, LD_STATE_SERVING, LD_STATE_READY,
                        LD_STATE_SHUTTING_DOWN, LD_STATE_CLOSING, LD_STATE_STOPPED};
     check_states(want, 7);
     CHECK_EQ(strcmp(ld_state_str(LD_STATE_SHUTTING_DOWN), "SHUTTING_DOWN"), 0);
     CHECK_EQ(strcmp(ld_state_str(99), "UNKNOWN"), 0);
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
@@ -869,44 +875,31 @@ static int test_state_observer(void) {
 /* 13. Stop: the same graceful path as a signal; from a thread, a hook, a signal handler.   */
 
 static int test_stop_from_thread(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    bg_run b;
-    bg_start_ready(&b, server, o);
-    CHECK_EQ(ld_runner_stop(b.runner), LD_OK);
-    CHECK_EQ(ld_runner_stop(b.runner), LD_OK); /* idempotent */
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(t.shutdown_calls, 1); /* Go's cancellation skips Shutdown; ours does not */
-    CHECK_EQ(t.close_calls, 0);
+    fixture *f = fx_new();
+    bg_start_ready(&f->b, f->server, f->o);
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK); /* idempotent */
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(f->t.shutdown_calls, 1); /* Go's cancellation skips Shutdown; ours does not */
+    CHECK_EQ(f->t.close_calls, 0);
     CHECK_CONTAINS(log_buf, "Stop requested; entering lame-duck mode for 3s");
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
 static int test_stop_in_hook(void) {
-    test_server t;
-    ts_init(&t);
-    t.serve_mode = SERVE_STOP_ITSELF; /* serve calls ld_runner_stop and ld_runner_free */
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    bg_run b;
-    memset(&b, 0, sizeof b);
-    CHECK_EQ(ld_runner_new(server, o, &b.runner, NULL), LD_OK);
-    t.runner = b.runner; /* before serve can read it */
-    CHECK(pthread_create(&b.thread, NULL, bg_main, &b) == 0);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(t.stop_status, LD_OK);
-    CHECK_EQ(t.free_status, LD_BUSY); /* freeing a running runner is refused, not a crash */
-    CHECK_EQ(t.shutdown_calls, 1);
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fixture *f = fx_new();
+    f->t.serve_mode = SERVE_STOP_ITSELF; /* serve calls ld_runner_stop and ld_runner_free */
+    CHECK_EQ(ld_runner_new(f->server, f->o, &f->b.runner, NULL), LD_OK);
+    f->t.runner = f->b.runner; /* before serve can read it */
+    CHECK(pthread_create(&f->b.thread, NULL, bg_main, &f->b) == 0);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(f->t.stop_status, LD_OK);
+    CHECK_EQ(f->t.free_status, LD_BUSY); /* freeing a running runner is refused, not a crash */
+    CHECK_EQ(f->t.shutdown_calls, 1);
+    fx_free(f);
     return 0;
 }
 
@@ -917,46 +910,36 @@ static void stop_handler(int sig) {
 }
 
 static int test_stop_from_signal_handler(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    bg_run b;
-    bg_start_ready(&b, server, o);
-    handler_runner = b.runner;
+    fixture *f = fx_new();
+    bg_start_ready(&f->b, f->server, f->o);
+    handler_runner = f->b.runner;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = stop_handler;
     CHECK(sigaction(SIGUSR2, &sa, NULL) == 0);
     CHECK(raise(SIGUSR2) == 0);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(t.shutdown_calls, 1);
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(f->t.shutdown_calls, 1);
+    fx_free(f);
     return 0;
 }
 
 static int test_stop_before_run(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
+    fixture *f = fx_new();
     ld_runner *runner = NULL;
-    CHECK_EQ(ld_runner_new(server, o, &runner, NULL), LD_OK);
+    CHECK_EQ(ld_runner_new(f->server, f->o, &runner, NULL), LD_OK);
     CHECK_EQ(ld_runner_stop(runner), LD_OK);
     ld_error *err = NULL;
     CHECK_EQ(ld_runner_run(runner, &err), LD_CANCELED);
     CHECK_CONTAINS(ld_error_message(err), "stopped before it started");
-    CHECK_EQ(t.serve_calls, 0);
-    CHECK_EQ(t.shutdown_calls, 0);
+    CHECK_EQ(f->t.serve_calls, 0);
+    CHECK_EQ(f->t.shutdown_calls, 0);
     CHECK_EQ(ld_runner_state(runner), LD_STATE_STOPPED);
     CHECK_EQ(ld_runner_wait_ready(runner, -1), LD_NOT_RUNNING);
     ld_error_free(err);
     CHECK_EQ(ld_runner_free(runner), LD_OK);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
@@ -964,28 +947,22 @@ static int test_stop_before_run(void) {
 /* 14. Run twice, free while running.                                                       */
 
 static int test_run_twice_and_free_while_running(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    bg_run b;
-    bg_start_ready(&b, server, o);
+    fixture *f = fx_new();
+    bg_start_ready(&f->b, f->server, f->o);
     ld_error *err = NULL;
-    CHECK_EQ(ld_runner_run(b.runner, &err), LD_BUSY); /* while running */
+    CHECK_EQ(ld_runner_run(f->b.runner, &err), LD_BUSY); /* while running */
     CHECK_CONTAINS(ld_error_message(err), "already running");
     ld_error_free(err);
-    CHECK_EQ(ld_runner_free(b.runner), LD_BUSY);
-    CHECK_EQ(ld_runner_state(b.runner), LD_STATE_READY); /* untouched */
-    CHECK_EQ(ld_runner_stop(b.runner), LD_OK);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(ld_runner_run(b.runner, &err), LD_BUSY); /* after it ran */
+    CHECK_EQ(ld_runner_free(f->b.runner), LD_BUSY);
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY); /* untouched */
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(ld_runner_run(f->b.runner, &err), LD_BUSY); /* after it ran */
     CHECK_CONTAINS(ld_error_message(err), "already run");
     ld_error_free(err);
-    CHECK_EQ(t.serve_calls, 1);
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    CHECK_EQ(f->t.serve_calls, 1);
+    fx_free(f);
     return 0;
 }
 
@@ -1075,25 +1052,19 @@ static int test_user_data_destructor(void) {
 /* Host-owned signals, NULL arguments, status strings, version, logging.                   */
 
 static int test_deliver_signal(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    CHECK_EQ(ld_options_set_install_signal_handlers(o, false), LD_OK);
-    bg_run b;
-    bg_start_ready(&b, server, o);
+    fixture *f = fx_new();
+    CHECK_EQ(ld_options_set_install_signal_handlers(f->o, false), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
     CHECK(current_handler(SIGTERM) == SIG_DFL); /* the library installed nothing */
-    CHECK_EQ(ld_runner_deliver_signal(b.runner, SIGUSR1), LD_INVALID_ARGUMENT);
-    CHECK_EQ(ld_runner_deliver_signal(b.runner, 0), LD_INVALID_ARGUMENT);
-    CHECK_EQ(ld_runner_deliver_signal(b.runner, 1000), LD_INVALID_ARGUMENT);
-    CHECK_EQ(ld_runner_deliver_signal(b.runner, SIGTERM), LD_OK);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
-    CHECK_EQ(t.shutdown_calls, 1);
+    CHECK_EQ(ld_runner_deliver_signal(f->b.runner, SIGUSR1), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_runner_deliver_signal(f->b.runner, 0), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_runner_deliver_signal(f->b.runner, 1000), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_runner_deliver_signal(f->b.runner, SIGTERM), LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK_EQ(f->t.shutdown_calls, 1);
     CHECK_CONTAINS(log_buf, "Received signal [terminated]; entering lame-duck mode");
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
@@ -1184,15 +1155,11 @@ static int test_logging_disabled(void) {
 }
 
 static int test_logger_lines(void) {
-    test_server t;
-    ts_init(&t);
-    ld_server *server = make_server(&t);
-    ld_options *o = quiet_options();
-    bg_run b;
-    bg_start_ready(&b, server, o);
+    fixture *f = fx_new();
+    bg_start_ready(&f->b, f->server, f->o);
     CHECK(kill(getpid(), SIGTERM) == 0);
-    bg_join(&b);
-    CHECK_EQ(b.status, LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
     const char *want = "Waiting for signals: [interrupt terminated]\n"
                        "Starting server\n"
                        "Received signal [terminated]; entering lame-duck mode for 3s\n"
@@ -1202,9 +1169,7 @@ static int test_logger_lines(void) {
         fprintf(stderr, "log was:\n%s", log_buf);
         CHECK(0);
     }
-    bg_finish(&b);
-    ld_options_free(o);
-    ld_server_free(server);
+    fx_free(f);
     return 0;
 }
 
