@@ -84,6 +84,26 @@ impl ErrorKind {
         }
     }
 
+    /// The kind's stable name, shared by the bindings: `EXPIRED`, `SHUTDOWN_FAILED`, …
+    /// (the C status without its `LD_` prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Expired => "EXPIRED",
+            ErrorKind::Failed => "FAILED",
+            ErrorKind::ShutdownFailed => "SHUTDOWN_FAILED",
+            ErrorKind::Forced => "FORCED",
+            ErrorKind::Canceled => "CANCELED",
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::NullArgument => "NULL_ARGUMENT",
+            ErrorKind::Busy => "BUSY",
+            ErrorKind::Panic => "PANIC",
+            ErrorKind::SignalSetup => "SIGNAL_SETUP",
+            ErrorKind::Timeout => "TIMEOUT",
+            ErrorKind::NotRunning => "NOT_RUNNING",
+            ErrorKind::System => "SYSTEM",
+        }
+    }
+
     /// [`ErrorKind::description`] as a `&str`.
     pub fn as_str(self) -> &'static str {
         self.description().to_str().unwrap_or("")

@@ -1,0 +1,41 @@
+"""lameduck: coordinated lame-duck shutdown for Python servers, on a Rust core.
+
+The same lifecycle as Go's ``toolman.org/net/lameduck`` and as lameduck's C and Node APIs:
+on SIGINT/SIGTERM (or :meth:`Runner.stop`) optionally drain, then call ``shutdown(ctx)`` with a
+deadline of now + ``period``; if it runs out of time, call ``close()``.
+
+    import lameduck, lameduck.adapters
+    lameduck.run(lameduck.adapters.http_server(my_threading_http_server))
+"""
+
+from ._lameduck import VERSION, __version__
+from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
+from .errors import (
+    BusyError,
+    CanceledError,
+    ExpiredError,
+    FailedError,
+    ForcedError,
+    LameDuckError,
+    ShutdownError,
+    SignalSetupError,
+)
+
+__all__ = [
+    "__version__",
+    "VERSION",
+    "DEFAULT_SIGNALS",
+    "Context",
+    "Runner",
+    "State",
+    "run",
+    "run_async",
+    "LameDuckError",
+    "ExpiredError",
+    "ForcedError",
+    "FailedError",
+    "ShutdownError",
+    "CanceledError",
+    "SignalSetupError",
+    "BusyError",
+]

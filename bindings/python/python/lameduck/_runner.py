@@ -1,0 +1,384 @@
+"""The core's lifecycle with Python's signals, threads and asyncio.
+
+The lifecycle itself lives in the Rust core (``lameduck._lameduck.NativeRunner``). This module
+only does what must happen in Python:
+
+- It owns the trigger signals the Python way. ``signal.signal`` (or ``loop.add_signal_handler``)
+  installs handlers on the main thread, and they forward each signal to the core. The core
+  installs nothing, so this never fights the ``signal`` module or asyncio over ``sigaction``.
+- It keeps the main thread in Python code while the core runs on a helper thread, so those
+  handlers run promptly.
+- It runs coroutine hooks on the event loop when used with :func:`run_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import signal
+import threading
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Tuple, Union
+
+from . import _lameduck
+from .errors import SignalSetupError, _from_native
+
+__all__ = ["Context", "Runner", "State", "run", "run_async", "DEFAULT_SIGNALS"]
+
+DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+#: ``logger=None`` uses ``logging.getLogger("lameduck")``; ``False`` disables logging; anything
+#: else must have a ``log(level, message)`` method (a :class:`logging.Logger`, a LoggerAdapter).
+LoggerOption = Union[None, bool, logging.Logger, logging.LoggerAdapter, Any]
+
+
+class State(str, enum.Enum):
+    """A runner's lifecycle state; the names are the same in C, Python and Node."""
+
+    NOT_STARTED = "NOT_STARTED"
+    STARTING = "STARTING"
+    SERVING = "SERVING"
+    READY = "READY"
+    DRAINING = "DRAINING"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    CLOSING = "CLOSING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Context:
+    """What ``serve`` and ``shutdown`` receive: the lame-duck deadline, and readiness.
+
+    One context per run, shared by both hooks and safe to use from any thread.
+    """
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: _lameduck.NativeContext) -> None:
+        self._native = native
+
+    def remaining(self) -> Optional[float]:
+        """Seconds left until the deadline; ``None`` before lame-duck; ``0.0`` once done."""
+        return self._native.remaining()
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """The deadline as a :func:`time.monotonic` value, or ``None`` before lame-duck."""
+        return self._native.deadline
+
+    @property
+    def done(self) -> bool:
+        """True once the deadline passed or a repeated signal forced the close."""
+        return self._native.done
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Blocks (releasing the GIL) until done or ``timeout`` seconds pass; returns ``done``."""
+        return self._native.wait(timeout)
+
+    async def wait_async(self, timeout: Optional[float] = None) -> bool:
+        """The same as :meth:`wait` for coroutines, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
+        while not self.done:
+            left = self.remaining()
+            step = 0.01 if left is None else min(0.01, left)
+            if until is not None:
+                if loop.time() >= until:
+                    return False
+                step = min(step, until - loop.time())
+            await asyncio.sleep(max(step, 0.0))
+        return True
+
+    def ready(self) -> None:
+        """Reports that serve is bound and accepting (see ``explicit_ready``)."""
+        self._native.ready()
+
+    def __repr__(self) -> str:
+        return f"<lameduck.Context remaining={self.remaining()!r} done={self.done!r}>"
+
+
+class _Bridge:
+    """The object the native runner calls. It calls the user's hooks, and runs coroutine hooks
+    on the event loop of :func:`run_async`, blocking the hook's thread, never the loop."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def serve(self, native_ctx: _lameduck.NativeContext) -> None:
+        self._call(self.server.serve, Context(native_ctx))
+
+    def shutdown(self, native_ctx: _lameduck.NativeContext) -> None:
+        self._call(self.server.shutdown, Context(native_ctx))
+
+    def close(self) -> None:
+        self._call(self.server.close)
+
+    def _call(self, hook: Callable[..., Any], *args: Any) -> None:
+        result = hook(*args)
+        if not inspect.isawaitable(result):
+            return
+        if self.loop is None:
+            if inspect.iscoroutine(result):
+                result.close()  # no "never awaited" warning on top of the error
+            raise TypeError(
+                f"{getattr(hook, '__qualname__', hook)!s} returned an awaitable: "
+                "use lameduck.run_async() (or Runner.run_async()) for coroutine hooks"
+            )
+        asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _signal_numbers(signals: Iterable[Any]) -> Tuple[int, ...]:
+    try:
+        items = tuple(signals)
+    except TypeError:
+        raise TypeError(f"signals={signals!r} must be a sequence of signal numbers") from None
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise TypeError(f"signals={signals!r}: {item!r} is not a signal number")
+    return tuple(int(s) for s in items)
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r} must be a number of seconds")
+    return float(value)
+
+
+def _native_logger(logger: LoggerOption) -> Any:
+    if logger is None or logger is True:
+        return logging.getLogger("lameduck")
+    if logger is False:
+        return None
+    if callable(getattr(logger, "log", None)):
+        return logger
+    raise TypeError(
+        f"logger={logger!r} must be None, False, or an object with a log(level, message) method "
+        "such as a logging.Logger"
+    )
+
+
+class Runner:
+    """Runs one server once under lame-duck coordination (Go's ``lameduck.Runner``).
+
+    ``server`` is any object with ``serve(ctx)``, ``shutdown(ctx)`` and ``close()`` methods.
+    With :meth:`run_async`, any of them may be a coroutine function. Options:
+
+    - ``period``: seconds from the start of ``shutdown`` to the deadline. Default 3.0.
+    - ``signals``: trigger signals; ``()`` means only :meth:`stop` triggers lame-duck.
+      Default SIGINT and SIGTERM.
+    - ``drain_delay``: seconds between the trigger and ``shutdown``. During them ``serve`` keeps
+      serving and :attr:`state` is ``DRAINING``. Default 0.0.
+    - ``close_timeout``: how long to wait for ``close`` (and for the other hooks after it).
+      Default 5.0.
+    - ``logger``: see :data:`LoggerOption`.
+    - ``repeat_signal``: ``"force"`` (a second signal closes now, a third kills the process),
+      ``"ignore"`` or ``"exit"`` (a second signal kills the process).
+    - ``explicit_ready``: ready only once ``serve`` calls ``ctx.ready()``.
+    - ``on_state_change``: called with ``(old, new)`` state names on every transition.
+
+    Invalid options raise ``ValueError`` or ``TypeError`` here, before anything starts.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        *,
+        period: float = 3.0,
+        signals: Iterable[int] = DEFAULT_SIGNALS,
+        drain_delay: float = 0.0,
+        close_timeout: float = 5.0,
+        logger: LoggerOption = None,
+        repeat_signal: str = "force",
+        explicit_ready: bool = False,
+        on_state_change: Optional[Callable[[str, str], Any]] = None,
+    ) -> None:
+        for hook in ("serve", "shutdown", "close"):
+            if not callable(getattr(server, hook, None)):
+                raise TypeError(f"server {server!r} has no callable {hook}() method")
+        if not isinstance(repeat_signal, str):
+            raise TypeError(f"repeat_signal={repeat_signal!r} must be 'force', 'ignore' or 'exit'")
+        if on_state_change is not None and not callable(on_state_change):
+            raise TypeError(f"on_state_change={on_state_change!r} is not callable")
+        self._signals = _signal_numbers(signals)
+        self._bridge = _Bridge(server)
+        self._native = _lameduck.NativeRunner(
+            self._bridge,
+            period=_seconds("period", period),
+            signals=list(self._signals),
+            drain_delay=_seconds("drain_delay", drain_delay),
+            close_timeout=_seconds("close_timeout", close_timeout),
+            logger=_native_logger(logger),
+            repeat_signal=repeat_signal,
+            on_state_change=on_state_change,
+            explicit_ready=bool(explicit_ready),
+        )
+
+    @property
+    def state(self) -> State:
+        """The current state (an atomic read in the core; any thread)."""
+        return State(self._native.state)
+
+    def stop(self) -> None:
+        """Starts lame-duck exactly like a trigger signal. Thread-safe; may be called from a
+        hook or a signal handler. Before :meth:`run` it makes the run raise CanceledError."""
+        self._native.stop()
+
+    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        """Waits until ready (handlers installed and serve started, or serve called
+        ``ctx.ready()`` with ``explicit_ready``). False on timeout, or when the run ended
+        without becoming ready."""
+        return self._native.wait_ready(timeout)
+
+    def _check_thread(self) -> None:
+        if self._signals and threading.current_thread() is not threading.main_thread():
+            raise SignalSetupError(
+                "lameduck can install signal handlers only on the main thread; "
+                "pass signals=() and trigger lame-duck with Runner.stop() instead",
+                kind="SIGNAL_SETUP",
+            )
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._native.deliver_signal(signum)
+
+    def run(self) -> None:
+        """Runs until the server stopped; raises a :class:`LameDuckError` subclass if the run
+        did not end in a clean shutdown. Ctrl-C starts lame-duck instead of raising
+        ``KeyboardInterrupt``; the previous handlers are restored when it returns."""
+        self._check_thread()
+        previous: Dict[int, Any] = {}
+        try:
+            for sig in self._signals:
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+            failure = self._run_native() if self._signals else self._native.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if failure is not None:
+            raise _from_native(*failure)
+
+    def _run_native(self) -> Any:
+        """Runs the core on a helper thread while this (main) thread waits in Python, where
+        signal handlers run as soon as a signal arrives."""
+        outcome: list = []
+        finished = threading.Event()
+
+        def target() -> None:
+            try:
+                outcome.append(self._native.run())
+            finally:
+                finished.set()
+
+        thread = threading.Thread(target=target, name="lameduck-run", daemon=True)
+        thread.start()
+        try:
+            finished.wait()
+        except BaseException:
+            # e.g. KeyboardInterrupt for a signal that is not a trigger: stop gracefully first.
+            self._native.stop()
+            finished.wait()
+            raise
+        thread.join()
+        return outcome[0]
+
+    async def run_async(self) -> None:
+        """Like :meth:`run`, for asyncio. Hooks may be coroutine functions; they run on this
+        event loop. Signals are taken with ``loop.add_signal_handler``, and the loop never
+        blocks. Cancelling the task stops the runner gracefully, then re-raises."""
+        loop = asyncio.get_running_loop()
+        self._check_thread()
+        self._bridge.loop = loop
+        settled: asyncio.Future = loop.create_future()
+
+        def target() -> None:
+            result = self._native.run()
+
+            def settle() -> None:
+                if not settled.done():
+                    settled.set_result(result)
+
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+        previous: Dict[int, Any] = {}
+        try:
+            for sig in self._signals:
+                previous[sig] = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._native.deliver_signal, sig)
+            threading.Thread(target=target, name="lameduck-run", daemon=True).start()
+            try:
+                failure = await asyncio.shield(settled)
+            except asyncio.CancelledError:
+                self._native.stop()
+                await settled
+                raise
+        finally:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if failure is not None:
+            raise _from_native(*failure)
+
+
+def run(
+    server: Any,
+    *,
+    period: float = 3.0,
+    signals: Iterable[int] = DEFAULT_SIGNALS,
+    drain_delay: float = 0.0,
+    close_timeout: float = 5.0,
+    logger: LoggerOption = None,
+    repeat_signal: str = "force",
+    explicit_ready: bool = False,
+    on_state_change: Optional[Callable[[str, str], Any]] = None,
+) -> None:
+    """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
+    See :class:`Runner` for the options and errors."""
+    Runner(
+        server,
+        period=period,
+        signals=signals,
+        drain_delay=drain_delay,
+        close_timeout=close_timeout,
+        logger=logger,
+        repeat_signal=repeat_signal,
+        explicit_ready=explicit_ready,
+        on_state_change=on_state_change,
+    ).run()
+
+
+async def run_async(
+    server: Any,
+    *,
+    period: float = 3.0,
+    signals: Iterable[int] = DEFAULT_SIGNALS,
+    drain_delay: float = 0.0,
+    close_timeout: float = 5.0,
+    logger: LoggerOption = None,
+    repeat_signal: str = "force",
+    explicit_ready: bool = False,
+    on_state_change: Optional[Callable[[str, str], Any]] = None,
+) -> None:
+    """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
+    await Runner(
+        server,
+        period=period,
+        signals=signals,
+        drain_delay=drain_delay,
+        close_timeout=close_timeout,
+        logger=logger,
+        repeat_signal=repeat_signal,
+        explicit_ready=explicit_ready,
+        on_state_change=on_state_change,
+    ).run_async()

@@ -1,0 +1,89 @@
+"""Exceptions raised by lameduck.
+
+Every error from a run is a :class:`LameDuckError`, like Go's ``LameDuckError{Expired, Failed,
+Err}``. A hook's own exception is the ``__cause__``, with its traceback intact.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+
+class LameDuckError(Exception):
+    """A run ended in something other than a clean lame-duck shutdown.
+
+    ``kind`` is the core's name for what happened (``"EXPIRED"``, ``"FAILED"``,
+    ``"SHUTDOWN_FAILED"``, ``"FORCED"``, ``"CANCELED"``, …). ``abandoned`` is True when a hook
+    did not return within the close timeout and was left running on its thread.
+    """
+
+    def __init__(self, message: str, *, kind: str = "", abandoned: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.abandoned = abandoned
+
+    @property
+    def expired(self) -> bool:
+        """Go's ``Expired``: the period ran out (or was forced short) and close was called."""
+        return self.kind in ("EXPIRED", "FORCED")
+
+    @property
+    def failed(self) -> bool:
+        """Go's ``Failed``: serve raised."""
+        return self.kind == "FAILED"
+
+    @property
+    def forced(self) -> bool:
+        """A repeated signal cut the period short."""
+        return self.kind == "FORCED"
+
+
+class ExpiredError(LameDuckError):
+    """The lame-duck period expired (shutdown raised ``TimeoutError``, or serve was still running
+    at the deadline) and close was called. ``__cause__`` is close's exception, if it raised."""
+
+
+class ForcedError(ExpiredError):
+    """A repeated trigger signal ended the period early and close was called."""
+
+
+class FailedError(LameDuckError):
+    """serve raised; its exception is ``__cause__``."""
+
+
+class ShutdownError(LameDuckError):
+    """shutdown raised (anything but ``TimeoutError``); its exception is ``__cause__``."""
+
+
+class CanceledError(LameDuckError):
+    """``stop()`` came before ``run()``: no hook was called."""
+
+
+class SignalSetupError(LameDuckError, RuntimeError):
+    """Trigger signals cannot be installed here (``run()`` off the main thread)."""
+
+
+class BusyError(LameDuckError, RuntimeError):
+    """The runner is running or has already run (a runner runs once)."""
+
+
+_BY_KIND: Dict[str, Type[LameDuckError]] = {
+    "EXPIRED": ExpiredError,
+    "FORCED": ForcedError,
+    "FAILED": FailedError,
+    "SHUTDOWN_FAILED": ShutdownError,
+    "CANCELED": CanceledError,
+    "SIGNAL_SETUP": SignalSetupError,
+    "BUSY": BusyError,
+}
+
+
+def _from_native(
+    kind: str, code: int, message: str, abandoned: bool, cause: Optional[BaseException]
+) -> LameDuckError:
+    """The exception for a failed run, as reported by the native runner."""
+    del code  # a Python hook's failure is its exception, not a number
+    error = _BY_KIND.get(kind, LameDuckError)(message, kind=kind, abandoned=abandoned)
+    error.__cause__ = cause
+    return error

@@ -1,0 +1,263 @@
+//! `lameduck._lameduck`: the native half of the Python package.
+//!
+//! It converts and nothing more: Python objects become a `lameduck::Server`, seconds become
+//! `Duration`s, core errors become a tuple the Python half turns into `LameDuckError`
+//! subclasses (with the hook's own exception as `__cause__`). The lifecycle is the core's.
+//! Signals are owned by the Python half (`signal.signal` / `loop.add_signal_handler`), which
+//! forwards them with `NativeRunner.deliver_signal`; the core installs no handler here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lameduck::{Context, HookError, Level, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State};
+use pyo3::exceptions::{PyTimeoutError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// Seconds (a float from Python) as a `Duration`, or a ValueError naming the argument.
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name}={value:?} is invalid: it must be a finite, non-negative number of seconds")))
+}
+
+/// A core validation error as a ValueError that names the Python argument and its value.
+fn invalid(name: &str, value: impl std::fmt::Debug, err: lameduck::Error) -> PyErr {
+    PyValueError::new_err(format!("{name}={value:?}: {}", err.message()))
+}
+
+fn optional_seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(name, v)).transpose()
+}
+
+/// `time.monotonic()` for an `Instant`: both read CLOCK_MONOTONIC on Linux.
+fn monotonic_seconds(at: Instant) -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_secs = now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9;
+    let instant_now = Instant::now();
+    if at >= instant_now {
+        now_secs + (at - instant_now).as_secs_f64()
+    } else {
+        now_secs - (instant_now - at).as_secs_f64()
+    }
+}
+
+/// The run's context as hooks see it (wrapped by `lameduck.Context` in Python).
+#[pyclass(frozen, name = "NativeContext", module = "lameduck._lameduck")]
+struct PyContext {
+    ctx: Context,
+}
+
+#[pymethods]
+impl PyContext {
+    /// Seconds left until the deadline; None before lame-duck; 0.0 once done.
+    fn remaining(&self) -> Option<f64> {
+        self.ctx.remaining().map(|d| d.as_secs_f64())
+    }
+
+    /// The deadline as a `time.monotonic()` value, or None before lame-duck.
+    #[getter]
+    fn deadline(&self) -> Option<f64> {
+        self.ctx.deadline().map(monotonic_seconds)
+    }
+
+    /// True once the deadline passed or a repeated signal forced the close.
+    #[getter]
+    fn done(&self) -> bool {
+        self.ctx.is_done()
+    }
+
+    /// Blocks (without holding the GIL) until done or `timeout` seconds pass; returns `done`.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = optional_seconds("timeout", timeout)?;
+        Ok(py.detach(|| self.ctx.wait(timeout)))
+    }
+
+    /// Reports that serve is bound and accepting.
+    fn ready(&self) {
+        self.ctx.ready();
+    }
+}
+
+/// A Python object with `serve(ctx)`, `shutdown(ctx)` and `close()` (the Python half's bridge,
+/// which also runs coroutine hooks on the event loop).
+struct PyServer {
+    bridge: Py<PyAny>,
+}
+
+impl PyServer {
+    fn call(&self, hook: &'static str, ctx: Option<&Context>) -> Result<(), HookError> {
+        Python::attach(|py| {
+            let bridge = self.bridge.bind(py);
+            let result = match ctx {
+                Some(ctx) => Bound::new(py, PyContext { ctx: ctx.clone() }).and_then(|c| bridge.call_method1(hook, (c,))),
+                None => bridge.call_method0(hook),
+            };
+            result.map(|_| ()).map_err(|err| hook_error(py, hook, err))
+        })
+    }
+}
+
+/// A Python exception from a hook, kept whole (traceback included) as the error's payload.
+/// In `shutdown`, `TimeoutError` means "the deadline passed" (Go's DeadlineExceeded).
+fn hook_error(py: Python<'_>, hook: &str, err: PyErr) -> HookError {
+    if hook == "shutdown" && err.is_instance_of::<PyTimeoutError>(py) {
+        return HookError::deadline_exceeded().with_payload(Box::new(err));
+    }
+    let type_name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+    let text = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+    let message = if text.is_empty() { type_name } else { format!("{type_name}: {text}") };
+    HookError::new(1, message).with_payload(Box::new(err))
+}
+
+impl Server for PyServer {
+    fn serve(&self, ctx: &Context) -> Result<(), HookError> {
+        self.call("serve", Some(ctx))
+    }
+    fn shutdown(&self, ctx: &Context) -> Result<(), HookError> {
+        self.call("shutdown", Some(ctx))
+    }
+    fn close(&self) -> Result<(), HookError> {
+        self.call("close", None)
+    }
+}
+
+/// Python's logging levels for the core's.
+fn python_level(level: Level) -> i32 {
+    match level {
+        Level::Debug => 10,
+        Level::Info => 20,
+        Level::Warn => 30,
+        Level::Error => 40,
+    }
+}
+
+/// The core runner, driven by `lameduck.Runner`.
+#[pyclass(frozen, name = "NativeRunner", module = "lameduck._lameduck")]
+struct PyRunner {
+    runner: Runner,
+}
+
+/// What `NativeRunner.run` returns for a failed run:
+/// `(kind, code, message, abandoned, cause-or-None)`.
+type RunFailure = (&'static str, i32, String, bool, Option<Py<PyAny>>);
+
+#[pymethods]
+impl PyRunner {
+    #[new]
+    #[pyo3(signature = (bridge, *, period, signals, drain_delay, close_timeout, logger, repeat_signal, on_state_change, explicit_ready))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        bridge: Py<PyAny>,
+        period: f64,
+        signals: Vec<i32>,
+        drain_delay: f64,
+        close_timeout: f64,
+        logger: Option<Py<PyAny>>,
+        repeat_signal: &str,
+        on_state_change: Option<Py<PyAny>>,
+        explicit_ready: bool,
+    ) -> PyResult<Self> {
+        let logger = logger.map(|logger| {
+            Arc::new(move |level: Level, message: &str| {
+                Python::attach(|py| {
+                    if let Err(err) = logger.bind(py).call_method1("log", (python_level(level), message)) {
+                        err.write_unraisable(py, None);
+                    }
+                })
+            }) as lameduck::Logger
+        });
+        let observer = on_state_change.map(|callback| {
+            Arc::new(move |old: State, new: State| {
+                Python::attach(|py| {
+                    if let Err(err) = callback.bind(py).call1((old.name(), new.name())) {
+                        err.write_unraisable(py, None);
+                    }
+                })
+            }) as lameduck::StateObserver
+        });
+        let period_s = seconds("period", period)?;
+        lameduck::validate_period(period_s).map_err(|e| invalid("period", period, e))?;
+        let drain_s = seconds("drain_delay", drain_delay)?;
+        lameduck::validate_drain_delay(drain_s).map_err(|e| invalid("drain_delay", drain_delay, e))?;
+        let close_s = seconds("close_timeout", close_timeout)?;
+        lameduck::validate_close_timeout(close_s).map_err(|e| invalid("close_timeout", close_timeout, e))?;
+        for &signal in &signals {
+            lameduck::validate_signal(signal).map_err(|e| invalid("signals", &signals, e))?;
+        }
+        let options = Options {
+            period: period_s,
+            signals,
+            drain_delay: drain_s,
+            close_timeout: close_s,
+            logger,
+            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal).map_err(|e| invalid("repeat_signal", repeat_signal, e))?,
+            state_observer: observer,
+            explicit_ready,
+            signal_owner: SignalOwner::Host,
+        };
+        let runner = Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
+        Ok(PyRunner { runner })
+    }
+
+    /// Runs to the end without holding the GIL. None on success, else a `RunFailure` tuple.
+    fn run(&self, py: Python<'_>) -> Option<RunFailure> {
+        let result = py.detach(|| self.runner.run());
+        result.err().map(|mut err| {
+            let cause = err
+                .take_cause()
+                .and_then(|mut c| c.take_payload())
+                .and_then(|p| p.downcast::<PyErr>().ok())
+                .map(|e| e.into_value(py).into_any());
+            (err.kind().name(), err.code(), err.message().to_string(), err.abandoned(), cause)
+        })
+    }
+
+    /// Starts lame-duck like a trigger signal. Thread-safe; fine inside a signal handler.
+    fn stop(&self) {
+        self.runner.stop();
+    }
+
+    /// Hands the core a trigger signal caught by Python (this may end the process, per the
+    /// repeat-signal policy).
+    fn deliver_signal(&self, signal: i32) -> PyResult<()> {
+        self.runner.deliver_signal(signal).map_err(|e| PyValueError::new_err(e.message().to_string()))
+    }
+
+    /// True once ready; False on timeout or when the run ended without becoming ready.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_ready(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = optional_seconds("timeout", timeout)?;
+        Ok(py.detach(|| self.runner.wait_ready(timeout)).is_ok())
+    }
+
+    /// The state's name: NOT_STARTED, STARTING, SERVING, READY, DRAINING, SHUTTING_DOWN,
+    /// CLOSING, STOPPED or FAILED.
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.runner.state().name()
+    }
+
+    /// True while `run` executes.
+    #[getter]
+    fn running(&self) -> bool {
+        self.runner.is_running()
+    }
+}
+
+/// `(major, minor, patch)` of the core.
+fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').filter_map(|p| p.parse().ok()).collect();
+    PyTuple::new(py, v)
+}
+
+#[pymodule]
+fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyRunner>()?;
+    m.add_class::<PyContext>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("VERSION", version_tuple(m.py())?)?;
+    Ok(())
+}
