@@ -390,7 +390,7 @@ enum ld_status ld_options_set_state_observer(struct ld_options *options,
 /**
  * When true, the run becomes ready (`LD_STATE_READY`, `ld_runner_wait_ready` returns) only
  * once serve calls `ld_context_ready`, i.e. when it is bound and accepting. When false (the
- * default), as soon as the signal handlers are installed and serve has started.
+ * default), as soon as the signal handlers are installed and serve has been called.
  * Errors: `LD_NULL_ARGUMENT`.
  */
 enum ld_status ld_options_set_explicit_ready(struct ld_options *options, bool explicit_ready);
@@ -458,7 +458,7 @@ enum ld_status ld_runner_stop(const struct ld_runner *runner);
 enum ld_status ld_runner_deliver_signal(const struct ld_runner *runner, int signal);
 
 /**
- * Waits until the run is ready: signal handlers installed and serve started (with explicit
+ * Waits until the run is ready: signal handlers installed and serve called (with explicit
  * readiness: serve called `ld_context_ready`). `timeout_ms` < 0 waits without limit.
  * Returns `LD_OK` (ready now, or was ready earlier in a run that is over), `LD_TIMEOUT`,
  * `LD_NOT_RUNNING` (the run ended without becoming ready) or `LD_NULL_ARGUMENT`. Any thread;

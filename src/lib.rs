@@ -20,6 +20,7 @@
 mod context;
 mod error;
 mod format;
+pub mod listener;
 mod options;
 mod runner;
 mod server;

@@ -92,7 +92,7 @@ pub struct Options {
     /// Called on every state transition.
     pub state_observer: Option<StateObserver>,
     /// When true, the run becomes ready only when `serve` calls `Context::ready` (bound and
-    /// accepting); when false, as soon as the handlers are installed and `serve` has started.
+    /// accepting); when false, as soon as the handlers are installed and `serve` has been called.
     pub explicit_ready: bool,
     /// Who catches the trigger signals. Default [`SignalOwner::Library`].
     pub signal_owner: SignalOwner,

@@ -129,7 +129,7 @@ impl Runner {
         &self.shared.options
     }
 
-    /// Waits until the run is ready: signal handlers installed and `serve` started (and, with
+    /// Waits until the run is ready: signal handlers installed and `serve` called (and, with
     /// explicit readiness, `serve` has called [`Context::ready`]). `None` waits forever.
     /// Errors: [`ErrorKind::Timeout`], or [`ErrorKind::NotRunning`] when the run ended without
     /// ever becoming ready. Returns `Ok` if the run was ready at some point, even if it is over.
@@ -244,6 +244,8 @@ struct Run {
     abandoned: Vec<&'static str>,
     /// `serve` failed (or could not start): the run ends in `Failed` rather than `Stopped`.
     serve_failed: bool,
+    /// Set by the serve thread just before it calls the hook.
+    serve_called: Arc<AtomicBool>,
 }
 
 impl Run {
@@ -263,6 +265,7 @@ impl Run {
             close_reason: None,
             abandoned: Vec::new(),
             serve_failed: false,
+            serve_called: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -314,13 +317,16 @@ impl Run {
         }
         self.log(Level::Info, "Starting server");
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
-        let result = match HookThread::spawn("serve", Arc::clone(&self.shared.trigger), move || server.serve(&ctx)) {
+        let serve_called = Arc::clone(&self.serve_called);
+        let trigger = Arc::clone(&self.shared.trigger);
+        let result = match HookThread::spawn("serve", Arc::clone(&self.shared.trigger), move || {
+            serve_called.store(true, Ordering::SeqCst);
+            trigger.wake();
+            server.serve(&ctx)
+        }) {
             Ok(serve) => {
                 self.serve = Some(serve);
                 self.transition(State::Serving);
-                if !self.shared.options.explicit_ready {
-                    self.transition(State::Ready);
-                }
                 self.drive()
             }
             Err(err) => {
@@ -365,10 +371,14 @@ impl Run {
     }
 
     fn step(&mut self, now: Instant) -> Option<Result<(), Error>> {
-        if self.phase == Phase::Serving
-            && self.shared.state.get() == State::Serving
-            && self.ctx.ready_reported()
-        {
+        // Ready: handlers are installed (before serve was spawned), serve has been called, and
+        // with explicit readiness serve has said it is accepting.
+        let ready = if self.shared.options.explicit_ready {
+            self.ctx.ready_reported()
+        } else {
+            self.serve_called.load(Ordering::SeqCst)
+        };
+        if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && ready {
             self.transition(State::Ready);
         }
         self.absorb_trigger_events(now);

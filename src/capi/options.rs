@@ -233,7 +233,7 @@ pub extern "C" fn ld_options_set_state_observer(options: *mut ld_options, state_
 
 /// When true, the run becomes ready (`LD_STATE_READY`, `ld_runner_wait_ready` returns) only
 /// once serve calls `ld_context_ready`, i.e. when it is bound and accepting. When false (the
-/// default), as soon as the signal handlers are installed and serve has started.
+/// default), as soon as the signal handlers are installed and serve has been called.
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explicit_ready: bool) -> ld_status {

@@ -156,7 +156,7 @@ pub extern "C" fn ld_runner_deliver_signal(runner: *const ld_runner, signal: c_i
     })
 }
 
-/// Waits until the run is ready: signal handlers installed and serve started (with explicit
+/// Waits until the run is ready: signal handlers installed and serve called (with explicit
 /// readiness: serve called `ld_context_ready`). `timeout_ms` < 0 waits without limit.
 /// Returns `LD_OK` (ready now, or was ready earlier in a run that is over), `LD_TIMEOUT`,
 /// `LD_NOT_RUNNING` (the run ended without becoming ready) or `LD_NULL_ARGUMENT`. Any thread;

@@ -247,6 +247,20 @@ impl PyRunner {
     }
 }
 
+/// Makes the listening socket `fd` drop new connection attempts while queued ones can still be
+/// accepted (see `lameduck::listener`). Only for sockets this process owns alone.
+#[pyfunction]
+fn stop_accepting(fd: i32) -> PyResult<()> {
+    lameduck::listener::stop_accepting(fd).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("stop_accepting(fd={fd}): {e}")))
+}
+
+/// True when the listening socket `fd` has a connection waiting to be accepted.
+#[pyfunction]
+fn has_pending_connection(fd: i32) -> PyResult<bool> {
+    lameduck::listener::has_pending_connection(fd)
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("has_pending_connection(fd={fd}): {e}")))
+}
+
 /// `(major, minor, patch)` of the core.
 fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
     let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').filter_map(|p| p.parse().ok()).collect();
@@ -257,6 +271,8 @@ fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
 fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRunner>()?;
     m.add_class::<PyContext>()?;
+    m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
+    m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("VERSION", version_tuple(m.py())?)?;
     Ok(())

@@ -17,6 +17,8 @@ import asyncio
 import enum
 import inspect
 import logging
+import os
+import select
 import signal
 import threading
 from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Tuple, Union
@@ -136,6 +138,14 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _signal_numbers(signals: Iterable[Any]) -> Tuple[int, ...]:
     try:
         items = tuple(signals)
@@ -233,7 +243,7 @@ class Runner:
         self._native.stop()
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
-        """Waits until ready (handlers installed and serve started, or serve called
+        """Waits until ready (handlers installed and serve called, or serve called
         ``ctx.ready()`` with ``explicit_ready``). False on timeout, or when the run ended
         without becoming ready."""
         return self._native.wait_ready(timeout)
@@ -267,27 +277,43 @@ class Runner:
             raise _from_native(*failure)
 
     def _run_native(self) -> Any:
-        """Runs the core on a helper thread while this (main) thread waits in Python, where
-        signal handlers run as soon as a signal arrives."""
+        """Runs the core on a helper thread while this (main) thread waits in Python, so the
+        signal handlers run as soon as a signal arrives.
+
+        The kernel may deliver a signal to any thread. CPython's C-level handler then only sets
+        a flag, which the main thread would not notice while it blocks. So the main thread
+        waits in select() on a ``signal.set_wakeup_fd`` pipe (written by that C handler from
+        whichever thread it runs on) and on a pipe the helper writes when the run is over.
+        """
         outcome: list = []
-        finished = threading.Event()
+        done_r, done_w = os.pipe()
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
 
         def target() -> None:
             try:
                 outcome.append(self._native.run())
             finally:
-                finished.set()
+                os.write(done_w, b"x")
 
+        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         thread = threading.Thread(target=target, name="lameduck-run", daemon=True)
-        thread.start()
         try:
-            finished.wait()
-        except BaseException:
-            # e.g. KeyboardInterrupt for a signal that is not a trigger: stop gracefully first.
-            self._native.stop()
-            finished.wait()
-            raise
-        thread.join()
+            thread.start()
+            try:
+                while not select.select([done_r, wake_r], [], [])[0].count(done_r):
+                    _drain(wake_r)  # the handlers ran on the way out of select()
+            except BaseException:
+                # e.g. KeyboardInterrupt for a signal that is not a trigger: stop gracefully first.
+                self._native.stop()
+                thread.join()
+                raise
+            thread.join()
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for fd in (done_r, done_w, wake_r, wake_w):
+                os.close(fd)
         return outcome[0]
 
     async def run_async(self) -> None:

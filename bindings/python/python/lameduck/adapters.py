@@ -2,7 +2,10 @@
 
 They all handle keep-alive so that nothing is lost. Once lame-duck begins:
 
-- the listening socket is closed at once, so new connections are refused;
+- the listening socket stops taking new connections at once; connections already in its
+  accept queue are still accepted and answered (with ``Connection: close``), then it is closed
+  and new connections are refused (``drain_listener``, on unless the socket looks shared with
+  other processes: see ``lameduck.listener`` in the core);
 - a request that arrives on a kept-alive connection is still answered, with
   ``Connection: close``;
 - an idle keep-alive connection is closed only after ``idle_grace`` seconds (default 1.0,
@@ -20,16 +23,39 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
 import socket
 import socketserver
 import threading
-from typing import Any, Awaitable, Callable, Dict, Optional, Set, TypeVar
+import time
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, TypeVar
 
+from . import _lameduck
 from ._runner import Context
 
 __all__ = ["http_server", "asyncio_server", "aiohttp_app", "HTTPServerAdapter", "AsyncioServerAdapter", "AiohttpAdapter"]
 
 T = TypeVar("T")
+
+
+def _drain_default(drain_listener: Optional[bool]) -> bool:
+    """Drain (stop new SYNs, accept what is queued, then close) only listeners we own alone.
+    Under systemd socket activation or start_server the socket is shared, and a drop filter on it
+    would stop the others from accepting too. There, closing our copy loses nothing anyway."""
+    if drain_listener is not None:
+        return bool(drain_listener)
+    return not ("LISTEN_FDS" in os.environ or "SERVER_STARTER_PORT" in os.environ)
+
+
+def _stop_accepting(sockets: Iterable[Any]) -> list:
+    fds = [s.fileno() for s in sockets]
+    for fd in fds:
+        _lameduck.stop_accepting(fd)
+    return fds
+
+
+def _pending(fds: list) -> bool:
+    return any(_lameduck.has_pending_connection(fd) for fd in fds)
 
 
 def _check_grace(idle_grace: float) -> float:
@@ -57,9 +83,12 @@ class HTTPServerAdapter:
     makes handler threads daemon threads, so an abandoned request cannot keep the process alive.
     """
 
-    def __init__(self, server: socketserver.BaseServer, *, idle_grace: float = 1.0) -> None:
+    def __init__(
+        self, server: socketserver.BaseServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
+    ) -> None:
         self.server = server
         self.idle_grace = _check_grace(idle_grace)
+        self.drain_listener = _drain_default(drain_listener)
         self._lock = threading.Condition()
         self._connections: Dict[socket.socket, bool] = {}  # socket -> idle (waiting for a request)
         self._serving = False
@@ -145,6 +174,11 @@ class HTTPServerAdapter:
             self._lame_duck = True
             serving = self._serving
         if serving:
+            if self.drain_listener:
+                # No new connections, but accept (and answer) every one already queued.
+                fds = _stop_accepting([self.server.socket])
+                while _pending(fds) and not ctx.done:
+                    time.sleep(0.002)
             self.server.shutdown()  # the accept loop has stopped when this returns
         self.server.socket.close()  # new connections are refused from here on
         ctx.wait(self.idle_grace)  # idle keep-alive connections get a grace (never past the deadline)
@@ -176,13 +210,15 @@ def _shutdown_socket(conn: socket.socket, how: int) -> None:
         pass  # already closed by the peer
 
 
-def http_server(server: socketserver.BaseServer, *, idle_grace: float = 1.0) -> HTTPServerAdapter:
+def http_server(
+    server: socketserver.BaseServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
+) -> HTTPServerAdapter:
     """A lameduck server for a ``socketserver``/``http.server`` server::
 
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler)
         lameduck.run(lameduck.adapters.http_server(srv))
     """
-    return HTTPServerAdapter(server, idle_grace=idle_grace)
+    return HTTPServerAdapter(server, idle_grace=idle_grace, drain_listener=drain_listener)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,12 +247,14 @@ class AsyncioServerAdapter:
         port: Optional[int] = None,
         *,
         idle_grace: float = 1.0,
+        drain_listener: Optional[bool] = None,
         **start_server_kwargs: Any,
     ) -> None:
         self.client_connected_cb = client_connected_cb
         self.host = host
         self.port = port
         self.idle_grace = _check_grace(idle_grace)
+        self.drain_listener = _drain_default(drain_listener)
         self.start_server_kwargs = start_server_kwargs
         self.server: Optional[asyncio.AbstractServer] = None
         self._handlers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
@@ -275,7 +313,8 @@ class AsyncioServerAdapter:
     async def shutdown(self, ctx: Context) -> None:
         self._lame_duck = True
         if self.server is not None:
-            self.server.close()  # stop accepting at once
+            await _drain_async(self.server.sockets, self.drain_listener, ctx)
+            self.server.close()  # new connections are refused from here on
         await ctx.wait_async(self.idle_grace)
         if self._idle_closing is not None:
             self._idle_closing.set()
@@ -303,10 +342,23 @@ def asyncio_server(
     port: Optional[int] = None,
     *,
     idle_grace: float = 1.0,
+    drain_listener: Optional[bool] = None,
     **start_server_kwargs: Any,
 ) -> AsyncioServerAdapter:
     """A lameduck server for ``asyncio.start_server``; run it with :func:`lameduck.run_async`."""
-    return AsyncioServerAdapter(client_connected_cb, host, port, idle_grace=idle_grace, **start_server_kwargs)
+    return AsyncioServerAdapter(
+        client_connected_cb, host, port, idle_grace=idle_grace, drain_listener=drain_listener, **start_server_kwargs
+    )
+
+
+async def _drain_async(sockets: Iterable[Any], drain: bool, ctx: Context) -> None:
+    """The asyncio form of the drain in HTTPServerAdapter.shutdown: the loop's accept handler
+    takes what is queued while we wait."""
+    if not drain:
+        return
+    fds = _stop_accepting(sockets)
+    while _pending(fds) and not ctx.done:
+        await asyncio.sleep(0.002)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +379,14 @@ class AiohttpAdapter:
     """
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 8080, *, idle_grace: float = 1.0, **site_kwargs: Any
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        idle_grace: float = 1.0,
+        drain_listener: Optional[bool] = None,
+        **site_kwargs: Any,
     ) -> None:
         from aiohttp import web  # imported here: aiohttp is optional
 
@@ -335,13 +394,16 @@ class AiohttpAdapter:
         self.host = host
         self.port = port
         self.idle_grace = _check_grace(idle_grace)
+        self.drain_listener = _drain_default(drain_listener)
         self.site_kwargs = site_kwargs
         self._web = web
         self.runner: Optional[Any] = None
         self.site: Optional[Any] = None
         self._lame_duck = False
         self._stopped: Optional[asyncio.Event] = None
+        self._in_flight: Dict[Any, int] = {}  # connection (RequestHandler) -> requests in progress
         app.on_response_prepare.append(self._on_response_prepare)
+        app.middlewares.append(self._track_in_flight)
 
     @property
     def lame_duck(self) -> bool:
@@ -356,7 +418,25 @@ class AiohttpAdapter:
 
     async def _on_response_prepare(self, request: Any, response: Any) -> None:
         if self._lame_duck:
-            response.force_close()  # aiohttp then sends Connection: close and closes after it
+            response.force_close()  # close the connection after this response...
+            response.headers["Connection"] = "close"  # ...and tell the client, so it reconnects
+
+    @property
+    def _track_in_flight(self) -> Any:
+        adapter = self
+
+        @self._web.middleware
+        async def track_in_flight(request: Any, handler: Any) -> Any:
+            conn = request.protocol
+            adapter._in_flight[conn] = adapter._in_flight.get(conn, 0) + 1
+            try:
+                return await handler(request)
+            finally:
+                left = adapter._in_flight.pop(conn) - 1
+                if left:
+                    adapter._in_flight[conn] = left
+
+        return track_in_flight
 
     def _connections(self) -> list:
         server = self.runner.server if self.runner is not None else None
@@ -374,10 +454,14 @@ class AiohttpAdapter:
     async def shutdown(self, ctx: Context) -> None:
         self._lame_duck = True
         if self.site is not None:
+            await _drain_async(self.sockets, self.drain_listener, ctx)
             await self.site.stop()  # closes the listening socket
         await ctx.wait_async(self.idle_grace)
-        for handler in self._connections():
-            handler.close()  # idle: closes now; busy: after its response (Connection: close)
+        for conn in self._connections():
+            if self._in_flight.get(conn):
+                conn.close()  # busy: closes after its response (which says Connection: close)
+            else:
+                conn.force_close()  # idle past the grace: close now
         while self._connections():
             if ctx.done:
                 raise TimeoutError(f"{len(self._connections())} connection(s) still open at the deadline")
@@ -388,17 +472,23 @@ class AiohttpAdapter:
             self._stopped.set()
 
     async def close(self) -> None:
-        for handler in self._connections():
-            handler.force_close()
         if self.runner is not None:
+            if self.runner.server is not None:
+                await self.runner.server.shutdown(0.05)  # cancel in-flight handlers, close all
             await self.runner.cleanup()
         if self._stopped is not None:
             self._stopped.set()
 
 
 def aiohttp_app(
-    app: Any, host: str = "127.0.0.1", port: int = 8080, *, idle_grace: float = 1.0, **site_kwargs: Any
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    idle_grace: float = 1.0,
+    drain_listener: Optional[bool] = None,
+    **site_kwargs: Any,
 ) -> AiohttpAdapter:
     """A lameduck server for an ``aiohttp.web.Application``; run it with
     :func:`lameduck.run_async`."""
-    return AiohttpAdapter(app, host, port, idle_grace=idle_grace, **site_kwargs)
+    return AiohttpAdapter(app, host, port, idle_grace=idle_grace, drain_listener=drain_listener, **site_kwargs)

@@ -1,0 +1,134 @@
+"""Helpers: run tests/app.py in a subprocess, wait for its lines, talk HTTP over 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import pytest
+
+APP = Path(__file__).with_name("app.py")
+LIMIT = 30.0
+
+
+class App:
+    """A test server process; stdout and stderr lines are collected as they arrive."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APP), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: List[str] = []
+        self._cv = threading.Condition()
+        for stream, tag in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
+            threading.Thread(target=self._pump, args=(stream, tag), daemon=True).start()
+        self.port = int(self.wait_for(r"^out: port (\d+)").group(1))
+
+    def _pump(self, stream: object, tag: str) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._cv:
+                self.lines.append(f"{tag}: {line.rstrip()}")
+                self._cv.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = LIMIT) -> "re.Match[str]":
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for line in self.lines:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
+                self._cv.wait(left)
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def finish(self, timeout: float = LIMIT) -> int:
+        code = self.proc.wait(timeout)
+        time.sleep(0.05)  # let the pumps read the last lines
+        return code
+
+    def text(self) -> str:
+        with self._cv:
+            return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def start() -> Iterator[object]:
+    apps: List[App] = []
+
+    def _start(*args: str) -> App:
+        app = App(*args)
+        apps.append(app)
+        app.wait_for(r"^out: state READY")
+        return app
+
+    yield _start
+    for app in apps:
+        app.kill()
+
+
+def send(port: int, path: str, keep_alive: bool = False) -> socket.socket:
+    """Sends one GET and returns the socket; read the answer with `response`."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=LIMIT)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n".encode())
+    return s
+
+
+def response(s: socket.socket, whole: bool = True) -> str:
+    """Reads one response (headers + Content-Length body) or, with whole=True, until EOF."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        if not whole and b"\r\n\r\n" in data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            m = re.search(rb"content-length: *(\d+)", head, re.I)
+            if m and len(body) >= int(m.group(1)):
+                break
+    return data.decode(errors="replace")
+
+
+def get(port: int, path: str) -> str:
+    with send(port, path) as s:
+        return response(s)
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def wrk_path() -> Optional[str]:
+    from shutil import which
+
+    return which("wrk")
