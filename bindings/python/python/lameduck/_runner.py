@@ -21,18 +21,24 @@ import os
 import select
 import signal
 import threading
-from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union
 
 from . import _lameduck
 from .errors import SignalSetupError, _from_native
 
-__all__ = ["Context", "Runner", "State", "run", "run_async", "DEFAULT_SIGNALS"]
+__all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "DEFAULT_SIGNALS"]
 
 DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
+class SupportsLog(Protocol):
+    """Anything with ``log(level, message)``: a :class:`logging.Logger`, a ``LoggerAdapter``."""
+
+    def log(self, level: int, msg: str) -> Any: ...
+
+
 #: ``logger=None`` uses ``logging.getLogger("lameduck")``; ``False`` disables logging; anything
-#: else must have a ``log(level, message)`` method (a :class:`logging.Logger`, a LoggerAdapter).
-LoggerOption = Union[None, bool, logging.Logger, logging.LoggerAdapter, Any]
+#: else must have a ``log(level, message)`` method.
+LoggerOption = Union[None, bool, SupportsLog]
 
 
 class State(str, enum.Enum):
@@ -285,7 +291,7 @@ class Runner:
         waits in select() on a ``signal.set_wakeup_fd`` pipe (written by that C handler from
         whichever thread it runs on) and on a pipe the helper writes when the run is over.
         """
-        outcome: list = []
+        outcome: List[Any] = []
         done_r, done_w = os.pipe()
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -323,7 +329,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         self._check_thread()
         self._bridge.loop = loop
-        settled: asyncio.Future = loop.create_future()
+        settled: "asyncio.Future[Any]" = loop.create_future()
 
         def target() -> None:
             result = self._native.run()

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import inspect
 import os
 import socket
 import socketserver
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, TypeVar
 
 from . import _lameduck
 from ._runner import Context
@@ -47,14 +48,14 @@ def _drain_default(drain_listener: Optional[bool]) -> bool:
     return not ("LISTEN_FDS" in os.environ or "SERVER_STARTER_PORT" in os.environ)
 
 
-def _stop_accepting(sockets: Iterable[Any]) -> list:
+def _stop_accepting(sockets: Iterable[Any]) -> List[int]:
     fds = [s.fileno() for s in sockets]
     for fd in fds:
         _lameduck.stop_accepting(fd)
     return fds
 
 
-def _pending(fds: list) -> bool:
+def _pending(fds: List[int]) -> bool:
     return any(_lameduck.has_pending_connection(fd) for fd in fds)
 
 
@@ -84,7 +85,7 @@ class HTTPServerAdapter:
     """
 
     def __init__(
-        self, server: socketserver.BaseServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
+        self, server: socketserver.TCPServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
     ) -> None:
         self.server = server
         self.idle_grace = _check_grace(idle_grace)
@@ -96,7 +97,7 @@ class HTTPServerAdapter:
         self._closing_idle = False
         if isinstance(server, socketserver.ThreadingMixIn):
             server.daemon_threads = True
-        server.RequestHandlerClass = self._wrap(server.RequestHandlerClass)  # type: ignore[assignment]
+        server.RequestHandlerClass = self._wrap(server.RequestHandlerClass)
 
     @property
     def lame_duck(self) -> bool:
@@ -106,7 +107,7 @@ class HTTPServerAdapter:
     def _wrap(self, base: Any) -> Any:
         adapter = self
 
-        class Tracked(base):  # type: ignore[misc, valid-type]
+        class Tracked(base):  # type: ignore[misc]
             def setup(self) -> None:
                 super().setup()
                 adapter._track(self.connection)
@@ -120,7 +121,7 @@ class HTTPServerAdapter:
         if not issubclass(base, http.server.BaseHTTPRequestHandler):
             return Tracked
 
-        class KeepAliveAware(Tracked):  # type: ignore[misc, valid-type]
+        class KeepAliveAware(Tracked):
             def handle_one_request(self) -> None:
                 # Waiting for the next request: idle. After the idle grace, shutdown() ends
                 # the wait with SHUT_RD, and the read below returns EOF.
@@ -153,13 +154,14 @@ class HTTPServerAdapter:
             self._lock.notify_all()
 
     def _set_idle(self, conn: socket.socket, idle: bool) -> bool:
-        """Marks a connection idle or busy; False when an idle one must close now."""
-        with self._lock:
-            if idle and self._closing_idle:
-                return False
-            if conn in self._connections:
-                self._connections[conn] = idle
-            return True
+        """Marks a connection idle or busy; False when an idle one must close now.
+
+        No lock: under the GIL, "store idle, then read closing" here and "store closing, then
+        read idle" in shutdown() cannot both miss each other, so an idle connection is always
+        either closed by shutdown() or closes itself here (both is harmless)."""
+        if conn in self._connections:
+            self._connections[conn] = idle
+        return not (idle and self._closing_idle)
 
     def serve(self, ctx: Context) -> None:
         with self._lock:
@@ -182,11 +184,11 @@ class HTTPServerAdapter:
             self.server.shutdown()  # the accept loop has stopped when this returns
         self.server.socket.close()  # new connections are refused from here on
         ctx.wait(self.idle_grace)  # idle keep-alive connections get a grace (never past the deadline)
+        self._closing_idle = True
+        for conn, idle in list(self._connections.items()):
+            if idle:
+                _shutdown_socket(conn, socket.SHUT_RD)  # the handler's read returns EOF
         with self._lock:
-            self._closing_idle = True
-            for conn, idle in self._connections.items():
-                if idle:
-                    _shutdown_socket(conn, socket.SHUT_RD)
             while self._connections:
                 left = ctx.remaining()
                 if not left:
@@ -211,7 +213,7 @@ def _shutdown_socket(conn: socket.socket, how: int) -> None:
 
 
 def http_server(
-    server: socketserver.BaseServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
+    server: socketserver.TCPServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
 ) -> HTTPServerAdapter:
     """A lameduck server for a ``socketserver``/``http.server`` server::
 
@@ -256,10 +258,11 @@ class AsyncioServerAdapter:
         self.idle_grace = _check_grace(idle_grace)
         self.drain_listener = _drain_default(drain_listener)
         self.start_server_kwargs = start_server_kwargs
-        self.server: Optional[asyncio.AbstractServer] = None
+        self.server: Optional[asyncio.Server] = None
         self._handlers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
+        self._idle: "set[asyncio.Task[Any]]" = set()  # handlers waiting in next_request()
         self._lame_duck = False
-        self._idle_closing: Optional[asyncio.Event] = None
+        self._idle_closing = False
         self._stopped: Optional[asyncio.Event] = None
 
     @property
@@ -273,25 +276,26 @@ class AsyncioServerAdapter:
         return self.server.sockets if self.server is not None else ()
 
     async def next_request(self, read: Awaitable[T]) -> Optional[T]:
-        """Awaits ``read`` (e.g. ``reader.readline()``), unless the connection is idle when the
-        idle grace ends; then it cancels the read and returns ``None``: close the connection."""
-        assert self._idle_closing is not None, "next_request() is for connection handlers"
-        if self._idle_closing.is_set():
-            # Past the grace: take only what is already there.
-            read_task = asyncio.ensure_future(read)
-            await asyncio.sleep(0)
-            if read_task.done():
-                return read_task.result()
-            read_task.cancel()
+        """Awaits ``read`` (e.g. ``reader.readline()``) for the next request. If the connection
+        is still idle when the idle grace ends, the read is cancelled and this returns ``None``:
+        close the connection. Costs nothing extra per request (no tasks are created)."""
+        task = asyncio.current_task()
+        if self._idle_closing or task is None:
+            if inspect.iscoroutine(read):
+                read.close()
             return None
-        read_task = asyncio.ensure_future(read)
-        closing_task = asyncio.ensure_future(self._idle_closing.wait())
-        done, _ = await asyncio.wait({read_task, closing_task}, return_when=asyncio.FIRST_COMPLETED)
-        if read_task in done:
-            closing_task.cancel()
-            return read_task.result()
-        read_task.cancel()
-        return None
+        self._idle.add(task)
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if not self._idle_closing:
+                raise  # somebody else cancelled it
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()  # this cancellation was ours, and it is handled
+            return None
+        finally:
+            self._idle.discard(task)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -304,7 +308,6 @@ class AsyncioServerAdapter:
             writer.close()
 
     async def serve(self, ctx: Context) -> None:
-        self._idle_closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self.server = await asyncio.start_server(self._handle, self.host, self.port, **self.start_server_kwargs)
         ctx.ready()
@@ -316,8 +319,9 @@ class AsyncioServerAdapter:
             await _drain_async(self.server.sockets, self.drain_listener, ctx)
             self.server.close()  # new connections are refused from here on
         await ctx.wait_async(self.idle_grace)
-        if self._idle_closing is not None:
-            self._idle_closing.set()
+        self._idle_closing = True
+        for task in list(self._idle):
+            task.cancel()  # next_request() turns this into None: the handler closes
         pending = [t for t in self._handlers if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=ctx.remaining())
@@ -438,7 +442,7 @@ class AiohttpAdapter:
 
         return track_in_flight
 
-    def _connections(self) -> list:
+    def _connections(self) -> List[Any]:
         server = self.runner.server if self.runner is not None else None
         return list(server.connections) if server is not None else []
 
