@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, the C tests (AddressSanitizer/UBSan, then
-# valgrind), the C HTTP server tests, the install/pkg-config test, the header check.
-# Installs what a fresh machine lacks (pkg-config, valgrind, binutils) by itself.
+# valgrind), the C HTTP server tests, the install/pkg-config test, the header check, and the
+# Python package's tests (pytest, mypy --strict) in a project venv (.venv).
+# Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ need pkg-config || missing+=(pkg-config)
 need valgrind || missing+=(valgrind)
 need nm || missing+=(binutils)
 need make || missing+=(make)
+need wrk || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ] && need apt-get; then
@@ -33,5 +35,13 @@ if [ -d .git ] && [ -n "$(git status --porcelain -- include/lameduck.h)" ]; then
   git --no-pager diff -- include/lameduck.h | head -40 >&2
   exit 1
 fi
+
+echo "== Python: project venv, pip install ./bindings/python, pytest, mypy --strict"
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r bindings/python/tests/requirements.txt
+# The real install path: pip fetches maturin from PyPI as the build backend and builds the wheel.
+.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
+.venv/bin/python -m mypy --strict bindings/python/python/lameduck examples/python
+(cd bindings/python && ../../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
 
 echo "== all tests passed"
