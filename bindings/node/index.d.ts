@@ -1,0 +1,139 @@
+/// <reference types="node" />
+// Types for lameduck (Node). The implementation is index.js over the Rust core.
+
+import type { Server as NetServer, ListenOptions } from 'node:net'
+
+/** A runner's lifecycle state; the same names in C, Python and Node. */
+export type State =
+  | 'NOT_STARTED'
+  | 'STARTING'
+  | 'SERVING'
+  | 'READY'
+  | 'DRAINING'
+  | 'SHUTTING_DOWN'
+  | 'CLOSING'
+  | 'STOPPED'
+  | 'FAILED'
+
+/** What serve and shutdown receive. */
+export interface Context {
+  /** The deadline as a `Date.now()`-style timestamp in ms, or null before lame-duck. */
+  readonly deadline: number | null
+  /** Milliseconds left until the deadline; null before lame-duck; 0 once done. */
+  remaining(): number | null
+  /** True once the deadline passed or a repeated signal forced the close. */
+  readonly done: boolean
+  /** Aborts at the deadline (or when close is forced): hand it to fetch, timers and streams. */
+  readonly signal: AbortSignal
+  /** Reports that serve is listening (see `explicitReady`). */
+  ready(): void
+}
+
+/**
+ * A server: each hook may be sync or return a Promise; they are called on the JS thread.
+ * - serve: serve until shutdown or close makes it settle.
+ * - shutdown: stop accepting, finish in-flight work before `ctx.deadline`; throw a
+ *   `DeadlineExceededError` (or any error named 'TimeoutError') when out of time.
+ * - close: close everything now.
+ */
+export interface Server {
+  serve(ctx: Context): unknown
+  shutdown(ctx: Context): unknown
+  close(): unknown
+}
+
+/** Anything with console-like methods. */
+export interface Logger {
+  info(message: string): void
+  warn?(message: string): void
+  error?(message: string): void
+  debug?(message: string): void
+}
+
+export type SignalName = NodeJS.Signals
+
+export interface Options {
+  /** Lame-duck period in ms: shutdown's deadline is trigger (+ drainDelay) + period. Default 3000. */
+  period?: number
+  /** Trigger signals (names or numbers). Default ['SIGINT', 'SIGTERM']; [] means only stop() or `signal`. */
+  signals?: Array<SignalName | number>
+  /** Ms between the trigger and shutdown, serving while the state is DRAINING (not ready). Default 0. */
+  drainDelay?: number
+  /** Ms to wait for close (and the other hooks after it) before giving up on them. Default 5000. */
+  closeTimeout?: number
+  /** Console-like logger (default `console`); `false` disables logging. */
+  logger?: Logger | false
+  /** 'force' (default): a second signal closes now, a third kills; 'ignore'; 'exit': a second signal kills. */
+  repeatSignal?: 'force' | 'ignore' | 'exit'
+  /** Aborting it starts lame-duck, exactly like a trigger signal. */
+  signal?: AbortSignal
+  /** Ready only once serve calls `ctx.ready()`. Default false. */
+  explicitReady?: boolean
+  /** Called on every state transition. */
+  onStateChange?: (from: State, to: State) => void
+}
+
+/** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
+export class LameDuckError extends Error {
+  /** 'LD_EXPIRED', 'LD_FAILED', 'LD_SHUTDOWN_FAILED', 'LD_FORCED', 'LD_CANCELED', 'LD_BUSY', … */
+  readonly code: string
+  /** True when a hook did not settle within the close timeout and was left running. */
+  readonly abandoned: boolean
+  /** Go's Expired: the period ran out (or was forced short) and close was called. */
+  readonly expired: boolean
+  /** Go's Failed: serve threw or rejected. */
+  readonly failed: boolean
+  /** A repeated signal cut the period short. */
+  readonly forced: boolean
+}
+export class ExpiredError extends LameDuckError {}
+export class ForcedError extends ExpiredError {}
+export class FailedError extends LameDuckError {}
+export class ShutdownError extends LameDuckError {}
+export class CanceledError extends LameDuckError {}
+export class BusyError extends LameDuckError {}
+/** Thrown by a shutdown hook that ran out of time (its name is 'TimeoutError'). */
+export class DeadlineExceededError extends Error {
+  constructor(message?: string)
+}
+
+/** Runs one server once under lame-duck coordination. Invalid options throw TypeError/RangeError. */
+export class Runner {
+  constructor(server: Server, options?: Options)
+  readonly state: State
+  run(): Promise<void>
+  /** Resolves once ready; rejects if the run ends without becoming ready. */
+  ready(): Promise<void>
+  /** Starts lame-duck like a trigger signal; before run() it makes run() reject with CanceledError. */
+  stop(): void
+}
+
+/** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
+export function run(server: Server, options?: Options): Promise<void>
+
+export interface HttpServerAdapterOptions {
+  /** Ms an idle keep-alive socket may stay open once lame-duck began (never past the deadline). Default 1000. */
+  idleGrace?: number
+  /** Drop new SYNs and accept what is queued before closing the listener. Default: on, unless the
+   * listener looks shared (LISTEN_FDS / SERVER_STARTER_PORT in the environment). */
+  drainListener?: boolean
+}
+
+/** The adapter returned by httpServer: a Server, plus its state. */
+export interface HttpServerAdapter<S extends NetServer> extends Server {
+  readonly server: S
+  /** True once shutdown began (responses carry Connection: close). */
+  readonly lameDuck: boolean
+  serve(ctx: Context): Promise<void>
+  shutdown(ctx: Context): Promise<void>
+  close(): void
+}
+
+/** A lameduck server for an http, https or http2 server (Express and Fastify apps included). */
+export function httpServer<S extends NetServer>(
+  server: S,
+  listenOptions?: ListenOptions,
+  adapterOptions?: HttpServerAdapterOptions,
+): HttpServerAdapter<S>
+
+export const version: string

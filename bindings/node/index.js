@@ -1,0 +1,502 @@
+'use strict'
+/**
+ * lameduck for Node: coordinated lame-duck shutdown, on the same Rust core as the C and
+ * Python packages. This file converts types, errors, signals and the event loop; the
+ * lifecycle itself is the core's (see src/lib.rs).
+ */
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const net = require('node:net')
+
+const native = loadNative()
+
+function loadNative() {
+  // `napi build --platform` names the addon after the platform, e.g. lameduck.linux-x64-gnu.node.
+  const candidates = fs.readdirSync(__dirname).filter((f) => /^lameduck\..+\.node$/.test(f))
+  const preferred = candidates.filter((f) => f.includes(`${process.platform}-${process.arch}`))
+  const errors = []
+  for (const file of [...preferred, ...candidates]) {
+    try {
+      return require(path.join(__dirname, file))
+    } catch (err) {
+      errors.push(`${file}: ${err.message}`)
+    }
+  }
+  throw new Error(
+    `lameduck: the native addon is not built (run \`npm install\` or \`npm run build\` in ${__dirname})` +
+      (errors.length ? `: ${errors.join('; ')}` : ''),
+  )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+const CODES = {
+  EXPIRED: 'LD_EXPIRED',
+  FAILED: 'LD_FAILED',
+  SHUTDOWN_FAILED: 'LD_SHUTDOWN_FAILED',
+  FORCED: 'LD_FORCED',
+  CANCELED: 'LD_CANCELED',
+  BUSY: 'LD_BUSY',
+  NOT_RUNNING: 'LD_NOT_RUNNING',
+  PANIC: 'LD_PANIC',
+  SYSTEM: 'LD_SYSTEM',
+}
+
+/** Every failed run is a LameDuckError; a hook's own error is its `.cause`. */
+class LameDuckError extends Error {
+  constructor(message, { code = 'LD_ERROR', abandoned = false, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause })
+    this.name = new.target.name
+    /** `LD_EXPIRED`, `LD_FAILED`, `LD_SHUTDOWN_FAILED`, `LD_FORCED`, `LD_CANCELED`, … */
+    this.code = code
+    /** True when a hook did not settle within the close timeout and was left running. */
+    this.abandoned = abandoned
+  }
+  /** Go's Expired: the period ran out (or was forced short) and close was called. */
+  get expired() {
+    return this.code === 'LD_EXPIRED' || this.code === 'LD_FORCED'
+  }
+  /** Go's Failed: serve threw or rejected. */
+  get failed() {
+    return this.code === 'LD_FAILED'
+  }
+  /** A repeated signal cut the period short. */
+  get forced() {
+    return this.code === 'LD_FORCED'
+  }
+}
+class ExpiredError extends LameDuckError {}
+class ForcedError extends ExpiredError {}
+class FailedError extends LameDuckError {}
+class ShutdownError extends LameDuckError {}
+class CanceledError extends LameDuckError {}
+class BusyError extends LameDuckError {}
+
+/**
+ * What a shutdown hook throws (or rejects with) to say "I ran out of time" (Go's
+ * context.DeadlineExceeded): close is then called and the run rejects with ExpiredError.
+ * Any error named 'TimeoutError' means the same, e.g. `ctx.signal.reason`.
+ */
+class DeadlineExceededError extends Error {
+  constructor(message = 'lame-duck deadline exceeded') {
+    super(message)
+    this.name = 'TimeoutError'
+  }
+}
+
+const ERROR_CLASSES = {
+  EXPIRED: ExpiredError,
+  FORCED: ForcedError,
+  FAILED: FailedError,
+  SHUTDOWN_FAILED: ShutdownError,
+  CANCELED: CanceledError,
+  BUSY: BusyError,
+}
+
+function describeError(err) {
+  if (err instanceof Error) return err.message ? `${err.name}: ${err.message}` : err.name
+  return String(err)
+}
+
+function describeValue(value) {
+  return typeof value === 'string' ? JSON.stringify(value) : String(value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const DEFAULTS = {
+  period: 3000,
+  signals: ['SIGINT', 'SIGTERM'],
+  drainDelay: 0,
+  closeTimeout: 5000,
+  repeatSignal: 'force',
+  explicitReady: false,
+}
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'logger', 'signal', 'onStateChange'])
+
+function milliseconds(name, value) {
+  if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
+  if (!Number.isFinite(value) || value < 0) throw new RangeError(`${name}=${value} is invalid: it must be a finite, non-negative number of milliseconds`)
+  return value
+}
+
+function signalNumbers(signals) {
+  if (!Array.isArray(signals)) throw new TypeError(`signals must be an array of signal names, got ${describeValue(signals)}`)
+  return signals.map((s) => {
+    if (typeof s === 'number' && Number.isInteger(s)) {
+      const name = Object.keys(os.constants.signals).find((n) => os.constants.signals[n] === s)
+      if (!name) throw new RangeError(`signals: ${s} is not a signal number`)
+      return [name, s]
+    }
+    if (typeof s !== 'string') throw new TypeError(`signals: ${describeValue(s)} is not a signal name`)
+    const name = s.toUpperCase().startsWith('SIG') ? s.toUpperCase() : `SIG${s.toUpperCase()}`
+    const number = os.constants.signals[name]
+    if (number === undefined) throw new RangeError(`signals: ${JSON.stringify(s)} is not a signal name`)
+    return [name, number]
+  })
+}
+
+function normalizeOptions(options) {
+  if (options === undefined) options = {}
+  if (options === null || typeof options !== 'object') throw new TypeError(`options must be an object, got ${describeValue(options)}`)
+  for (const key of Object.keys(options)) {
+    if (!OPTION_NAMES.has(key)) throw new TypeError(`unknown option ${JSON.stringify(key)}`)
+  }
+  const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) }
+  const logger = options.logger === undefined ? console : options.logger
+  if (logger !== false && (logger === null || typeof logger !== 'object' || typeof (logger.info || logger.log) !== 'function')) {
+    throw new TypeError(`logger must be a console-like object or false, got ${describeValue(logger)}`)
+  }
+  if (typeof o.repeatSignal !== 'string') throw new TypeError(`repeatSignal must be 'force', 'ignore' or 'exit', got ${describeValue(o.repeatSignal)}`)
+  if (!['force', 'ignore', 'exit'].includes(o.repeatSignal)) {
+    throw new RangeError(`repeatSignal=${JSON.stringify(o.repeatSignal)} is invalid: use 'force', 'ignore' or 'exit'`)
+  }
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError(`signal must be an AbortSignal, got ${describeValue(o.signal)}`)
+  if (o.onStateChange !== undefined && typeof o.onStateChange !== 'function') throw new TypeError('onStateChange must be a function')
+  if (typeof o.explicitReady !== 'boolean') throw new TypeError(`explicitReady must be a boolean, got ${describeValue(o.explicitReady)}`)
+  return {
+    period: milliseconds('period', o.period),
+    signals: signalNumbers(o.signals),
+    drainDelay: milliseconds('drainDelay', o.drainDelay),
+    closeTimeout: milliseconds('closeTimeout', o.closeTimeout),
+    repeatSignal: o.repeatSignal,
+    explicitReady: o.explicitReady,
+    logger,
+    signal: o.signal,
+    onStateChange: o.onStateChange,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context and Runner
+
+/** What serve and shutdown receive: the lame-duck deadline, an AbortSignal, readiness. */
+class Context {
+  #native
+  #controller
+  constructor(nativeRunner, controller) {
+    this.#native = nativeRunner
+    this.#controller = controller
+  }
+  /** The deadline as a `Date.now()`-style timestamp in ms, or null before lame-duck. */
+  get deadline() {
+    return this.#native.deadline()
+  }
+  /** Milliseconds left until the deadline; null before lame-duck; 0 once done. */
+  remaining() {
+    return this.#native.remaining()
+  }
+  /** True once the deadline passed or a repeated signal forced the close. */
+  get done() {
+    return this.#native.done()
+  }
+  /** Aborts at the deadline (or when close is forced): hand it to fetch, timers, streams. */
+  get signal() {
+    return this.#controller.signal
+  }
+  /** Reports that serve is listening (see the explicitReady option). */
+  ready() {
+    this.#native.ready()
+  }
+}
+
+const LOG_METHODS = ['debug', 'info', 'warn', 'error']
+
+/** Runs one server once under lame-duck coordination (Go's lameduck.Runner). */
+class Runner {
+  #server
+  #options
+  #native
+  #started = false
+  #readiness = 'pending' // 'pending' | 'ready' | 'ended'
+  #readyWaiters = []
+  #causes = new Map()
+  #nextCause = 1
+  #controller = new AbortController()
+  #deadlineTimer = null
+  #context
+
+  constructor(server, options) {
+    if (server === null || typeof server !== 'object' && typeof server !== 'function') {
+      throw new TypeError(`server must be an object with serve, shutdown and close methods, got ${describeValue(server)}`)
+    }
+    for (const hook of ['serve', 'shutdown', 'close']) {
+      if (typeof server[hook] !== 'function') throw new TypeError(`server has no ${hook}() method`)
+    }
+    this.#server = server
+    this.#options = normalizeOptions(options)
+    const o = this.#options
+    try {
+      this.#native = new native.NativeRunner(
+        o.period,
+        o.signals.map(([, n]) => n),
+        o.drainDelay,
+        o.closeTimeout,
+        o.repeatSignal,
+        o.explicitReady,
+        o.logger !== false,
+      )
+    } catch (err) {
+      throw new RangeError(err.message)
+    }
+    this.#context = new Context(this.#native, this.#controller)
+  }
+
+  /** NOT_STARTED, STARTING, SERVING, READY, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
+  get state() {
+    return this.#native.state
+  }
+
+  /** Starts lame-duck exactly like a trigger signal. Before run() it makes run() reject with CanceledError. */
+  stop() {
+    this.#native.stop()
+  }
+
+  /** Resolves once ready (listening, with explicitReady); rejects if the run ends without becoming ready. */
+  ready() {
+    if (this.#readiness === 'ready') return Promise.resolve()
+    if (this.#readiness === 'ended') return Promise.reject(new LameDuckError('the run ended before the server became ready', { code: 'LD_NOT_RUNNING' }))
+    return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }))
+  }
+
+  /** Runs until the server stopped; rejects with a LameDuckError subclass otherwise. */
+  run() {
+    if (this.#started) return Promise.reject(new BusyError('the runner has already run; create a new Runner for another run', { code: 'LD_BUSY' }))
+    this.#started = true
+    const o = this.#options
+    if (o.signal?.aborted) this.#native.stop()
+    return new Promise((resolve, reject) => {
+      const listeners = o.signals.map(([name, number]) => {
+        const listener = () => this.#native.deliverSignal(number)
+        process.on(name, listener)
+        return [name, listener]
+      })
+      const onAbort = () => this.#native.stop()
+      o.signal?.addEventListener('abort', onAbort, { once: true })
+      const finish = (event) => {
+        for (const [name, listener] of listeners) process.removeListener(name, listener)
+        o.signal?.removeEventListener('abort', onAbort)
+        clearTimeout(this.#deadlineTimer)
+        if (!this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError('the run is over'))
+        this.#setReadiness('ended')
+        if (!event.error) return resolve()
+        const Class = ERROR_CLASSES[event.error] || LameDuckError
+        const cause = event.cause === undefined || event.cause === null ? undefined : this.#causes.get(event.cause)
+        this.#causes.clear()
+        reject(new Class(event.message, { code: CODES[event.error] || `LD_${event.error}`, abandoned: !!event.abandoned, cause }))
+      }
+      try {
+        this.#native.run((event) => this.#dispatch(event, finish))
+      } catch (err) {
+        finish({ error: 'BUSY', message: err.message })
+      }
+    })
+  }
+
+  #dispatch(event, finish) {
+    switch (event.kind) {
+      case 'log':
+        return this.#log(event.level, event.message)
+      case 'state':
+        return this.#onState(event.from, event.to)
+      case 'hook':
+        return this.#callHook(event.hook, event.token)
+      case 'done':
+        return finish(event)
+    }
+  }
+
+  #log(level, message) {
+    const logger = this.#options.logger
+    if (logger === false) return
+    const method = logger[LOG_METHODS[level]] || logger.info || logger.log
+    method.call(logger, `lameduck: ${message}`)
+  }
+
+  #onState(from, to) {
+    if (to === 'READY') this.#setReadiness('ready')
+    if (to === 'CLOSING' && !this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError())
+    if (this.#options.onStateChange) {
+      try {
+        this.#options.onStateChange(from, to)
+      } catch (err) {
+        process.emitWarning(`lameduck: onStateChange threw: ${describeError(err)}`)
+      }
+    }
+  }
+
+  #setReadiness(readiness) {
+    if (this.#readiness !== 'pending') return
+    this.#readiness = readiness
+    for (const { resolve, reject } of this.#readyWaiters.splice(0)) {
+      if (readiness === 'ready') resolve()
+      else reject(new LameDuckError('the run ended before the server became ready', { code: 'LD_NOT_RUNNING' }))
+    }
+  }
+
+  #callHook(hook, token) {
+    if (hook === 'shutdown') {
+      const left = this.#native.remaining()
+      if (left !== null) {
+        this.#deadlineTimer = setTimeout(() => {
+          if (!this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError())
+        }, left)
+        this.#deadlineTimer.unref()
+      }
+    }
+    const fail = (err) => {
+      const id = this.#nextCause++
+      this.#causes.set(id, err)
+      const deadline = hook === 'shutdown' && err !== null && typeof err === 'object' && err.name === 'TimeoutError'
+      this.#native.settle(token, describeError(err), id, deadline)
+    }
+    let result
+    try {
+      result = hook === 'close' ? this.#server.close() : this.#server[hook](this.#context)
+    } catch (err) {
+      return fail(err)
+    }
+    Promise.resolve(result).then(() => this.#native.settle(token, null, null, false), fail)
+  }
+}
+
+/** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
+function run(server, options) {
+  let runner
+  try {
+    runner = new Runner(server, options)
+  } catch (err) {
+    return Promise.reject(err)
+  }
+  return runner.run()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adapter for http, https and http2 servers
+
+/**
+ * A lameduck server for a `http`, `https` or `http2` server (Express and Fastify apps included).
+ *
+ * serve listens (`server.listen(listenOptions)`), reports ready once listening, and resolves
+ * when the server has closed. shutdown:
+ * - stops accepting at once; connections already queued are still accepted and answered
+ *   (`drainListener`);
+ * - answers later requests on kept-alive sockets with `Connection: close` (http2: GOAWAY);
+ * - closes an idle keep-alive socket only after `idleGrace` ms (never past the deadline);
+ * - waits for in-flight requests until the deadline.
+ * close destroys what is left. Node's own `server.close()` closes idle sockets at once, which
+ * races with clients reusing them.
+ */
+function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListener } = {}) {
+  if (!server || typeof server.listen !== 'function' || typeof server.on !== 'function') {
+    throw new TypeError('httpServer(server, …): server must be an http, https or http2 server')
+  }
+  milliseconds('idleGrace', idleGrace)
+  const drain = drainListener === undefined ? !('LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env) : !!drainListener
+  // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
+  const isHttp2 = /^Http2/.test(server.constructor?.name || '')
+  const sockets = new Map() // http/https socket -> requests in flight
+  const sessions = new Set() // http2
+  const responses = new Set() // http/https responses not finished yet
+  let lameDuck = false
+
+  if (!isHttp2) {
+    const tls = typeof server.addContext === 'function' // https: track the TLS sockets requests use
+    server.on(tls ? 'secureConnection' : 'connection', (socket) => {
+      sockets.set(socket, 0)
+      socket.once('close', () => sockets.delete(socket))
+    })
+  }
+  server.on('session', (session) => {
+    sessions.add(session)
+    session.once('close', () => sessions.delete(session))
+    if (lameDuck) session.close()
+  })
+  server.prependListener('request', (req, res) => {
+    const socket = req.socket
+    if (!isHttp2 && sockets.has(socket)) sockets.set(socket, sockets.get(socket) + 1)
+    if (lameDuck && !isHttp2 && !res.headersSent) res.setHeader('Connection', 'close')
+    if (!isHttp2) responses.add(res)
+    let finished = false
+    const done = () => {
+      if (finished) return
+      finished = true
+      responses.delete(res)
+      if (!isHttp2 && sockets.has(socket)) sockets.set(socket, sockets.get(socket) - 1)
+    }
+    res.once('finish', done)
+    res.once('close', done)
+  })
+
+  const idle = () => [...sockets].filter(([, inFlight]) => inFlight === 0).map(([s]) => s)
+  const wait = (ms, signal) =>
+    new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms)
+      signal.addEventListener('abort', () => {
+        clearTimeout(timer)
+        resolve()
+      }, { once: true })
+    })
+
+  return {
+    server,
+    get lameDuck() {
+      return lameDuck
+    },
+    serve(ctx) {
+      return new Promise((resolve, reject) => {
+        const onError = (err) => reject(err)
+        server.once('error', onError)
+        server.once('close', () => resolve())
+        server.listen(listenOptions, () => {
+          server.removeListener('error', onError)
+          ctx.ready()
+        })
+      })
+    },
+    async shutdown(ctx) {
+      lameDuck = true
+      for (const res of responses) if (!res.headersSent) res.setHeader('Connection', 'close') // in flight
+      const fd = server._handle && server._handle.fd
+      if (drain && typeof fd === 'number' && fd >= 0) {
+        native.stopAccepting(fd) // no new connections; queued ones are still accepted
+        while (native.hasPendingConnection(fd) && !ctx.signal.aborted) await wait(2, ctx.signal)
+      }
+      net.Server.prototype.close.call(server) // stop listening, without Node's idle-socket sweep
+      for (const session of sessions) session.close() // http2: GOAWAY, then close when streams end
+      await wait(Math.min(idleGrace, ctx.remaining() ?? idleGrace), ctx.signal)
+      const closeIdle = () => idle().forEach((s) => s.destroy())
+      closeIdle()
+      while (sockets.size > 0 || sessions.size > 0) {
+        if (ctx.signal.aborted) throw new DeadlineExceededError(`${sockets.size + sessions.size} connection(s) still open at the deadline`)
+        await wait(5, ctx.signal)
+        closeIdle() // a busy socket whose response said Connection: close, now idle
+      }
+    },
+    close() {
+      lameDuck = true
+      net.Server.prototype.close.call(server)
+      for (const session of sessions) session.destroy()
+      for (const socket of sockets.keys()) socket.destroy()
+    },
+  }
+}
+
+module.exports = {
+  run,
+  Runner,
+  Context,
+  httpServer,
+  LameDuckError,
+  ExpiredError,
+  ForcedError,
+  FailedError,
+  ShutdownError,
+  CanceledError,
+  BusyError,
+  DeadlineExceededError,
+  version: require('./package.json').version,
+}
