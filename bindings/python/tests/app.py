@@ -130,6 +130,7 @@ class PlainServer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.fail_serve = args.fail_serve
+        self.hang_close = args.hang_close
         self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.srv.daemon_threads = False  # so server_close() waits for in-flight requests
         out(f"port {self.srv.server_address[1]}")
@@ -144,6 +145,8 @@ class PlainServer:
         self.srv.server_close()  # close the listener, wait for the request threads
 
     def close(self) -> None:
+        if self.hang_close:
+            threading.Event().wait()  # never returns
         self.srv.server_close()
 
 
@@ -155,6 +158,8 @@ def main() -> int:
     parser.add_argument("--idle-grace", type=float, default=1.0)
     parser.add_argument("--repeat", default="force")
     parser.add_argument("--fail-serve", action="store_true")
+    parser.add_argument("--hang-close", action="store_true")
+    parser.add_argument("--close-timeout", type=float, default=5.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
@@ -170,6 +175,7 @@ def main() -> int:
         server,
         period=args.period,
         drain_delay=args.drain,
+        close_timeout=args.close_timeout,
         repeat_signal=args.repeat,
         explicit_ready=True if args.app in ("asyncio", "aiohttp") else False,
         on_state_change=on_state,

@@ -77,7 +77,8 @@ def test_second_signal_forces_close(start, kind):
 
 
 def test_third_signal_kills_and_exit_policy(start):
-    app = start("--app", "http", "--period", "60")
+    # close never returns, so the run is still going when the third signal comes
+    app = start("--app", "plain", "--period", "60", "--hang-close", "--close-timeout", "60")
     send(app.port, "/sleep?ms=60000")
     app.wait_for(r"app: request GET /sleep")
     app.signal(signal.SIGTERM)
