@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, the C tests (AddressSanitizer/UBSan, then
-# valgrind), the C HTTP server tests, the install/pkg-config test, the header check, and the
-# Python package's tests (pytest, mypy --strict) in a project venv (.venv).
+# valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
+# Python package's tests (pytest, mypy --strict) in a project venv (.venv), and the Node
+# package's tests (node --test) with its dependencies in bindings/node/node_modules.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,9 +40,12 @@ fi
 echo "== Python: project venv, pip install ./bindings/python, pytest, mypy --strict"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r bindings/python/tests/requirements.txt
-# The real install path: pip fetches maturin from PyPI as the build backend and builds the wheel.
+# The real install path: pip fetches maturin (the build backend) and builds the wheel.
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
 .venv/bin/python -m mypy --strict bindings/python/python/lameduck examples/python
 (cd bindings/python && ../../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
+
+echo "== Node: npm ci (builds the addon with @napi-rs/cli), node --test"
+(cd bindings/node && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
 echo "== all tests passed"

@@ -204,6 +204,7 @@ class Context {
 }
 
 const LOG_METHODS = ['debug', 'info', 'warn', 'error']
+const IN_FLIGHT = Symbol('lameduck.inFlight')
 
 /** Runs one server once under lame-duck coordination (Go's lameduck.Runner). */
 class Runner {
@@ -398,7 +399,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
   const drain = drainListener === undefined ? !('LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env) : !!drainListener
   // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
   const isHttp2 = /^Http2/.test(server.constructor?.name || '')
-  const sockets = new Map() // http/https socket -> requests in flight
+  const sockets = new Set() // http/https sockets; each carries its in-flight count
   const sessions = new Set() // http2
   const responses = new Set() // http/https responses not finished yet
   let lameDuck = false
@@ -406,7 +407,8 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
   if (!isHttp2) {
     const tls = typeof server.addContext === 'function' // https: track the TLS sockets requests use
     server.on(tls ? 'secureConnection' : 'connection', (socket) => {
-      sockets.set(socket, 0)
+      socket[IN_FLIGHT] = 0
+      sockets.add(socket)
       socket.once('close', () => sockets.delete(socket))
     })
   }
@@ -416,22 +418,19 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
     if (lameDuck) session.close()
   })
   server.prependListener('request', (req, res) => {
+    if (isHttp2) return
     const socket = req.socket
-    if (!isHttp2 && sockets.has(socket)) sockets.set(socket, sockets.get(socket) + 1)
-    if (lameDuck && !isHttp2 && !res.headersSent) res.setHeader('Connection', 'close')
-    if (!isHttp2) responses.add(res)
-    let finished = false
-    const done = () => {
-      if (finished) return
-      finished = true
+    socket[IN_FLIGHT] = (socket[IN_FLIGHT] || 0) + 1
+    if (lameDuck && !res.headersSent) res.setHeader('Connection', 'close')
+    responses.add(res)
+    // 'close' follows every response, finished or aborted: one listener is enough.
+    res.once('close', () => {
       responses.delete(res)
-      if (!isHttp2 && sockets.has(socket)) sockets.set(socket, sockets.get(socket) - 1)
-    }
-    res.once('finish', done)
-    res.once('close', done)
+      socket[IN_FLIGHT]--
+    })
   })
 
-  const idle = () => [...sockets].filter(([, inFlight]) => inFlight === 0).map(([s]) => s)
+  const idle = () => [...sockets].filter((socket) => socket[IN_FLIGHT] === 0)
   const wait = (ms, signal) =>
     new Promise((resolve) => {
       const timer = setTimeout(resolve, ms)
@@ -480,7 +479,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
       lameDuck = true
       net.Server.prototype.close.call(server)
       for (const session of sessions) session.destroy()
-      for (const socket of sockets.keys()) socket.destroy()
+      for (const socket of sockets) socket.destroy()
     },
   }
 }
