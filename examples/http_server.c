@@ -1,14 +1,17 @@
 /*
  * A small threaded HTTP/1.1 server run under lame-duck coordination by liblameduck.
  *
- *   http_server [--host 127.0.0.1] [--port 8080] [--period MS] [--drain MS]
+ *   http_server [--host 127.0.0.1] [--port 8080] [--listen ADDRESS] [--period MS] [--drain MS]
+ *
+ * The listening socket comes from ld_listen: inherited from systemd socket activation
+ * (LISTEN_FDS) or Server::Starter (SERVER_STARTER_PORT) when there is one, fresh otherwise.
  *
  * Routes: GET /             hello
  *         GET /sleep?ms=N   answers after N ms (a slow request to watch lame-duck with)
  *         GET /health       200 "READY" while ready, 503 with the state name otherwise
  *
- * serve    binds, reports ready (ld_context_ready), accepts until shutdown wakes it, then
- *          closes the listening socket (new connections are refused from then on).
+ * serve    reports ready (ld_context_ready), accepts until shutdown wakes it, then closes
+ *          the listening socket (new connections are refused from then on).
  * shutdown stops accepting, answers requests already sent (with "Connection: close"),
  *          closes idle keep-alive connections after a short grace, and waits for the
  *          connections to finish until the deadline (then LD_DEADLINE_EXCEEDED).
@@ -35,8 +38,6 @@
 #define IDLE_GRACE_MS 1000
 
 typedef struct {
-    const char *host;
-    int port;
     int listen_fd;
     int wake[2]; /* shutdown writes here to end the accept loop */
     pthread_mutex_t mu;
@@ -176,26 +177,7 @@ static void *conn_main(void *arg) {
 
 static int demo_serve(void *ud, const ld_context *ctx) {
     demo *d = ud;
-    d->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (d->listen_fd < 0) return errno;
-    int one = 1;
-    setsockopt(d->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)d->port);
-    if (inet_pton(AF_INET, d->host, &addr.sin_addr) != 1) return EINVAL;
-    if (bind(d->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(d->listen_fd, 128) != 0) {
-        int err = errno;
-        fprintf(stderr, "demo: cannot listen on %s:%d: %s\n", d->host, d->port, strerror(err));
-        close(d->listen_fd);
-        return err;
-    }
-    socklen_t len = sizeof addr;
-    getsockname(d->listen_fd, (struct sockaddr *)&addr, &len);
-    printf("listening on http://%s:%d\n", d->host, ntohs(addr.sin_port));
-    fflush(stdout);
-    ld_context_ready(ctx); /* bound and accepting: now the run is ready */
+    ld_context_ready(ctx); /* the socket is bound and listening since main: ready */
 
     for (;;) {
         struct pollfd p[2] = {{d->listen_fd, POLLIN, 0}, {d->wake[0], POLLIN, 0}};
@@ -289,22 +271,57 @@ static long arg_number(const char *flag, const char *value) {
     return n;
 }
 
+/* Prints where we listen, for people and for the tests. */
+static void announce(int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    const char *origin = ld_listen_is_inherited(fd) ? " (inherited)" : "";
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        printf("listening on http://%s:%d%s\n", host, ntohs(a->sin_port), origin);
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        printf("listening on http://[%s]:%d%s\n", host, ntohs(a->sin6_port), origin);
+    } else {
+        printf("listening on a unix socket%s\n", origin);
+    }
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     static demo d;
-    d.host = "127.0.0.1";
-    d.port = 8080;
-    long period_ms = 3000, drain_ms = 0;
+    const char *host = "127.0.0.1", *listen_address = NULL;
+    long port = 8080, period_ms = 3000, drain_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--host") == 0 && value) d.host = argv[++i];
-        else if (strcmp(argv[i], "--port") == 0) d.port = (int)arg_number(argv[i], value), i++;
+        if (strcmp(argv[i], "--host") == 0 && value) host = argv[++i];
+        else if (strcmp(argv[i], "--listen") == 0 && value) listen_address = argv[++i];
+        else if (strcmp(argv[i], "--port") == 0) port = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--period") == 0) period_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--drain") == 0) drain_ms = arg_number(argv[i], value), i++;
         else {
-            fprintf(stderr, "usage: %s [--host H] [--port N] [--period MS] [--drain MS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]\n", argv[0]);
             return 2;
         }
     }
+    char address[512];
+    if (listen_address == NULL) {
+        snprintf(address, sizeof address, "%s:%ld", host, port);
+        listen_address = address;
+    }
+    ld_error *listen_err = NULL;
+    if (ld_listen(listen_address, NULL, &d.listen_fd, &listen_err) != LD_OK) {
+        fprintf(stderr, "demo: cannot listen on %s: %s\n", listen_address, ld_error_message(listen_err));
+        ld_error_free(listen_err);
+        return 1;
+    }
+    announce(d.listen_fd);
+    if (getenv("LISTEN_FDS") == NULL && getenv("SERVER_STARTER_PORT") == NULL)
+        fprintf(stderr, "demo: no inherited-listener variables left in the environment\n");
     for (int i = 0; i < MAX_CONNS; i++) d.conns[i] = -1;
     pthread_mutex_init(&d.mu, NULL);
     pthread_condattr_t ca;

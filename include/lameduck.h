@@ -17,6 +17,12 @@
 
 
 /**
+ * The most descriptors `LISTEN_FDS` may hand over. Far above any real use, low enough to reject
+ * garbage before walking the fd table.
+ */
+#define MAX_INHERITED_FDS 65536
+
+/**
  * What a `shutdown` hook returns when its deadline passed before it finished (Go's
  * `context.DeadlineExceeded`): the runner then calls close and reports `LD_EXPIRED`.
  * Equal to -ETIMEDOUT on Linux. Any other non-zero return is the hook's own error code.
@@ -310,6 +316,41 @@ void ld_error_free(struct ld_error *error);
  * Never NULL, never to be freed.
  */
 const char *ld_status_str(int status);
+
+/**
+ * Returns a listening socket for `address` in `*fd_out`:
+ * - the one this process inherited for it, if any: systemd socket activation (`LISTEN_FDS`
+ *   with `LISTEN_PID` equal to this process, matched by `name` against `LISTEN_FDNAMES`, or by
+ *   address), then Server::Starter's `SERVER_STARTER_PORT`;
+ * - otherwise a fresh one, with `SO_REUSEADDR`, close-on-exec and a backlog of `SOMAXCONN`.
+ *   A stale unix socket file is replaced.
+ *
+ * `address` is `PORT`, `HOST:PORT`, `[IPV6]:PORT`, or a unix socket path (absolute, or
+ * `unix:PATH`). `name` may be NULL.
+ *
+ * Inherited descriptors are checked (a listening socket bound to that address) and marked
+ * close-on-exec. The environment variables are read and removed on the first call; call it
+ * before starting threads that read the environment.
+ *
+ * Ownership: the caller owns `*fd_out` and closes it.
+ * Errors:
+ * - `LD_NULL_ARGUMENT` (address or fd_out);
+ * - `LD_INVALID_ARGUMENT`: a bad address, or a malformed `LISTEN_FDS`/`LISTEN_PID`/
+ *   `LISTEN_FDNAMES`/`SERVER_STARTER_PORT`, or an inherited fd that is not a listening socket.
+ *   The message names the value.
+ * - `LD_SYSTEM`: bind/listen failed, for example because the address is in use.
+ */
+enum ld_status ld_listen(const char *address,
+                         const char *name,
+                         int *fd_out,
+                         struct ld_error **error_out);
+
+/**
+ * True when `fd` came from `ld_listen` as an inherited descriptor, i.e. it is shared with
+ * other processes (systemd, start_server, an earlier generation). Such a listener must not be
+ * drained with a socket filter; closing this process's copy loses nothing.
+ */
+bool ld_listen_is_inherited(int fd);
 
 /**
  * Makes options with the defaults: period 3000 ms, signals SIGINT and SIGTERM, drain delay 0,

@@ -14,6 +14,7 @@ need valgrind || missing+=(valgrind)
 need nm || missing+=(binutils)
 need make || missing+=(make)
 need wrk || missing+=(wrk)
+need start_server || missing+=(libserver-starter-perl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ] && need apt-get; then

@@ -15,8 +15,341 @@
 //! so it would stop them accepting too. There it is simply unnecessary: the queue survives
 //! our close.
 
+use std::collections::HashSet;
 use std::io;
-use std::os::fd::RawFd;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use crate::error::Error;
+
+/// The most descriptors `LISTEN_FDS` may hand over. Far above any real use, low enough to reject
+/// garbage before walking the fd table.
+pub const MAX_INHERITED_FDS: usize = 65_536;
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// `PORT`, `:PORT`, `HOST:PORT` or `[V6]:PORT`. No host means every IPv4 address.
+    Tcp {
+        /// The host as written (a name or an IP literal, without brackets), or `None`.
+        host: Option<String>,
+        /// The port (0 asks the kernel for one, when binding fresh).
+        port: u16,
+    },
+    /// A unix socket path (absolute, or `unix:` followed by a path).
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// Parses the forms Server::Starter and systemd users write.
+    pub fn parse(text: &str) -> Result<Address, Error> {
+        let bad = || {
+            Error::invalid(format!(
+                "address {text:?} is invalid: use PORT, HOST:PORT, [IPV6]:PORT or a unix socket path"
+            ))
+        };
+        let port = |p: &str| p.parse::<u16>().map_err(|_| bad());
+        if let Some(path) = text.strip_prefix("unix:") {
+            return if path.is_empty() { Err(bad()) } else { Ok(Address::Unix(path.into())) };
+        }
+        if text.starts_with('/') {
+            return Ok(Address::Unix(text.into()));
+        }
+        if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let p = after.strip_prefix(':').ok_or_else(bad)?;
+            if host.is_empty() || host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad());
+            }
+            return Ok(Address::Tcp { host: Some(host.into()), port: port(p)? });
+        }
+        match text.rsplit_once(':') {
+            None => Ok(Address::Tcp { host: None, port: port(text)? }),
+            Some((host, p)) if !host.contains(':') => {
+                let host = (!host.is_empty()).then(|| host.to_string());
+                Ok(Address::Tcp { host, port: port(p)? })
+            }
+            Some(_) => Err(bad()), // an IPv6 literal without brackets
+        }
+    }
+
+    /// The socket addresses this names (resolving a host name).
+    fn socket_addrs(&self) -> Result<Vec<SocketAddr>, Error> {
+        let Address::Tcp { host, port } = self else { return Ok(Vec::new()) };
+        let host = host.as_deref().unwrap_or("0.0.0.0");
+        (host, *port)
+            .to_socket_addrs()
+            .map(|a| a.collect())
+            .map_err(|e| Error::invalid(format!("address {host}:{port} cannot be resolved: {e}")))
+    }
+}
+
+/// Parses systemd's `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` (sd_listen_fds(3)) for process
+/// `pid`: the inherited descriptors (from 3 on) with their names. Nothing when the variables
+/// are absent or meant for another process. Malformed values are errors that name them.
+pub fn parse_listen_fds(
+    listen_fds: Option<&str>,
+    listen_pid: Option<&str>,
+    listen_fdnames: Option<&str>,
+    pid: u32,
+) -> Result<Vec<(RawFd, Option<String>)>, Error> {
+    let Some(count) = listen_fds.filter(|c| !c.is_empty()) else { return Ok(Vec::new()) };
+    let Some(target) = listen_pid else {
+        return Ok(Vec::new()); // sd_listen_fds() ignores LISTEN_FDS without LISTEN_PID
+    };
+    let target: u32 = target
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("LISTEN_PID={target:?} is not a process id")))?;
+    if target != pid {
+        return Ok(Vec::new()); // meant for another process (e.g. our parent)
+    }
+    let n: usize = count
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("LISTEN_FDS={count:?} is not a number of descriptors")))?;
+    if n > MAX_INHERITED_FDS {
+        return Err(Error::invalid(format!("LISTEN_FDS={n} is out of range (at most {MAX_INHERITED_FDS})")));
+    }
+    let names: Vec<Option<String>> = match listen_fdnames {
+        None => vec![None; n],
+        Some(names) => {
+            let names: Vec<Option<String>> =
+                names.split(':').map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_string())).collect();
+            if names.len() != n {
+                return Err(Error::invalid(format!(
+                    "LISTEN_FDNAMES has {} name(s) but LISTEN_FDS={n}",
+                    names.len()
+                )));
+            }
+            names
+        }
+    };
+    Ok(names.into_iter().enumerate().map(|(i, name)| (3 + i as RawFd, name)).collect())
+}
+
+/// Parses Server::Starter's `SERVER_STARTER_PORT` (`port=fd;host:port=fd;[v6]:port=fd;path=fd`)
+/// into `(key, fd)` pairs, in order. An empty value means nothing is bound.
+pub fn parse_server_starter_port(value: &str) -> Result<Vec<(String, RawFd)>, Error> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(';')
+        .map(|entry| {
+            let bad = || {
+                Error::invalid(format!(
+                    "SERVER_STARTER_PORT={value:?}: entry {entry:?} is not KEY=FD"
+                ))
+            };
+            let (key, fd) = entry.rsplit_once('=').ok_or_else(bad)?;
+            let fd: RawFd = fd.parse().map_err(|_| bad())?;
+            if key.is_empty() || fd < 0 {
+                return Err(bad());
+            }
+            Ok((key.to_string(), fd))
+        })
+        .collect()
+}
+
+/// Where an inherited descriptor came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Systemd { name: Option<String> },
+    ServerStarter { key: String },
+}
+
+/// Descriptors this process inherited and has not handed out yet, read from the environment
+/// once. The variables are then removed, so they do not leak into unrelated children.
+struct Pool {
+    available: Vec<(RawFd, Source)>,
+    /// What the environment got wrong, reported by every `listen` that would have used it.
+    problem: Option<String>,
+    /// Inherited descriptors handed out: shared with other processes, never to be drained.
+    shared: HashSet<RawFd>,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+fn take_env(name: &str) -> Option<String> {
+    let value = std::env::var_os(name)?;
+    std::env::remove_var(name);
+    Some(value.to_string_lossy().into_owned())
+}
+
+fn read_pool() -> Pool {
+    let (fds, pid, names, starter) =
+        (take_env("LISTEN_FDS"), take_env("LISTEN_PID"), take_env("LISTEN_FDNAMES"), take_env("SERVER_STARTER_PORT"));
+    let mut pool = Pool { available: Vec::new(), problem: None, shared: HashSet::new() };
+    match parse_listen_fds(fds.as_deref(), pid.as_deref(), names.as_deref(), std::process::id()) {
+        Ok(list) => pool.available.extend(list.into_iter().map(|(fd, name)| (fd, Source::Systemd { name }))),
+        Err(e) => pool.problem = Some(e.message().to_string()),
+    }
+    match starter.as_deref().map(parse_server_starter_port).transpose() {
+        Ok(list) => pool.available.extend(list.unwrap_or_default().into_iter().map(|(key, fd)| (fd, Source::ServerStarter { key }))),
+        Err(e) => pool.problem = pool.problem.take().or(Some(e.message().to_string())),
+    }
+    for (fd, _) in &pool.available {
+        set_cloexec(*fd); // handed on only on purpose (upgrade), never by accident
+    }
+    pool
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on an fd number; an invalid fd just fails.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// The address a listening socket is bound to, as an [`Address`]-comparable value.
+enum Bound {
+    Inet(SocketAddr),
+    Unix(Option<PathBuf>),
+}
+
+fn bound_address(fd: RawFd) -> io::Result<Bound> {
+    // SAFETY: getsockname fills a sockaddr_storage of the size we pass.
+    let (storage, len) = unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        (storage, len)
+    };
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Ok(Bound::Inet(SocketAddr::from((ip, u16::from_be(a.sin_port)))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Ok(Bound::Inet(SocketAddr::from((ip, u16::from_be(a.sin6_port)))))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: the family says it is a sockaddr_un; the path is NUL-terminated within len.
+            let a: libc::sockaddr_un = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let offset = std::mem::size_of::<libc::sa_family_t>();
+            let bytes: Vec<u8> = a.sun_path[..(len as usize).saturating_sub(offset)]
+                .iter()
+                .map(|&c| c as u8)
+                .take_while(|&c| c != 0)
+                .collect();
+            use std::os::unix::ffi::OsStrExt;
+            Ok(Bound::Unix((!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))))
+        }
+        other => Err(io::Error::other(format!("address family {other} is not TCP or unix"))),
+    }
+}
+
+/// True when `bound` is the address asked for (a wildcard host matches the wildcard).
+fn same_address(bound: &Bound, wanted: &Address) -> bool {
+    match (bound, wanted) {
+        (Bound::Unix(Some(path)), Address::Unix(want)) => path == want,
+        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port => {
+            wanted.socket_addrs().is_ok_and(|addrs| addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified())))
+        }
+        _ => false,
+    }
+}
+
+/// Checks an inherited descriptor: a stream socket, listening. The message names the fd.
+fn validate_inherited(fd: RawFd, origin: &str) -> Result<(), Error> {
+    // SAFETY: fstat and getsockopt on an fd number, into locals of the right size.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(Error::invalid(format!("fd {fd} from {origin} is not open")));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(Error::invalid(format!("fd {fd} from {origin} is not a socket")));
+        }
+        let mut accepting: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut accepting as *mut libc::c_int).cast(), &mut len) != 0
+            || accepting == 0
+        {
+            return Err(Error::invalid(format!("fd {fd} from {origin} is not a listening socket")));
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket for `address`: the one this process inherited for it (systemd socket
+/// activation, matched by `name` or by address, then Server::Starter's `SERVER_STARTER_PORT`),
+/// or a fresh one (`SO_REUSEADDR`, `CLOEXEC`, backlog `SOMAXCONN`).
+///
+/// Inherited descriptors are checked (a listening socket bound to that address) and marked
+/// close-on-exec. The environment variables are consumed on the first call.
+pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
+    let wanted = Address::parse(address)?;
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = guard.get_or_insert_with(read_pool);
+    if let Some(problem) = &pool.problem {
+        return Err(Error::invalid(problem.clone()));
+    }
+    let found = pool.available.iter().position(|(fd, source)| match source {
+        Source::Systemd { name: Some(n) } if name.is_some() => Some(n.as_str()) == name,
+        Source::ServerStarter { key } if key == address => true,
+        _ => bound_address(*fd).is_ok_and(|b| same_address(&b, &wanted)),
+    });
+    if let Some(index) = found {
+        let (fd, source) = pool.available.remove(index);
+        let origin = match source {
+            Source::Systemd { .. } => "LISTEN_FDS",
+            Source::ServerStarter { .. } => "SERVER_STARTER_PORT",
+        };
+        validate_inherited(fd, origin)?;
+        pool.shared.insert(fd);
+        // SAFETY: the fd was inherited for us, and we hand it out exactly once.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    drop(guard);
+    bind_fresh(&wanted)
+}
+
+/// True when `fd` was inherited (and so is shared with other processes): never drain it.
+pub fn is_inherited(fd: RawFd) -> bool {
+    POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.shared.contains(&fd))
+}
+
+fn bind_fresh(address: &Address) -> Result<OwnedFd, Error> {
+    let fail = |e: io::Error| Error::new(crate::ErrorKind::System, format!("cannot listen on {address:?}: {e}"));
+    let fd: OwnedFd = match address {
+        Address::Tcp { .. } => {
+            // std sets SO_REUSEADDR and CLOEXEC; we raise the backlog below.
+            let addrs = address.socket_addrs()?;
+            TcpListener::bind(&addrs[..]).map_err(fail)?.into()
+        }
+        Address::Unix(path) => {
+            remove_stale_socket(path);
+            UnixListener::bind(path).map_err(fail)?.into()
+        }
+    };
+    // SAFETY: listen(2) again on a listening socket only changes its backlog.
+    unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) };
+    Ok(fd)
+}
+
+/// A unix socket file nobody listens on any more (a crashed server's) is removed, so bind works.
+fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && UnixStream::connect(path).is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused) {
+        let _ = std::fs::remove_file(path);
+    }
+}
 
 /// Makes the listening socket `fd` drop new connection attempts (SYNs) while connections
 /// already queued can still be accepted. Linux only (a classic BPF socket filter).
@@ -82,6 +415,101 @@ mod tests {
         assert!(!has_pending_connection(listener.as_raw_fd()).unwrap());
         drop(listener);
         assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        let tcp = |h: Option<&str>, p| Address::Tcp { host: h.map(String::from), port: p };
+        assert_eq!(Address::parse("8080").unwrap(), tcp(None, 8080));
+        assert_eq!(Address::parse(":8080").unwrap(), tcp(None, 8080));
+        assert_eq!(Address::parse("127.0.0.1:80").unwrap(), tcp(Some("127.0.0.1"), 80));
+        assert_eq!(Address::parse("localhost:0").unwrap(), tcp(Some("localhost"), 0));
+        assert_eq!(Address::parse("[::1]:443").unwrap(), tcp(Some("::1"), 443));
+        assert_eq!(Address::parse("/run/app.sock").unwrap(), Address::Unix("/run/app.sock".into()));
+        assert_eq!(Address::parse("unix:rel.sock").unwrap(), Address::Unix("rel.sock".into()));
+        for bad in ["", "http", "80000", "-1", "::1:80", "[::1]80", "[nope]:80", "[]:80", "host:", "unix:"] {
+            let err = Address::parse(bad).expect_err(bad);
+            assert!(err.message().contains(&format!("{bad:?}")), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn listen_fds_follows_sd_listen_fds() {
+        let parse = |n, pid, names| parse_listen_fds(n, pid, names, 42);
+        assert_eq!(parse(None, Some("42"), None).unwrap(), vec![]);
+        assert_eq!(parse(Some(""), Some("42"), None).unwrap(), vec![]);
+        assert_eq!(parse(Some("0"), Some("42"), None).unwrap(), vec![]);
+        assert_eq!(parse(Some("2"), None, None).unwrap(), vec![], "no LISTEN_PID: not ours");
+        assert_eq!(parse(Some("2"), Some("41"), None).unwrap(), vec![], "another process's");
+        assert_eq!(parse(Some("2"), Some("42"), None).unwrap(), vec![(3, None), (4, None)]);
+        assert_eq!(
+            parse(Some("2"), Some("42"), Some("http:unknown")).unwrap(),
+            vec![(3, Some("http".into())), (4, None)]
+        );
+        for (n, pid, names, needle) in [
+            (Some("a"), Some("42"), None, "LISTEN_FDS=\"a\" is not a number"),
+            (Some("-1"), Some("42"), None, "LISTEN_FDS=\"-1\""),
+            (Some("99999999"), Some("42"), None, "LISTEN_FDS=99999999 is out of range"),
+            (Some("2"), Some("x"), None, "LISTEN_PID=\"x\" is not a process id"),
+            (Some("2"), Some("42"), Some("a:b:c"), "LISTEN_FDNAMES has 3 name(s) but LISTEN_FDS=2"),
+        ] {
+            let err = parse(n, pid, names).expect_err(needle);
+            assert!(err.message().contains(needle), "{} !~ {needle}", err.message());
+        }
+    }
+
+    #[test]
+    fn server_starter_port_grammar() {
+        assert_eq!(parse_server_starter_port("").unwrap(), vec![]);
+        assert_eq!(
+            parse_server_starter_port("80=3;127.0.0.1:8080=4;[::1]:8443=5;/tmp/a=b.sock=6").unwrap(),
+            vec![("80".into(), 3), ("127.0.0.1:8080".into(), 4), ("[::1]:8443".into(), 5), ("/tmp/a=b.sock".into(), 6)]
+        );
+        for bad in ["80", "80=", "=3", "80=x", "80=-1", "80=3;", "80=3;;81=4"] {
+            let err = parse_server_starter_port(bad).expect_err(bad);
+            assert!(err.message().contains("SERVER_STARTER_PORT="), "{}", err.message());
+        }
+    }
+
+    /// Random and mutated input never panics and always gives a result or a clear error.
+    #[test]
+    fn parsers_survive_garbage() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"0123456789:;=[]/-ax. \xff";
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char).collect();
+            let _ = Address::parse(&text);
+            let _ = parse_server_starter_port(&text);
+            let _ = parse_listen_fds(Some(&text), Some("1"), Some(&text), 1);
+            let _ = parse_listen_fds(Some("3"), Some(&text), None, 1);
+        }
+    }
+
+    #[test]
+    fn fresh_listeners_are_cloexec_and_listening() {
+        let fd = listen("127.0.0.1:0", None).unwrap();
+        validate_inherited(fd.as_raw_fd(), "test").unwrap();
+        // SAFETY: reading the fd flags of a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags & libc::FD_CLOEXEC != 0);
+        assert!(!is_inherited(fd.as_raw_fd()));
+        let dir = std::env::temp_dir().join(format!("lameduck-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let first = listen(path.to_str().unwrap(), None).unwrap();
+        drop(first); // leaves a stale socket file behind
+        let second = listen(path.to_str().unwrap(), None).unwrap();
+        assert!(matches!(bound_address(second.as_raw_fd()).unwrap(), Bound::Unix(Some(p)) if p == path));
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = validate_inherited(0, "LISTEN_FDS").unwrap_err();
+        assert!(err.message().contains("fd 0 from LISTEN_FDS is not"), "{}", err.message());
     }
 
     #[test]

@@ -19,12 +19,14 @@
 
 mod boundary;
 mod error;
+mod listen;
 mod options;
 mod runner;
 mod server;
 mod version;
 
 pub use error::*;
+pub use listen::*;
 pub use options::*;
 pub use runner::*;
 pub use server::*;
