@@ -261,6 +261,25 @@ fn has_pending_connection(fd: i32) -> PyResult<bool> {
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("has_pending_connection(fd={fd}): {e}")))
 }
 
+/// A listening socket's descriptor for `address`: inherited (systemd LISTEN_FDS, Server::Starter)
+/// or fresh. The caller owns it. ValueError for bad input (naming it), OSError for bind errors.
+#[pyfunction]
+#[pyo3(signature = (address, name=None))]
+fn listen(address: &str, name: Option<&str>) -> PyResult<i32> {
+    use std::os::fd::IntoRawFd;
+    match lameduck::listener::listen(address, name) {
+        Ok(fd) => Ok(fd.into_raw_fd()),
+        Err(e) if e.kind() == lameduck::ErrorKind::InvalidArgument => Err(PyValueError::new_err(e.message().to_string())),
+        Err(e) => Err(pyo3::exceptions::PyOSError::new_err(e.message().to_string())),
+    }
+}
+
+/// True when `fd` was inherited through `listen` (shared with other processes).
+#[pyfunction]
+fn is_inherited(fd: i32) -> bool {
+    lameduck::listener::is_inherited(fd)
+}
+
 /// `(major, minor, patch)` of the core.
 fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
     let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').filter_map(|p| p.parse().ok()).collect();
@@ -273,6 +292,8 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyContext>()?;
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
+    m.add_function(wrap_pyfunction!(listen, m)?)?;
+    m.add_function(wrap_pyfunction!(is_inherited, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("VERSION", version_tuple(m.py())?)?;
     Ok(())

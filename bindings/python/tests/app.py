@@ -61,7 +61,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def http_app(args: argparse.Namespace) -> Any:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if args.listen:
+        # lameduck.listen: the inherited socket (systemd, start_server) or a fresh one
+        sock = lameduck.listen(args.listen)
+        srv = http.server.ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+        srv.socket.close()
+        srv.socket = sock
+        out(f"inherited {lameduck._lameduck.is_inherited(sock.fileno())}")
+    else:
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     out(f"port {srv.server_address[1]}")
     return lameduck.adapters.http_server(srv, idle_grace=args.idle_grace)
 
@@ -159,6 +167,7 @@ def main() -> int:
     parser.add_argument("--repeat", default="force")
     parser.add_argument("--fail-serve", action="store_true")
     parser.add_argument("--hang-close", action="store_true")
+    parser.add_argument("--listen")
     parser.add_argument("--close-timeout", type=float, default=5.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)

@@ -9,6 +9,7 @@ deadline of now + ``period``; if it runs out of time, call ``close()``.
 """
 
 from ._lameduck import VERSION, __version__
+from ._listen import listen
 from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
 from .errors import (
     BusyError,
@@ -30,6 +31,7 @@ __all__ = [
     "State",
     "run",
     "run_async",
+    "listen",
     "LameDuckError",
     "ExpiredError",
     "ForcedError",

@@ -39,17 +39,24 @@ __all__ = ["http_server", "asyncio_server", "aiohttp_app", "HTTPServerAdapter", 
 T = TypeVar("T")
 
 
-def _drain_default(drain_listener: Optional[bool]) -> bool:
+def _drain_default(drain_listener: Optional[bool]) -> Optional[bool]:
     """Drain (stop new SYNs, accept what is queued, then close) only listeners we own alone.
     Under systemd socket activation or start_server the socket is shared, and a drop filter on it
-    would stop the others from accepting too. There, closing our copy loses nothing anyway."""
+    would stop the others from accepting too. There, closing our copy loses nothing anyway.
+    None means: decide per socket when shutdown comes (see _stop_accepting)."""
     if drain_listener is not None:
         return bool(drain_listener)
-    return not ("LISTEN_FDS" in os.environ or "SERVER_STARTER_PORT" in os.environ)
+    if "LISTEN_FDS" in os.environ or "SERVER_STARTER_PORT" in os.environ:
+        return False
+    return None
 
 
-def _stop_accepting(sockets: Iterable[Any]) -> List[int]:
+def _stop_accepting(sockets: Iterable[Any], drain: Optional[bool] = None) -> List[int]:
+    """Attaches the drop filter to each listener to drain; returns their fds. With the default
+    (None), sockets that lameduck.listen() inherited are shared and left alone."""
     fds = [s.fileno() for s in sockets]
+    if drain is None:
+        fds = [fd for fd in fds if not _lameduck.is_inherited(fd)]
     for fd in fds:
         _lameduck.stop_accepting(fd)
     return fds
@@ -176,9 +183,9 @@ class HTTPServerAdapter:
             self._lame_duck = True
             serving = self._serving
         if serving:
-            if self.drain_listener:
+            if self.drain_listener is not False:
                 # No new connections, but accept (and answer) every one already queued.
-                fds = _stop_accepting([self.server.socket])
+                fds = _stop_accepting([self.server.socket], self.drain_listener)
                 while _pending(fds) and not ctx.done:
                     time.sleep(0.002)
             self.server.shutdown()  # the accept loop has stopped when this returns
@@ -355,12 +362,12 @@ def asyncio_server(
     )
 
 
-async def _drain_async(sockets: Iterable[Any], drain: bool, ctx: Context) -> None:
+async def _drain_async(sockets: Iterable[Any], drain: Optional[bool], ctx: Context) -> None:
     """The asyncio form of the drain in HTTPServerAdapter.shutdown: the loop's accept handler
     takes what is queued while we wait."""
-    if not drain:
+    if drain is False:
         return
-    fds = _stop_accepting(sockets)
+    fds = _stop_accepting(sockets, drain)
     while _pending(fds) and not ctx.done:
         await asyncio.sleep(0.002)
 
