@@ -108,6 +108,13 @@ export class Runner {
   stop(): void
 }
 
+/**
+ * A listening socket for `address` (`PORT`, `HOST:PORT`, `[V6]:PORT` or a unix socket path):
+ * inherited from systemd (LISTEN_FDS) or Server::Starter (SERVER_STARTER_PORT) when this process
+ * was given one, fresh otherwise. Pass it to `server.listen()`.
+ */
+export function listen(address: string, name?: string): { fd: number }
+
 /** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
 export function run(server: Server, options?: Options): Promise<void>
 

@@ -364,6 +364,25 @@ class Runner {
   }
 }
 
+/**
+ * A listening socket for `address` (`PORT`, `HOST:PORT`, `[V6]:PORT` or a unix socket path),
+ * as `{ fd }`, which `server.listen()` accepts. It is the socket this process inherited for that
+ * address when there is one: systemd socket activation (LISTEN_FDS with LISTEN_PID equal to this
+ * process, matched by `name` or by address), then Server::Starter's SERVER_STARTER_PORT.
+ * Otherwise it is a fresh one (SO_REUSEADDR, close-on-exec, backlog SOMAXCONN). The variables
+ * are read, and removed, on the first call. Throws a TypeError for a non-string, a RangeError
+ * naming the value for a bad address or a malformed variable, and an Error when binding fails.
+ */
+function listen(address, name) {
+  if (typeof address !== 'string') throw new TypeError(`address must be a string, got ${describeValue(address)}`)
+  if (name !== undefined && typeof name !== 'string') throw new TypeError(`name must be a string, got ${describeValue(name)}`)
+  try {
+    return { fd: native.listen(address, name ?? null) }
+  } catch (err) {
+    throw err.code === 'InvalidArg' ? new RangeError(err.message) : new Error(err.message)
+  }
+}
+
 /** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
 function run(server, options) {
   let runner
@@ -396,7 +415,10 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
     throw new TypeError('httpServer(server, …): server must be an http, https or http2 server')
   }
   milliseconds('idleGrace', idleGrace)
-  const drain = drainListener === undefined ? !('LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env) : !!drainListener
+  // Never drain a listener shared with other processes (inherited through listen(), or while the
+  // environment says we were given sockets): the drop filter would stop them accepting too.
+  const shared = (fd) => native.isInherited(fd) || 'LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env
+  const drainable = (fd) => (drainListener === undefined ? !shared(fd) : !!drainListener)
   // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
   const isHttp2 = /^Http2/.test(server.constructor?.name || '')
   const sockets = new Set() // http/https sockets; each carries its in-flight count
@@ -460,7 +482,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
       lameDuck = true
       for (const res of responses) if (!res.headersSent) res.setHeader('Connection', 'close') // in flight
       const fd = server._handle && server._handle.fd
-      if (drain && typeof fd === 'number' && fd >= 0) {
+      if (typeof fd === 'number' && fd >= 0 && drainable(fd)) {
         native.stopAccepting(fd) // no new connections; queued ones are still accepted
         while (native.hasPendingConnection(fd) && !ctx.signal.aborted) await wait(2, ctx.signal)
       }
@@ -486,6 +508,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
 
 module.exports = {
   run,
+  listen,
   Runner,
   Context,
   httpServer,

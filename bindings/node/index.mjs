@@ -3,6 +3,7 @@ import lameduck from './index.js'
 
 export const {
   run,
+  listen,
   Runner,
   Context,
   httpServer,

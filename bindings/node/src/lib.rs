@@ -312,3 +312,22 @@ pub fn has_pending_connection(fd: i32) -> Result<bool> {
     lameduck::listener::has_pending_connection(fd)
         .map_err(|e| Error::new(Status::GenericFailure, format!("hasPendingConnection(fd={fd}): {e}")))
 }
+
+/// A listening socket's descriptor for `address`: inherited (systemd LISTEN_FDS,
+/// Server::Starter) or fresh. JS owns it (index.js hands it to `server.listen({ fd })`).
+#[napi]
+pub fn listen(address: String, name: Option<String>) -> Result<i32> {
+    use std::os::fd::IntoRawFd;
+    lameduck::listener::listen(&address, name.as_deref())
+        .map(|fd| fd.into_raw_fd())
+        .map_err(|e| {
+            let status = if e.kind() == lameduck::ErrorKind::InvalidArgument { Status::InvalidArg } else { Status::GenericFailure };
+            Error::new(status, e.message().to_string())
+        })
+}
+
+/// True when `fd` was inherited through `listen` (shared with other processes).
+#[napi]
+pub fn is_inherited(fd: i32) -> bool {
+    lameduck::listener::is_inherited(fd)
+}

@@ -32,7 +32,8 @@ function handler(req, res) {
 }
 
 async function makeServer() {
-  const listen = { port: 0, host: '127.0.0.1' }
+  const listen = args.listen ? lameduck.listen(args.listen) : { port: 0, host: '127.0.0.1' }
+  if (args.listen) console.log(`inherited ${listen.fd === 3}`)
   const adapterOptions = { idleGrace: Number(args['idle-grace'] ?? 1000) }
   if (args.app === 'http') return lameduck.httpServer(http.createServer(handler), listen, adapterOptions)
   if (args.app === 'express') {
