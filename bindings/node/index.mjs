@@ -1,20 +1,4 @@
-// ESM entry: the same objects as the CommonJS entry (index.js).
-import lameduck from './index.js'
-
-export const {
-  run,
-  listen,
-  Runner,
-  Context,
-  httpServer,
-  LameDuckError,
-  ExpiredError,
-  ForcedError,
-  FailedError,
-  ShutdownError,
-  CanceledError,
-  BusyError,
-  DeadlineExceededError,
-  version,
-} = lameduck
-export default lameduck
+// ESM entry: the same objects as the CommonJS entry (index.js), whose named exports Node
+// detects from its `module.exports = { … }`.
+export * from './index.js'
+export { default } from './index.js'
