@@ -253,13 +253,14 @@ fn bound_address(fd: RawFd) -> io::Result<Bound> {
     }
 }
 
-/// True when `bound` is the address asked for (a wildcard host matches the wildcard).
-fn same_address(bound: &Bound, wanted: &Address) -> bool {
+/// True when `bound` is the address asked for (`resolved`: its socket addresses, looked up once
+/// by the caller). A wildcard host matches the wildcard.
+fn same_address(bound: &Bound, wanted: &Address, resolved: &Result<Vec<SocketAddr>, Error>) -> bool {
     match (bound, wanted) {
         (Bound::Unix(Some(path)), Address::Unix(want)) => path == want,
-        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port => {
-            wanted.socket_addrs().is_ok_and(|addrs| addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified())))
-        }
+        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port => resolved.as_ref().is_ok_and(|addrs| {
+            addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified()))
+        }),
         _ => false,
     }
 }
@@ -294,6 +295,8 @@ fn validate_inherited(fd: RawFd, origin: &str) -> Result<(), Error> {
 /// close-on-exec. The environment variables are consumed on the first call.
 pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     let wanted = Address::parse(address)?;
+    // Resolved once (it may be a DNS lookup); needed only to compare addresses or to bind.
+    let resolved = wanted.socket_addrs();
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
     if let Some(problem) = &pool.problem {
@@ -302,7 +305,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     let found = pool.available.iter().position(|(fd, source)| match source {
         Source::Systemd { name: Some(n) } if name.is_some() => Some(n.as_str()) == name,
         Source::ServerStarter { key } if key == address => true,
-        _ => bound_address(*fd).is_ok_and(|b| same_address(&b, &wanted)),
+        _ => bound_address(*fd).is_ok_and(|b| same_address(&b, &wanted, &resolved)),
     });
     if let Some(index) = found {
         let (fd, source) = pool.available.remove(index);
@@ -316,7 +319,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
         return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     drop(guard);
-    bind_fresh(&wanted)
+    bind_fresh(&wanted, resolved)
 }
 
 /// True when `fd` was inherited (and so is shared with other processes): never drain it.
@@ -324,13 +327,12 @@ pub fn is_inherited(fd: RawFd) -> bool {
     POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.shared.contains(&fd))
 }
 
-fn bind_fresh(address: &Address) -> Result<OwnedFd, Error> {
+fn bind_fresh(address: &Address, resolved: Result<Vec<SocketAddr>, Error>) -> Result<OwnedFd, Error> {
     let fail = |e: io::Error| Error::new(crate::ErrorKind::System, format!("cannot listen on {address:?}: {e}"));
     let fd: OwnedFd = match address {
         Address::Tcp { .. } => {
             // std sets SO_REUSEADDR and CLOEXEC; we raise the backlog below.
-            let addrs = address.socket_addrs()?;
-            TcpListener::bind(&addrs[..]).map_err(fail)?.into()
+            TcpListener::bind(&resolved?[..]).map_err(fail)?.into()
         }
         Address::Unix(path) => {
             remove_stale_socket(path);
