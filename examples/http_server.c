@@ -261,6 +261,13 @@ static int demo_close(void *ud) {
     return 0;
 }
 
+/* Logs every state change, so people (and the tests) can see when the server is ready. */
+static void demo_state(void *ud, ld_state old_state, ld_state new_state) {
+    (void)ud;
+    (void)old_state;
+    fprintf(stderr, "demo: state %s\n", ld_state_str(new_state));
+}
+
 static long arg_number(const char *flag, const char *value) {
     char *end = NULL;
     long n = value ? strtol(value, &end, 10) : -1;
@@ -338,6 +345,7 @@ int main(int argc, char **argv) {
         /* ld_runner_new below reports which value is wrong */
     }
     ld_options_set_explicit_ready(options, true);
+    ld_options_set_state_observer(options, demo_state, NULL);
     ld_status rc = ld_server_new(demo_serve, demo_shutdown, demo_close, &d, NULL, &server, &err);
     if (rc == LD_OK) rc = ld_runner_new(server, options, &d.runner, &err);
     ld_options_free(options);

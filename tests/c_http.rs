@@ -82,6 +82,7 @@ fn request_longer_than_the_period_expires_and_close_drops_it() {
 #[test]
 fn drain_delay_keeps_serving_but_reports_not_ready() {
     let (proc, port) = start(&["--drain", "4000"]);
+    proc.wait_line(true, "demo: state READY", LIMIT); // "listening" is printed before the run starts
     assert!(get(port, "/health").starts_with("HTTP/1.1 200 OK"));
     proc.signal(libc::SIGTERM);
     proc.wait_line(true, "draining for 4s, then entering lame-duck mode for 3s", LIMIT);
