@@ -2,13 +2,18 @@
  * A small threaded HTTP/1.1 server run under lame-duck coordination by liblameduck.
  *
  *   http_server [--host 127.0.0.1] [--port 8080] [--listen ADDRESS] [--period MS] [--drain MS]
+ *               [--pid-file PATH] [--upgrade-timeout MS]
  *
  * The listening socket comes from ld_listen: inherited from systemd socket activation
- * (LISTEN_FDS) or Server::Starter (SERVER_STARTER_PORT) when there is one, fresh otherwise.
+ * (LISTEN_FDS), Server::Starter (SERVER_STARTER_PORT) or the previous generation when there
+ * is one, fresh otherwise.
+ *
+ * SIGINT/SIGTERM: lame-duck, then exit. SIGHUP: zero-downtime upgrade: the program is started
+ * again with the listening socket, and once the new process is ready this one lame-ducks.
  *
  * Routes: GET /             hello
  *         GET /sleep?ms=N   answers after N ms (a slow request to watch lame-duck with)
- *         GET /health       200 "READY" while ready, 503 with the state name otherwise
+ *         GET /health       200 while serving (READY or UPGRADING), 503 otherwise; the body is the state
  *
  * serve    reports ready (ld_context_ready), accepts until shutdown wakes it, then closes
  *          the listening socket (new connections are refused from then on).
@@ -129,7 +134,8 @@ static void handle(demo *d, int fd, const char *path, int keep_alive) {
     } else if (strcmp(path, "/health") == 0) {
         ld_state s = ld_runner_state(d->runner);
         snprintf(body, sizeof body, "%s\n", ld_state_str(s));
-        respond(fd, s == LD_STATE_READY ? 200 : 503, s == LD_STATE_READY ? "OK" : "Service Unavailable", body, keep_alive);
+        int serving = s == LD_STATE_READY || s == LD_STATE_UPGRADING;
+        respond(fd, serving ? 200 : 503, serving ? "OK" : "Service Unavailable", body, keep_alive);
     } else {
         snprintf(body, sizeof body, "hello from lameduck (pid %d)\n", (int)getpid());
         respond(fd, 200, "OK", body, keep_alive);
@@ -301,8 +307,8 @@ static void announce(int fd) {
 
 int main(int argc, char **argv) {
     static demo d;
-    const char *host = "127.0.0.1", *listen_address = NULL;
-    long port = 8080, period_ms = 3000, drain_ms = 0;
+    const char *host = "127.0.0.1", *listen_address = NULL, *pid_file = NULL;
+    long port = 8080, period_ms = 3000, drain_ms = 0, upgrade_timeout_ms = 60000;
     for (int i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--host") == 0 && value) host = argv[++i];
@@ -310,8 +316,13 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--port") == 0) port = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--period") == 0) period_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--drain") == 0) drain_ms = arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--pid-file") == 0 && value) pid_file = argv[++i];
+        else if (strcmp(argv[i], "--upgrade-timeout") == 0) upgrade_timeout_ms = arg_number(argv[i], value), i++;
         else {
-            fprintf(stderr, "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]"
+                    " [--pid-file PATH] [--upgrade-timeout MS]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -341,7 +352,9 @@ int main(int argc, char **argv) {
     ld_server *server = NULL;
     ld_options *options = ld_options_new();
     if (ld_options_set_period_ms(options, (uint64_t)period_ms) != LD_OK ||
-        ld_options_set_drain_delay_ms(options, (uint64_t)drain_ms) != LD_OK) {
+        ld_options_set_drain_delay_ms(options, (uint64_t)drain_ms) != LD_OK ||
+        ld_options_set_upgrade_timeout_ms(options, (uint64_t)upgrade_timeout_ms) != LD_OK ||
+        ld_options_set_pid_file(options, pid_file) != LD_OK) {
         /* ld_runner_new below reports which value is wrong */
     }
     ld_options_set_explicit_ready(options, true);

@@ -23,6 +23,11 @@
 #define MAX_INHERITED_FDS 65536
 
 /**
+ * The first descriptor handed on, as systemd does (`SD_LISTEN_FDS_START`).
+ */
+#define FIRST_FD 3
+
+/**
  * What a `shutdown` hook returns when its deadline passed before it finished (Go's
  * `context.DeadlineExceeded`): the runner then calls close and reports `LD_EXPIRED`.
  * Equal to -ETIMEDOUT on Linux. Any other non-zero return is the hook's own error code.
@@ -81,7 +86,8 @@ typedef enum ld_status {
    */
   LD_NULL_ARGUMENT = 7,
   /**
-   * The runner is running, or has already run (a runner runs once).
+   * The runner is running, or has already run (a runner runs once); or an upgrade is
+   * already in flight (`ld_runner_upgrade`).
    */
   LD_BUSY = 8,
   /**
@@ -104,6 +110,11 @@ typedef enum ld_status {
    * The operating system refused a thread or a pipe.
    */
   LD_SYSTEM = 13,
+  /**
+   * `ld_runner_upgrade`: the new process could not start, exited, or was not ready within
+   * the upgrade timeout. It was terminated; the old process goes on serving.
+   */
+  LD_UPGRADE_FAILED = 14,
 } ld_status;
 
 /**
@@ -132,7 +143,8 @@ typedef enum ld_log_level {
  * A runner's lifecycle state. Transitions, in order:
  * NOT_STARTED → STARTING → SERVING → READY → DRAINING → SHUTTING_DOWN → CLOSING → STOPPED,
  * or FAILED when serve fails. DRAINING appears only with a drain delay, CLOSING only when
- * close is called.
+ * close is called. READY → UPGRADING → READY while an upgrade starts a new process that then
+ * fails; READY → UPGRADING → DRAINING (or SHUTTING_DOWN) when it takes over.
  */
 typedef enum ld_state {
   /**
@@ -175,6 +187,12 @@ typedef enum ld_state {
    * serve failed (or could not start).
    */
   LD_STATE_FAILED = 9,
+  /**
+   * Still fully serving, as in READY, while an upgrade's new process starts: back to READY
+   * if the upgrade fails, on to lame-duck once the new process is ready. A health check
+   * should report READY and UPGRADING alike as healthy.
+   */
+  LD_STATE_UPGRADING = 10,
 } ld_state;
 
 /**
@@ -353,9 +371,17 @@ enum ld_status ld_listen(const char *address,
 bool ld_listen_is_inherited(int fd);
 
 /**
+ * True when `fd` is shared with other processes: inherited (see `ld_listen_is_inherited`) or
+ * handed to a new generation by an upgrade. A server that stops accepting should then simply
+ * close its copy: draining with a socket filter would stop the other processes too.
+ */
+bool ld_listen_is_shared(int fd);
+
+/**
  * Makes options with the defaults: period 3000 ms, signals SIGINT and SIGTERM, drain delay 0,
  * close timeout 5000 ms, logging to stderr, repeat policy `LD_REPEAT_FORCE`, readiness when
- * serve starts, the library owning the signals. Free with `ld_options_free`. Never NULL.
+ * serve starts, the library owning the signals, upgrade on SIGHUP with a 60000 ms timeout,
+ * the program's own command line, no pid file. Free with `ld_options_free`. Never NULL.
  */
 struct ld_options *ld_options_new(void);
 
@@ -445,6 +471,46 @@ enum ld_status ld_options_set_explicit_ready(struct ld_options *options, bool ex
 enum ld_status ld_options_set_install_signal_handlers(struct ld_options *options, bool install);
 
 /**
+ * Replaces the upgrade signals (default SIGHUP) with `signals[0..count]`; count 0 turns
+ * upgrades by signal off (`ld_runner_upgrade` still works). The same signals are accepted as
+ * for `ld_options_set_signals`, and none may also be a trigger signal.
+ * Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0);
+ * `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
+ * `ld_runner_new`).
+ */
+enum ld_status ld_options_set_upgrade_signals(struct ld_options *options,
+                                              const int *signals,
+                                              size_t count);
+
+/**
+ * Sets how long an upgrade's new process has to report ready before it is terminated and
+ * the upgrade fails (the old process goes on serving). Default 60000.
+ * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+ */
+enum ld_status ld_options_set_upgrade_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
+
+/**
+ * Sets what an upgrade starts: `program` (a path, relative to the directory the process
+ * started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
+ * `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the
+ * program and arguments this process was started with.
+ * Errors: `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or a NULL entry);
+ * `LD_INVALID_ARGUMENT` when `argc` is 0 or `program` is empty.
+ */
+enum ld_status ld_options_set_upgrade_command(struct ld_options *options,
+                                              const char *program,
+                                              const char *const *argv,
+                                              size_t argc);
+
+/**
+ * Sets a pid file (copied), written atomically (temporary file + rename) by whichever
+ * process is the current generation once its run is ready, and removed when the last
+ * generation stops. NULL removes the setting.
+ * Errors: `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT` for "".
+ */
+enum ld_status ld_options_set_pid_file(struct ld_options *options, const char *path);
+
+/**
  * Runs `server` under lame-duck coordination until it stops: Go's `lameduck.Run`.
  * `options` may be NULL for the defaults; `error_out` may be NULL.
  *
@@ -491,10 +557,34 @@ enum ld_status ld_runner_run(const struct ld_runner *runner, struct ld_error **e
 enum ld_status ld_runner_stop(const struct ld_runner *runner);
 
 /**
+ * Upgrades now, as an upgrade signal (SIGHUP by default) would, and waits for the outcome:
+ * starts the program again (see `ld_options_set_upgrade_command`) with every listener from
+ * `ld_listen` at fd 3.. (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) and a readiness channel
+ * (`LAMEDUCK_READY_FD`), waits until it reports ready, then this run enters lame-duck exactly
+ * as for a stop signal. On success writes the new process's pid to `pid_out` (may be NULL).
+ *
+ * Blocks the calling thread for at most the upgrade timeout plus 5 s. Any thread except the
+ * one running `ld_runner_run` (a hook may call it). Not async-signal-safe: from a signal
+ * handler, use an upgrade signal instead.
+ * Errors (with a message in `error_out`):
+ * - `LD_UPGRADE_FAILED`: the program could not start, exited, or was not ready within the
+ *   upgrade timeout; it was terminated (SIGTERM, then SIGKILL) and this run goes on serving.
+ * - `LD_BUSY`: an upgrade is already in flight.
+ * - `LD_NOT_RUNNING`: the run is not serving (not started, starting, in lame-duck, or over).
+ * - `LD_CANCELED`: lame-duck began before the new process was ready; it was terminated.
+ * - `LD_NULL_ARGUMENT`.
+ */
+enum ld_status ld_runner_upgrade(const struct ld_runner *runner,
+                                 int *pid_out,
+                                 struct ld_error **error_out);
+
+/**
  * Hands the runner a trigger signal the program caught itself (with
  * `ld_options_set_install_signal_handlers(false)`): exactly as if the library had caught it,
- * including the repeat-signal policy, which may end the process. Async-signal-safe.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` when `signal` is not a trigger signal.
+ * including the repeat-signal policy, which may end the process. An upgrade signal starts an
+ * upgrade (its outcome goes to the log and the state observer). Async-signal-safe.
+ * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` when `signal` is neither a trigger nor
+ * an upgrade signal.
  */
 enum ld_status ld_runner_deliver_signal(const struct ld_runner *runner, int signal);
 

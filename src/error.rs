@@ -28,7 +28,7 @@ pub enum ErrorKind {
     InvalidArgument = 6,
     /// A required pointer was NULL (C ABI only).
     NullArgument = 7,
-    /// The runner is running or has already run.
+    /// The runner is running or has already run; or an upgrade is already in flight.
     Busy = 8,
     /// A hook (or the library itself) panicked; the panic was caught.
     Panic = 9,
@@ -40,11 +40,14 @@ pub enum ErrorKind {
     NotRunning = 12,
     /// The operating system refused a resource (a thread or a pipe).
     System = 13,
+    /// An upgrade failed: the new process could not start, exited, or was not ready in time.
+    /// It was terminated and the old process goes on serving.
+    UpgradeFailed = 14,
 }
 
 impl ErrorKind {
     /// Every kind, in `ld_status` order.
-    const ALL: [ErrorKind; 13] = [
+    const ALL: [ErrorKind; 14] = [
         ErrorKind::Expired,
         ErrorKind::Failed,
         ErrorKind::ShutdownFailed,
@@ -58,6 +61,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::NotRunning,
         ErrorKind::System,
+        ErrorKind::UpgradeFailed,
     ];
 
     /// The kind with this `ld_status` number, if any.
@@ -75,12 +79,13 @@ impl ErrorKind {
             ErrorKind::Canceled => c"canceled before the run started",
             ErrorKind::InvalidArgument => c"invalid argument",
             ErrorKind::NullArgument => c"NULL argument",
-            ErrorKind::Busy => c"runner is running or has already run",
+            ErrorKind::Busy => c"busy: the runner is running or has already run, or an upgrade is in flight",
             ErrorKind::Panic => c"a panic was caught",
             ErrorKind::SignalSetup => c"signal handlers could not be installed",
             ErrorKind::Timeout => c"timed out",
             ErrorKind::NotRunning => c"the run ended before the server became ready",
             ErrorKind::System => c"system resource error",
+            ErrorKind::UpgradeFailed => c"upgrade failed; the old process goes on serving",
         }
     }
 
@@ -101,6 +106,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "TIMEOUT",
             ErrorKind::NotRunning => "NOT_RUNNING",
             ErrorKind::System => "SYSTEM",
+            ErrorKind::UpgradeFailed => "UPGRADE_FAILED",
         }
     }
 

@@ -20,13 +20,17 @@
 mod context;
 mod error;
 mod format;
+mod generation;
 pub mod listener;
+mod notify;
 mod options;
+mod pidfile;
 mod runner;
 mod server;
 mod signals;
 mod state;
 mod trigger;
+mod upgrade;
 
 #[cfg(feature = "capi")]
 pub mod capi;
@@ -34,9 +38,11 @@ pub mod capi;
 pub use context::Context;
 pub use error::{Error, ErrorKind, HookError, HookFailure};
 pub use format::{go_duration, signal_list, signal_name};
+pub use generation::READY_FD_ENV;
 pub use options::{
     stderr_logger, validate_close_timeout, validate_drain_delay, validate_period, validate_signal, validate_signals,
-    Level, Logger, Options, RepeatSignalPolicy, SignalOwner, StateObserver, MAX_DURATION,
+    validate_upgrade_command, validate_upgrade_signals, validate_upgrade_timeout, Level, Logger, Options,
+    RepeatSignalPolicy, SignalOwner, StateObserver, UpgradeCommand, MAX_DURATION,
 };
 pub use runner::Runner;
 pub use server::Server;

@@ -1,4 +1,5 @@
-//! Listening sockets. For now: stopping a listener without resetting connections.
+//! Listening sockets: getting one (inherited or fresh), remembering every one handed out so an
+//! upgrade can pass them all on, and stopping one without resetting connections.
 //!
 //! Closing a listening socket resets every connection still in its accept queue. Those
 //! clients already had their connect succeed and have often sent a request, so the reset is a
@@ -162,14 +163,47 @@ enum Source {
     ServerStarter { key: String },
 }
 
+/// Names the inherited descriptors whose unix socket paths a lameduck generation created, so
+/// the last generation removes them when it stops (comma-separated fd numbers).
+pub const OWNED_FDS_ENV: &str = "LAMEDUCK_OWNED_FDS";
+
 /// Descriptors this process inherited and has not handed out yet, read from the environment
-/// once. The variables are then removed, so they do not leak into unrelated children.
+/// once (the variables are then removed, so they do not leak into unrelated children), and
+/// every listener handed out since.
 struct Pool {
     available: Vec<(RawFd, Source)>,
     /// What the environment got wrong, reported by every `listen` that would have used it.
     problem: Option<String>,
-    /// Inherited descriptors handed out: shared with other processes, never to be drained.
+    /// Descriptors shared with other processes (inherited, or handed to a new generation):
+    /// never to be drained.
     shared: HashSet<RawFd>,
+    /// Inherited descriptors handed out.
+    inherited: HashSet<RawFd>,
+    /// Inherited descriptors whose unix socket path a lameduck generation created.
+    owned: HashSet<RawFd>,
+    /// Every listener `listen` returned, in order: what an upgrade hands on.
+    handed_out: Vec<Listener>,
+}
+
+/// A listener `listen` returned.
+struct Listener {
+    fd: RawFd,
+    /// Its name for `LISTEN_FDNAMES` ("unknown" when it has none, as systemd writes it).
+    name: String,
+    /// What `getsockname` said when it was handed out; a descriptor that no longer says so
+    /// was closed (and perhaps reused) and is not passed on.
+    bound: String,
+    /// A unix socket path this lineage of processes created, with the file's identity, removed
+    /// by the final stop if it is still that file.
+    owned_path: Option<(PathBuf, u64, u64)>,
+}
+
+/// One listener to pass to a new generation.
+pub(crate) struct Handoff {
+    pub(crate) fd: RawFd,
+    pub(crate) name: String,
+    /// Its unix socket path was created by us: the new generation owns it now.
+    pub(crate) owned: bool,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -183,7 +217,16 @@ fn take_env(name: &str) -> Option<String> {
 fn read_pool() -> Pool {
     let (fds, pid, names, starter) =
         (take_env("LISTEN_FDS"), take_env("LISTEN_PID"), take_env("LISTEN_FDNAMES"), take_env("SERVER_STARTER_PORT"));
-    let mut pool = Pool { available: Vec::new(), problem: None, shared: HashSet::new() };
+    let owned_fds = take_env(OWNED_FDS_ENV);
+    let mut pool =
+        Pool {
+        available: Vec::new(),
+        problem: None,
+        shared: HashSet::new(),
+        inherited: HashSet::new(),
+        owned: HashSet::new(),
+        handed_out: Vec::new(),
+    };
     match parse_listen_fds(fds.as_deref(), pid.as_deref(), names.as_deref(), std::process::id()) {
         Ok(list) => pool.available.extend(list.into_iter().map(|(fd, name)| (fd, Source::Systemd { name }))),
         Err(e) => pool.problem = Some(e.message().to_string()),
@@ -195,10 +238,18 @@ fn read_pool() -> Pool {
     for (fd, _) in &pool.available {
         set_cloexec(*fd); // handed on only on purpose (upgrade), never by accident
     }
+    // Only meaningful next to the descriptors it describes; garbage is simply ignored.
+    let inherited: HashSet<RawFd> = pool.available.iter().map(|(fd, _)| *fd).collect();
+    pool.owned = owned_fds
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.trim().parse::<RawFd>().ok())
+        .filter(|fd| inherited.contains(fd))
+        .collect();
     pool
 }
 
-fn set_cloexec(fd: RawFd) {
+pub(crate) fn set_cloexec(fd: RawFd) {
     // SAFETY: fcntl on an fd number; an invalid fd just fails.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -253,12 +304,24 @@ fn bound_address(fd: RawFd) -> io::Result<Bound> {
     }
 }
 
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Inet(sa) => write!(f, "{sa}"),
+            Bound::Unix(Some(path)) => write!(f, "{}", path.display()),
+            Bound::Unix(None) => f.write_str("(unnamed unix socket)"),
+        }
+    }
+}
+
 /// True when `bound` is the address asked for (`resolved`: its socket addresses, looked up once
 /// by the caller). A wildcard host matches the wildcard.
 fn same_address(bound: &Bound, wanted: &Address, resolved: &Result<Vec<SocketAddr>, Error>) -> bool {
     match (bound, wanted) {
         (Bound::Unix(Some(path)), Address::Unix(want)) => path == want,
-        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port => resolved.as_ref().is_ok_and(|addrs| {
+        // Port 0 means "any port": a program restarted with the arguments it was first started
+        // with (`--port 0`) takes over the port its predecessor was given.
+        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port || *port == 0 => resolved.as_ref().is_ok_and(|addrs| {
             addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified()))
         }),
         _ => false,
@@ -295,6 +358,9 @@ fn validate_inherited(fd: RawFd, origin: &str) -> Result<(), Error> {
 /// close-on-exec. The environment variables are consumed on the first call.
 pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     let wanted = Address::parse(address)?;
+    if let Some(name) = name {
+        validate_name(name)?;
+    }
     // Resolved once (it may be a DNS lookup); needed only to compare addresses or to bind.
     let resolved = wanted.socket_addrs();
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
@@ -315,16 +381,108 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
         };
         validate_inherited(fd, origin)?;
         pool.shared.insert(fd);
+        pool.inherited.insert(fd);
+        let inherited_name = match &source {
+            Source::Systemd { name: Some(n) } => Some(n.as_str()),
+            _ => None,
+        };
+        let owned = pool.owned.contains(&fd);
+        pool.remember(fd, name.or(inherited_name), owned);
         // SAFETY: the fd was inherited for us, and we hand it out exactly once.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     drop(guard);
-    bind_fresh(&wanted, resolved)
+    let fd = bind_fresh(&wanted, resolved)?;
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, true);
+    Ok(fd)
 }
 
-/// True when `fd` was inherited (and so is shared with other processes): never drain it.
+/// A name must fit in `LISTEN_FDNAMES`: no `:`, printable, at most 255 bytes (as systemd's
+/// `FileDescriptorName=`).
+fn validate_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 255 || name.contains(':') || name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "listener name {name:?} is invalid: use 1 to 255 printable characters without ':'"
+        )));
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Records a listener handed out, replacing a stale record of the same descriptor number.
+    fn remember(&mut self, fd: RawFd, name: Option<&str>, owns_path: bool) {
+        let Ok(bound) = bound_address(fd) else { return };
+        let owned_path = match (&bound, owns_path) {
+            (Bound::Unix(Some(path)), true) => {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::symlink_metadata(path).ok().map(|m| (path.clone(), m.dev(), m.ino()))
+            }
+            _ => None,
+        };
+        self.handed_out.retain(|l| l.fd != fd);
+        self.handed_out.push(Listener {
+            fd,
+            name: name.unwrap_or("unknown").to_string(),
+            bound: bound.to_string(),
+            owned_path,
+        });
+    }
+}
+
+/// True when `fd` was inherited (systemd, Server::Starter or a previous generation).
 pub fn is_inherited(fd: RawFd) -> bool {
+    POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.inherited.contains(&fd))
+}
+
+/// True when `fd` is shared with other processes: inherited, or handed to a new generation by
+/// an upgrade. Never drain a shared socket (see the module docs): just close it.
+pub fn is_shared(fd: RawFd) -> bool {
     POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.shared.contains(&fd))
+}
+
+/// The listeners an upgrade passes on: every listener handed out that is still open and bound
+/// where it was, then every inherited one nobody asked for, in that order.
+pub(crate) fn handoff() -> Vec<Handoff> {
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = guard.get_or_insert_with(read_pool);
+    pool.handed_out.retain(|l| {
+        validate_inherited(l.fd, "").is_ok() && bound_address(l.fd).is_ok_and(|b| b.to_string() == l.bound)
+    });
+    let mut list: Vec<Handoff> = pool
+        .handed_out
+        .iter()
+        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.is_some() })
+        .collect();
+    for (fd, source) in &pool.available {
+        if validate_inherited(*fd, "").is_ok() {
+            let name = match source {
+                Source::Systemd { name: Some(n) } => n.clone(),
+                _ => "unknown".to_string(),
+            };
+            list.push(Handoff { fd: *fd, name, owned: pool.owned.contains(fd) });
+        }
+    }
+    list
+}
+
+/// Marks descriptors as shared with a new generation (see [`is_shared`]).
+pub(crate) fn mark_shared(fds: impl IntoIterator<Item = RawFd>) {
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.get_or_insert_with(read_pool).shared.extend(fds);
+}
+
+/// The final stop of the last generation: removes the unix socket paths this lineage created,
+/// if each is still the file we created (a newer server may have replaced it).
+pub(crate) fn remove_owned_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(pool) = guard.as_ref() else { return };
+    for (path, dev, ino) in pool.handed_out.iter().filter_map(|l| l.owned_path.as_ref()) {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn bind_fresh(address: &Address, resolved: Result<Vec<SocketAddr>, Error>) -> Result<OwnedFd, Error> {

@@ -4,6 +4,8 @@
 //! acceptable, so the C setters, the Python keyword arguments and the Node options object all
 //! reject the same values with the same messages, before anything starts.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +98,28 @@ pub struct Options {
     pub explicit_ready: bool,
     /// Who catches the trigger signals. Default [`SignalOwner::Library`].
     pub signal_owner: SignalOwner,
+    /// Signals that start an upgrade (a new process takes over the listeners, then this one
+    /// enters lame-duck). Default SIGHUP; empty disables upgrades by signal.
+    pub upgrade_signals: Vec<i32>,
+    /// How long a new process has to report ready before it is terminated and the upgrade is
+    /// rolled back. Default 60 s.
+    pub upgrade_timeout: Duration,
+    /// What an upgrade starts. Default `None`: the program and arguments this process was
+    /// started with, the program looked up again so a replaced binary is what starts.
+    pub upgrade_command: Option<UpgradeCommand>,
+    /// A file to hold the pid of the current generation: written atomically (temporary file +
+    /// rename) once the run is ready, removed when the last generation stops. Default none.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The program an upgrade starts and its whole argument vector (`args[0]` included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeCommand {
+    /// A path (absolute, or relative to the directory the process started in) or a bare name
+    /// looked up in `PATH`, at each upgrade.
+    pub program: PathBuf,
+    /// The argument vector, `argv[0]` first. Must not be empty.
+    pub args: Vec<OsString>,
 }
 
 impl Default for Options {
@@ -110,6 +134,10 @@ impl Default for Options {
             state_observer: None,
             explicit_ready: false,
             signal_owner: SignalOwner::Library,
+            upgrade_signals: vec![libc::SIGHUP],
+            upgrade_timeout: Duration::from_secs(60),
+            upgrade_command: None,
+            pid_file: None,
         }
     }
 }
@@ -126,6 +154,10 @@ impl std::fmt::Debug for Options {
             .field("state_observer", &self.state_observer.is_some())
             .field("explicit_ready", &self.explicit_ready)
             .field("signal_owner", &self.signal_owner)
+            .field("upgrade_signals", &self.upgrade_signals)
+            .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("upgrade_command", &self.upgrade_command)
+            .field("pid_file", &self.pid_file)
             .finish()
     }
 }
@@ -152,7 +184,16 @@ impl Options {
         validate_period(self.period)?;
         validate_drain_delay(self.drain_delay)?;
         validate_close_timeout(self.close_timeout)?;
-        self.validate_signal_setting()
+        validate_upgrade_timeout(self.upgrade_timeout)?;
+        self.validate_signal_setting()?;
+        validate_upgrade_signals(&self.upgrade_signals, &self.signals)?;
+        if let Some(command) = &self.upgrade_command {
+            validate_upgrade_command(command)?;
+        }
+        if self.pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(Error::invalid("pid file \"\" is invalid: give a path, or no pid file"));
+        }
+        Ok(())
     }
 
     /// The signal list: non-empty when the library owns the signals, each one trappable.
@@ -196,6 +237,48 @@ pub fn validate_close_timeout(timeout: Duration) -> Result<(), Error> {
             go_duration(timeout),
             go_duration(MAX_DURATION)
         )));
+    }
+    Ok(())
+}
+
+/// The upgrade timeout must be above zero and at most [`MAX_DURATION`].
+pub fn validate_upgrade_timeout(timeout: Duration) -> Result<(), Error> {
+    if timeout.is_zero() || timeout > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "upgrade timeout {} is invalid: it must be greater than zero and at most {}",
+            go_duration(timeout),
+            go_duration(MAX_DURATION)
+        )));
+    }
+    Ok(())
+}
+
+/// Upgrade signals (possibly none): each trappable, and none also a trigger signal.
+pub fn validate_upgrade_signals(upgrade: &[i32], triggers: &[i32]) -> Result<(), Error> {
+    for &signal in upgrade {
+        validate_signal(signal)?;
+        if triggers.contains(&signal) {
+            return Err(Error::invalid(format!(
+                "signal {signal} ({}) cannot both trigger lame-duck and start an upgrade",
+                signal_name(signal)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An upgrade command needs a program and at least `argv[0]`, without NUL bytes.
+pub fn validate_upgrade_command(command: &UpgradeCommand) -> Result<(), Error> {
+    use std::os::unix::ffi::OsStrExt;
+    if command.program.as_os_str().is_empty() {
+        return Err(Error::invalid("upgrade command is invalid: the program is empty"));
+    }
+    if command.args.is_empty() {
+        return Err(Error::invalid("upgrade command is invalid: give at least argv[0]"));
+    }
+    let has_nul = |s: &std::ffi::OsStr| s.as_bytes().contains(&0);
+    if has_nul(command.program.as_os_str()) || command.args.iter().any(|a| has_nul(a)) {
+        return Err(Error::invalid("upgrade command is invalid: it contains a NUL byte"));
     }
     Ok(())
 }
@@ -270,6 +353,14 @@ mod tests {
             (Options { signals: vec![libc::SIGFPE], ..Options::default() }, "signal 8"),
             (Options { signals: vec![libc::SIGILL], ..Options::default() }, "signal 4"),
             (Options { signals: vec![32], ..Options::default() }, "signal 32"),
+            (Options { upgrade_timeout: Duration::ZERO, ..Options::default() }, "upgrade timeout 0s"),
+            (Options { upgrade_signals: vec![libc::SIGTERM], ..Options::default() }, "both trigger lame-duck and start an upgrade"),
+            (Options { upgrade_signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9"),
+            (
+                Options { upgrade_command: Some(UpgradeCommand { program: "x".into(), args: vec![] }), ..Options::default() },
+                "at least argv[0]",
+            ),
+            (Options { pid_file: Some("".into()), ..Options::default() }, "pid file"),
         ];
         for (options, needle) in cases {
             let err = options.validate().expect_err(needle);

@@ -10,8 +10,15 @@
 //!     ShuttingDown ─shutdown ok & serve returned→ Stopped
 //!     ShuttingDown ─deadline / DEADLINE_EXCEEDED / forced→ Closing ─close returned→ Stopped
 //!     Serving|Ready ─serve failed→ Failed
+//!     Ready ─upgrade signal / Runner::upgrade→ Upgrading ─new process ready→ Draining|ShuttingDown
+//!     Upgrading ─new process failed (terminated)→ Ready
 //! ```
+//!
+//! An upgrade runs beside the coordinator: the new process is started on the coordinator's
+//! thread (a fork and exec, milliseconds), then a watcher thread waits for its readiness report,
+//! its exit, the upgrade timeout or a cancel, and wakes the coordinator with the outcome.
 
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -26,6 +33,8 @@ use crate::server::Server;
 use crate::signals::{self, die_by_signal, Subscription};
 use crate::state::{State, StateCell};
 use crate::trigger::{Escalation, Trigger, CAUSE_STOP};
+use crate::upgrade::{CancelPipe, Candidate};
+use crate::{generation, listener, notify, pidfile};
 
 /// Runs one server once under lame-duck coordination. `Send + Sync`: share it (in an `Arc`) to
 /// call [`Runner::stop`], [`Runner::state`] or [`Runner::wait_ready`] from other threads.
@@ -42,6 +51,7 @@ struct Shared {
     running: AtomicBool,
     readiness: Mutex<Readiness>,
     readiness_changed: Condvar,
+    upgrade_requests: Mutex<UpgradeRequests>,
 }
 
 #[derive(Default)]
@@ -50,11 +60,43 @@ struct Readiness {
     ended: bool,
 }
 
+/// Calls to [`Runner::upgrade`] waiting for the coordinator to take them.
+#[derive(Default)]
+struct UpgradeRequests {
+    /// True while the coordinator runs and will answer.
+    accepting: bool,
+    pending: Vec<Arc<UpgradeWaiter>>,
+}
+
+/// Where a [`Runner::upgrade`] call waits for its outcome.
+#[derive(Default)]
+struct UpgradeWaiter {
+    outcome: Mutex<Option<Result<u32, Error>>>,
+    settled: Condvar,
+}
+
+impl UpgradeWaiter {
+    fn settle(&self, outcome: Result<u32, Error>) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        self.settled.notify_all();
+    }
+
+    fn wait(&self) -> Result<u32, Error> {
+        let mut outcome = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = outcome.take() {
+                return outcome;
+            }
+            outcome = self.settled.wait(outcome).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 impl Runner {
     /// Validates `options` and prepares a run. Nothing is started and no handler is installed.
     pub fn new(server: Arc<dyn Server>, options: Options) -> Result<Runner, Error> {
         options.validate()?;
-        let trigger = Trigger::new(&options.signals, options.repeat_signal)
+        let trigger = Trigger::new(&options.signals, &options.upgrade_signals, options.repeat_signal)
             .map_err(|e| Error::new(ErrorKind::System, format!("could not create the wake pipe: {e}")))?;
         Ok(Runner {
             shared: Arc::new(Shared {
@@ -66,6 +108,7 @@ impl Runner {
                 running: AtomicBool::new(false),
                 readiness: Mutex::new(Readiness::default()),
                 readiness_changed: Condvar::new(),
+                upgrade_requests: Mutex::new(UpgradeRequests::default()),
             }),
         })
     }
@@ -101,17 +144,47 @@ impl Runner {
     /// including the repeat-signal policy (which may end the process). Async-signal-safe when
     /// it succeeds. Fails when `signal` is not one of the configured trigger signals.
     pub fn deliver_signal(&self, signal: i32) -> Result<(), Error> {
+        if self.shared.trigger.wants_upgrade(signal) {
+            self.shared.trigger.on_upgrade_signal(signal);
+            return Ok(());
+        }
         if !self.shared.trigger.wants(signal) {
             return Err(Error::invalid(format!(
-                "signal {signal} ({}) is not one of this runner's trigger signals {}",
+                "signal {signal} ({}) is not one of this runner's trigger signals {} or upgrade signals {}",
                 signal_name(signal),
-                signal_list(&self.shared.options.signals)
+                signal_list(&self.shared.options.signals),
+                signal_list(&self.shared.options.upgrade_signals)
             )));
         }
         if self.shared.trigger.on_signal(signal) == Escalation::Die {
             die_by_signal(signal);
         }
         Ok(())
+    }
+
+    /// Upgrades now, like an upgrade signal, and waits for the outcome: the new process's pid
+    /// once it reported ready (this run then enters lame-duck, exactly as for a stop signal),
+    /// or why not. Any thread; blocks for at most the upgrade timeout plus the kill grace.
+    ///
+    /// Errors: [`ErrorKind::UpgradeFailed`] (the new process could not start, exited, or was
+    /// not ready in time; it was terminated and this run goes on serving),
+    /// [`ErrorKind::Busy`] (an upgrade is already in flight), [`ErrorKind::NotRunning`] (the
+    /// run is not serving: not started, still starting, in lame-duck or over),
+    /// [`ErrorKind::Canceled`] (lame-duck began before the new process was ready).
+    pub fn upgrade(&self) -> Result<u32, Error> {
+        let waiter = Arc::new(UpgradeWaiter::default());
+        {
+            let mut requests = self.shared.upgrade_requests.lock().unwrap_or_else(PoisonError::into_inner);
+            if !requests.accepting {
+                return Err(Error::new(
+                    ErrorKind::NotRunning,
+                    format!("cannot upgrade: the runner is not running (state {})", self.state()),
+                ));
+            }
+            requests.pending.push(Arc::clone(&waiter));
+        }
+        self.shared.trigger.wake();
+        waiter.wait()
     }
 
     /// The current state; any thread, any time.
@@ -246,6 +319,29 @@ struct Run {
     serve_failed: bool,
     /// Set by the serve thread just before it calls the hook.
     serve_called: Arc<AtomicBool>,
+    /// The upgrade in flight, if any.
+    upgrade: Option<InFlight>,
+    /// Upgrade signals already acted on.
+    handled_upgrade_signals: u32,
+    /// The pid of the new generation this run handed its listeners to.
+    handed_off: Option<u32>,
+    /// After a hand-off (which began lame-duck by itself) the first trigger signal is the
+    /// supervisor's ordinary stop, not a repeat.
+    expect_stop_after_handoff: bool,
+}
+
+/// What is left of an upgrade once its outcome is known: who is waiting for it.
+struct Upgraded {
+    waiters: Vec<Arc<UpgradeWaiter>>,
+}
+
+/// An upgrade whose new process has started and is being watched.
+struct InFlight {
+    candidate: Arc<Candidate>,
+    cancel: Arc<CancelPipe>,
+    outcome: Arc<Mutex<Option<Result<(), Error>>>>,
+    watcher: Option<JoinHandle<()>>,
+    waiters: Vec<Arc<UpgradeWaiter>>,
 }
 
 impl Run {
@@ -266,6 +362,10 @@ impl Run {
             abandoned: Vec::new(),
             serve_failed: false,
             serve_called: Arc::new(AtomicBool::new(false)),
+            upgrade: None,
+            handled_upgrade_signals: 0,
+            handed_off: None,
+            expect_stop_after_handoff: false,
         }
     }
 
@@ -301,12 +401,18 @@ impl Run {
             return Err(Error::new(ErrorKind::Canceled, "the runner was stopped before it started; no hook was called"));
         }
         self.transition(State::Starting);
+        if let Some(problem) = &generation::get().problem {
+            self.log(Level::Warn, problem);
+        }
+        self.shared.upgrade_requests.lock().unwrap_or_else(PoisonError::into_inner).accepting = true;
         let mut subscription: Option<Subscription> = None;
         if options.signal_owner == SignalOwner::Library {
-            match signals::subscribe(&self.shared.trigger, &options.signals) {
+            let all: Vec<i32> = options.signals.iter().chain(&options.upgrade_signals).copied().collect();
+            match signals::subscribe(&self.shared.trigger, &all) {
                 Ok(s) => subscription = Some(s),
                 Err(err) => {
                     self.log(Level::Error, err.message());
+                    self.close_upgrade_requests();
                     self.transition(State::Failed);
                     return Err(err);
                 }
@@ -314,6 +420,9 @@ impl Run {
         }
         if !options.signals.is_empty() {
             self.log(Level::Info, &format!("Waiting for signals: {}", signal_list(&options.signals)));
+        }
+        if !options.upgrade_signals.is_empty() {
+            self.log(Level::Info, &format!("Upgrade on signals: {}", signal_list(&options.upgrade_signals)));
         }
         self.log(Level::Info, "Starting server");
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
@@ -334,10 +443,19 @@ impl Run {
                 Err(err)
             }
         };
+        self.finish_upgrade_in_flight();
+        self.close_upgrade_requests();
         if let Some(mut subscription) = subscription {
             for warning in subscription.release() {
                 self.log(Level::Warn, &warning);
             }
+        }
+        if self.handed_off.is_none() {
+            // The final stop of the last generation cleans up after the whole line.
+            if let Some(path) = &self.shared.options.pid_file {
+                pidfile::remove_if_ours(path, std::process::id());
+            }
+            listener::remove_owned_paths();
         }
         match &result {
             Ok(()) => self.log(Level::Info, "Server stopped"),
@@ -380,8 +498,11 @@ impl Run {
         };
         if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && ready {
             self.transition(State::Ready);
+            self.announce_ready();
         }
         self.absorb_trigger_events(now);
+        self.absorb_upgrade_requests();
+        self.poll_upgrade(now);
         match self.phase {
             Phase::Serving => {
                 if Self::returned(&self.serve) {
@@ -448,15 +569,28 @@ impl Run {
         }
         let mut new_events = events - self.handled_events;
         self.handled_events = events;
+        let signal = signal_name(self.shared.trigger.last_signal());
         if !self.triggered {
             self.triggered = true;
             new_events -= 1;
-            self.begin_lame_duck(first_cause, now);
+            if let Some(upgrade) = &self.upgrade {
+                upgrade.cancel.cancel();
+            }
+            let cause = if first_cause == CAUSE_STOP {
+                "Stop requested".to_string()
+            } else {
+                format!("Received signal [{}]", signal_name(first_cause as i32))
+            };
+            self.begin_lame_duck(&cause, now);
+        } else if self.expect_stop_after_handoff {
+            self.expect_stop_after_handoff = false;
+            new_events -= 1;
+            let pid = self.handed_off.unwrap_or_default();
+            self.log(Level::Info, &format!("Received signal [{signal}]; already in lame-duck mode since new process {pid} took over"));
         }
         if new_events == 0 {
             return;
         }
-        let signal = signal_name(self.shared.trigger.last_signal());
         match self.shared.options.repeat_signal {
             RepeatSignalPolicy::Ignore => {
                 self.log(Level::Info, &format!("Received signal [{signal}] again; ignoring it (repeat-signal policy: ignore)"))
@@ -475,13 +609,11 @@ impl Run {
         }
     }
 
-    fn begin_lame_duck(&mut self, first_cause: u32, now: Instant) {
+    fn begin_lame_duck(&mut self, cause: &str, now: Instant) {
         let options = &self.shared.options;
-        let cause = if first_cause == CAUSE_STOP {
-            "Stop requested".to_string()
-        } else {
-            format!("Received signal [{}]", signal_name(first_cause as i32))
-        };
+        if self.handed_off.is_none() {
+            notify::systemd("STOPPING=1");
+        }
         let period = go_duration(options.period);
         if Self::returned(&self.serve) {
             // serve already returned on its own; its result is handled by the Serving phase.
@@ -497,6 +629,188 @@ impl Run {
             );
             self.transition(State::Draining);
             self.phase = Phase::Draining { until: now + options.drain_delay };
+        }
+    }
+
+    /// The first time the run is ready: write the pid file, tell the previous generation (if an
+    /// upgrade started us), tell systemd. In that order, so whoever hears "ready" finds the
+    /// pid file already naming us.
+    fn announce_ready(&self) {
+        if let Some(path) = &self.shared.options.pid_file {
+            if let Err(err) = pidfile::write(path, std::process::id()) {
+                self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
+            }
+        }
+        if generation::get().report_ready() {
+            self.log(Level::Info, "Reported ready to the previous generation");
+        }
+        notify::systemd("READY=1");
+    }
+
+    /// Upgrade signals and [`Runner::upgrade`] calls that arrived since the last look.
+    fn absorb_upgrade_requests(&mut self) {
+        let (signals, last) = self.shared.trigger.upgrade_snapshot();
+        while self.handled_upgrade_signals < signals {
+            self.handled_upgrade_signals += 1;
+            self.request_upgrade(&format!("Received signal [{}]", signal_name(last)), None);
+        }
+        let pending = std::mem::take(&mut self.shared.upgrade_requests.lock().unwrap_or_else(PoisonError::into_inner).pending);
+        for waiter in pending {
+            self.request_upgrade("Upgrade requested", Some(waiter));
+        }
+    }
+
+    /// Starts an upgrade if the run is serving and none is in flight; otherwise says why not
+    /// (to the caller, or in the log for a signal).
+    fn request_upgrade(&mut self, cause: &str, waiter: Option<Arc<UpgradeWaiter>>) {
+        let refusal = if let Some(upgrade) = &self.upgrade {
+            Some(Error::new(
+                ErrorKind::Busy,
+                format!("an upgrade is already in progress (new process {})", upgrade.candidate.pid),
+            ))
+        } else if self.shared.state.get() != State::Ready || self.triggered {
+            Some(Error::new(
+                ErrorKind::NotRunning,
+                format!("cannot upgrade: the server is not serving (state {})", self.shared.state.get()),
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            match waiter {
+                Some(waiter) => waiter.settle(Err(refusal)),
+                None => self.log(Level::Info, &format!("{cause}; not upgrading: {}", refusal.message())),
+            }
+            return;
+        }
+        self.log(Level::Info, &format!("{cause}; upgrading: starting a new process"));
+        notify::systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", notify::monotonic_usec()));
+        self.transition(State::Upgrading);
+        let waiters: Vec<Arc<UpgradeWaiter>> = waiter.into_iter().collect();
+        let candidate = match crate::upgrade::start(&self.shared.options) {
+            Ok(candidate) => Arc::new(candidate),
+            Err(err) => return self.upgrade_failed(err, waiters),
+        };
+        let timeout = self.shared.options.upgrade_timeout;
+        self.log(
+            Level::Info,
+            &format!(
+                "Started new process {} ({}) with {} listener(s); waiting up to {} for it to be ready",
+                candidate.pid,
+                candidate.program.display(),
+                candidate.handed.len(),
+                go_duration(timeout)
+            ),
+        );
+        let cancel = match CancelPipe::new() {
+            Ok(cancel) => Arc::new(cancel),
+            Err(e) => {
+                let how = candidate.abort();
+                drop(candidate);
+                let err = Error::new(ErrorKind::System, format!("could not create a pipe: {e}; {how}"));
+                return self.upgrade_failed(err, waiters);
+            }
+        };
+        let outcome = Arc::new(Mutex::new(None));
+        let (watched, cancel_fd, slot, trigger) =
+            (Arc::clone(&candidate), cancel.read.as_raw_fd(), Arc::clone(&outcome), Arc::clone(&self.shared.trigger));
+        let keep_cancel = Arc::clone(&cancel);
+        let watcher = std::thread::Builder::new().name("lameduck-upgrade".into()).spawn(move || {
+            let _cancel = keep_cancel; // the descriptor stays open while we poll it
+            let result = watched.watch(timeout, cancel_fd);
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            trigger.wake();
+        });
+        match watcher {
+            Ok(watcher) => self.upgrade = Some(InFlight { candidate, cancel, outcome, watcher: Some(watcher), waiters }),
+            Err(e) => {
+                let how = candidate.abort();
+                drop((candidate, cancel, outcome));
+                let err = Error::new(ErrorKind::System, format!("could not start the upgrade thread: {e}; {how}"));
+                self.upgrade_failed(err, waiters);
+            }
+        }
+    }
+
+    /// The upgrade's outcome, once the watcher has one.
+    fn poll_upgrade(&mut self, now: Instant) {
+        let Some(upgrade) = &self.upgrade else { return };
+        let Some(outcome) = upgrade.outcome.lock().unwrap_or_else(PoisonError::into_inner).take() else { return };
+        let mut upgrade = self.upgrade.take().expect("checked above");
+        if let Some(watcher) = upgrade.watcher.take() {
+            let _ = watcher.join();
+        }
+        self.settle_upgrade(upgrade, outcome, now);
+    }
+
+    fn settle_upgrade(&mut self, upgrade: InFlight, outcome: Result<(), Error>, now: Instant) {
+        // Release the pipes and the pidfd before anyone hears the outcome, so a caller that
+        // counts descriptors right after `upgrade` returns sees none of ours.
+        let InFlight { candidate, cancel, waiters, .. } = upgrade;
+        let (pid, handed) = (candidate.pid, candidate.handed.clone());
+        drop((candidate, cancel));
+        let upgrade = Upgraded { waiters };
+        match outcome {
+            Ok(()) => {
+                listener::mark_shared(handed);
+                notify::systemd(&format!("MAINPID={pid}\nREADY=1"));
+                self.handed_off = Some(pid);
+                for waiter in upgrade.waiters {
+                    waiter.settle(Ok(pid));
+                }
+                if self.triggered {
+                    self.log(Level::Info, &format!("New process {pid} became ready during lame-duck; it goes on serving"));
+                } else {
+                    self.triggered = true;
+                    self.expect_stop_after_handoff = true;
+                    self.begin_lame_duck(&format!("New process {pid} is ready"), now);
+                }
+            }
+            Err(err) if self.triggered => {
+                self.log(Level::Info, err.message());
+                for waiter in upgrade.waiters {
+                    waiter.settle(Err(Error::new(err.kind(), err.message())));
+                }
+            }
+            Err(err) => self.upgrade_failed(err, upgrade.waiters),
+        }
+    }
+
+    /// A failed upgrade leaves the run exactly as it was, serving.
+    fn upgrade_failed(&mut self, err: Error, waiters: Vec<Arc<UpgradeWaiter>>) {
+        self.log(Level::Error, &format!("Upgrade failed: {}; still serving", err.message()));
+        notify::systemd(&format!("READY=1\nSTATUS=upgrade failed: {}", err.message()));
+        if self.shared.state.get() == State::Upgrading {
+            self.transition(State::Ready);
+        }
+        for waiter in waiters {
+            waiter.settle(Err(Error::new(err.kind(), err.message())));
+        }
+    }
+
+    /// At the end of the run: an upgrade still in flight is canceled (its process terminated)
+    /// and waited for, so no half-started generation outlives the run unnoticed.
+    fn finish_upgrade_in_flight(&mut self) {
+        let Some(mut upgrade) = self.upgrade.take() else { return };
+        upgrade.cancel.cancel();
+        if let Some(watcher) = upgrade.watcher.take() {
+            let _ = watcher.join();
+        }
+        let outcome = upgrade.outcome.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let outcome = outcome.unwrap_or_else(|| Err(Error::new(ErrorKind::Canceled, "upgrade canceled: the run ended")));
+        self.triggered = true;
+        self.settle_upgrade(upgrade, outcome, Instant::now());
+    }
+
+    /// Stops taking [`Runner::upgrade`] calls and answers those still waiting.
+    fn close_upgrade_requests(&self) {
+        let pending = {
+            let mut requests = self.shared.upgrade_requests.lock().unwrap_or_else(PoisonError::into_inner);
+            requests.accepting = false;
+            std::mem::take(&mut requests.pending)
+        };
+        for waiter in pending {
+            waiter.settle(Err(Error::new(ErrorKind::NotRunning, "cannot upgrade: the run has ended")));
         }
     }
 

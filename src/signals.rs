@@ -207,8 +207,10 @@ extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: 
         // SAFETY: a subscriber's Trigger outlives its slot: `release` clears the slot and then
         // waits for IN_HANDLER to drop to zero before the Arc can be dropped.
         let trigger = unsafe { &*trigger };
-        if trigger.wants(signal) && trigger.on_signal(signal) == Escalation::Die {
-            die = true;
+        if trigger.wants(signal) {
+            die |= trigger.on_signal(signal) == Escalation::Die;
+        } else if trigger.wants_upgrade(signal) {
+            trigger.on_upgrade_signal(signal);
         }
     }
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);

@@ -1,7 +1,7 @@
 //! The one lifecycle every run goes through, as a single atomic value.
 //!
 //! `NotStarted → Starting → Serving → Ready → Draining → ShuttingDown → Closing → Stopped`,
-//! or `Failed` when `serve` fails. Any thread may read it at any time; only the thread running
+//! or `Failed` when `serve` fails; `Ready ⇄ Upgrading` while a new process starts. Any thread may read it at any time; only the thread running
 //! the runner writes it, and it reports every transition to the observer, in order.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,6 +28,9 @@ pub enum State {
     Stopped = 8,
     /// `serve` failed.
     Failed = 9,
+    /// Still fully serving, as in `Ready`, while a new process (an upgrade) starts. Back to
+    /// `Ready` if the upgrade fails; on to lame-duck once the new process is ready.
+    Upgrading = 10,
 }
 
 impl State {
@@ -43,7 +46,14 @@ impl State {
             State::Closing => "CLOSING",
             State::Stopped => "STOPPED",
             State::Failed => "FAILED",
+            State::Upgrading => "UPGRADING",
         }
+    }
+
+    /// True while the server accepts and answers as usual: `Ready`, or `Upgrading` (a health
+    /// check should report both as healthy).
+    pub fn is_serving(self) -> bool {
+        matches!(self, State::Ready | State::Upgrading)
     }
 
     /// True once the run is over.
@@ -61,6 +71,7 @@ impl State {
             7 => State::Closing,
             8 => State::Stopped,
             9 => State::Failed,
+            10 => State::Upgrading,
             _ => State::NotStarted,
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::options::RepeatSignalPolicy;
@@ -35,10 +35,20 @@ pub(crate) struct Trigger {
     events: AtomicU64,
     /// The most recent trigger signal, for log lines about repeats.
     last_signal: AtomicI32,
+    /// Bit `n` set: signal `n` starts an upgrade.
+    upgrade_mask: u128,
+    /// Upgrade signals received so far.
+    upgrade_signals: AtomicU32,
+    /// The most recent upgrade signal, for log lines.
+    last_upgrade_signal: AtomicI32,
+}
+
+fn mask_of(signals: &[i32]) -> u128 {
+    signals.iter().filter(|&&s| (1..128).contains(&s)).fold(0u128, |mask, &s| mask | (1u128 << s))
 }
 
 impl Trigger {
-    pub(crate) fn new(signals: &[i32], policy: RepeatSignalPolicy) -> io::Result<Trigger> {
+    pub(crate) fn new(signals: &[i32], upgrade_signals: &[i32], policy: RepeatSignalPolicy) -> io::Result<Trigger> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -46,11 +56,34 @@ impl Trigger {
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (wake_read, wake_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let signal_mask = signals
-            .iter()
-            .filter(|&&s| (1..128).contains(&s))
-            .fold(0u128, |mask, &s| mask | (1u128 << s));
-        Ok(Trigger { wake_read, wake_write, signal_mask, policy, events: AtomicU64::new(0), last_signal: AtomicI32::new(0) })
+        Ok(Trigger {
+            wake_read,
+            wake_write,
+            signal_mask: mask_of(signals),
+            policy,
+            events: AtomicU64::new(0),
+            last_signal: AtomicI32::new(0),
+            upgrade_mask: mask_of(upgrade_signals),
+            upgrade_signals: AtomicU32::new(0),
+            last_upgrade_signal: AtomicI32::new(0),
+        })
+    }
+
+    /// True when `signal` is one of this runner's upgrade signals. Async-signal-safe.
+    pub(crate) fn wants_upgrade(&self, signal: i32) -> bool {
+        (1..128).contains(&signal) && self.upgrade_mask & (1u128 << signal) != 0
+    }
+
+    /// Records an upgrade signal and wakes the runner. Async-signal-safe.
+    pub(crate) fn on_upgrade_signal(&self, signal: i32) {
+        self.last_upgrade_signal.store(signal, Ordering::SeqCst);
+        self.upgrade_signals.fetch_add(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// `(upgrade signals so far, the most recent one)`.
+    pub(crate) fn upgrade_snapshot(&self) -> (u32, i32) {
+        (self.upgrade_signals.load(Ordering::SeqCst), self.last_upgrade_signal.load(Ordering::SeqCst))
     }
 
     /// True when `signal` is one of this runner's trigger signals. Async-signal-safe.
@@ -136,8 +169,12 @@ mod tests {
 
     #[test]
     fn counts_and_first_cause_agree() {
-        let t = Trigger::new(&[libc::SIGTERM], RepeatSignalPolicy::Force).unwrap();
+        let t = Trigger::new(&[libc::SIGTERM], &[libc::SIGHUP], RepeatSignalPolicy::Force).unwrap();
         assert!(t.wants(libc::SIGTERM) && !t.wants(libc::SIGINT) && !t.wants(0) && !t.wants(200));
+        assert!(t.wants_upgrade(libc::SIGHUP) && !t.wants_upgrade(libc::SIGTERM) && !t.wants(libc::SIGHUP));
+        t.on_upgrade_signal(libc::SIGHUP);
+        assert_eq!(t.upgrade_snapshot(), (1, libc::SIGHUP));
+        assert_eq!(t.snapshot(), (0, 0), "an upgrade signal is not a trigger event");
         t.request_stop();
         assert_eq!(t.snapshot(), (1, CAUSE_STOP));
         t.request_stop();
@@ -149,11 +186,11 @@ mod tests {
 
     #[test]
     fn exit_now_dies_on_second_and_ignore_never() {
-        let t = Trigger::new(&[libc::SIGINT], RepeatSignalPolicy::ExitNow).unwrap();
+        let t = Trigger::new(&[libc::SIGINT], &[], RepeatSignalPolicy::ExitNow).unwrap();
         assert_eq!(t.on_signal(libc::SIGINT), Escalation::None);
         assert_eq!(t.snapshot(), (1, libc::SIGINT as u32));
         assert_eq!(t.on_signal(libc::SIGINT), Escalation::Die);
-        let t = Trigger::new(&[libc::SIGINT], RepeatSignalPolicy::Ignore).unwrap();
+        let t = Trigger::new(&[libc::SIGINT], &[], RepeatSignalPolicy::Ignore).unwrap();
         for _ in 0..5 {
             assert_eq!(t.on_signal(libc::SIGINT), Escalation::None);
         }
@@ -161,7 +198,7 @@ mod tests {
 
     #[test]
     fn wait_returns_on_wake_and_on_timeout() {
-        let t = Trigger::new(&[], RepeatSignalPolicy::Force).unwrap();
+        let t = Trigger::new(&[], &[], RepeatSignalPolicy::Force).unwrap();
         for _ in 0..100_000 {
             t.wake(); // far more than the pipe holds: never blocks
         }

@@ -69,6 +69,11 @@ c_tests!(
     null_arguments,
     strings_and_version,
     logger_lines,
+    upgrade_failures,
+    upgrade_one_line_protocol,
+    upgrade_busy_and_not_running,
+    upgrade_failures_leak_nothing,
+    upgrade_options,
 );
 
 #[test]

@@ -29,7 +29,8 @@ pub enum ld_status {
     LD_INVALID_ARGUMENT = 6,
     /// A required pointer argument was NULL; the message names it.
     LD_NULL_ARGUMENT = 7,
-    /// The runner is running, or has already run (a runner runs once).
+    /// The runner is running, or has already run (a runner runs once); or an upgrade is
+    /// already in flight (`ld_runner_upgrade`).
     LD_BUSY = 8,
     /// A panic inside the library was caught (a bug: please report it).
     LD_PANIC = 9,
@@ -41,14 +42,18 @@ pub enum ld_status {
     LD_NOT_RUNNING = 12,
     /// The operating system refused a thread or a pipe.
     LD_SYSTEM = 13,
+    /// `ld_runner_upgrade`: the new process could not start, exited, or was not ready within
+    /// the upgrade timeout. It was terminated; the old process goes on serving.
+    LD_UPGRADE_FAILED = 14,
 }
 
 impl ld_status {
     pub(crate) fn from_kind(kind: ErrorKind) -> ld_status {
         use ld_status::*;
-        const BY_NUMBER: [ld_status; 14] = [
+        const BY_NUMBER: [ld_status; 15] = [
             LD_OK, LD_EXPIRED, LD_FAILED, LD_SHUTDOWN_FAILED, LD_FORCED, LD_CANCELED, LD_INVALID_ARGUMENT,
             LD_NULL_ARGUMENT, LD_BUSY, LD_PANIC, LD_SIGNAL_SETUP, LD_TIMEOUT, LD_NOT_RUNNING, LD_SYSTEM,
+            LD_UPGRADE_FAILED,
         ];
         // ld_status and ErrorKind share their numbers; tests/c checks every one round-trips.
         BY_NUMBER[kind as usize]

@@ -61,3 +61,11 @@ pub extern "C" fn ld_listen(address: *const c_char, name: *const c_char, fd_out:
 pub extern "C" fn ld_listen_is_inherited(fd: c_int) -> bool {
     super::boundary::guard(false, || crate::listener::is_inherited(fd))
 }
+
+/// True when `fd` is shared with other processes: inherited (see `ld_listen_is_inherited`) or
+/// handed to a new generation by an upgrade. A server that stops accepting should then simply
+/// close its copy: draining with a socket filter would stop the other processes too.
+#[no_mangle]
+pub extern "C" fn ld_listen_is_shared(fd: c_int) -> bool {
+    super::boundary::guard(false, || crate::listener::is_shared(fd))
+}

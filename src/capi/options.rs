@@ -87,7 +87,8 @@ fn verdict(result: Result<(), Error>) -> ld_status {
 
 /// Makes options with the defaults: period 3000 ms, signals SIGINT and SIGTERM, drain delay 0,
 /// close timeout 5000 ms, logging to stderr, repeat policy `LD_REPEAT_FORCE`, readiness when
-/// serve starts, the library owning the signals. Free with `ld_options_free`. Never NULL.
+/// serve starts, the library owning the signals, upgrade on SIGHUP with a 60000 ms timeout,
+/// the program's own command line, no pid file. Free with `ld_options_free`. Never NULL.
 #[no_mangle]
 pub extern "C" fn ld_options_new() -> *mut ld_options {
     guard(std::ptr::null_mut(), || Box::into_raw(Box::new(ld_options { options: Options::default() })))
@@ -251,6 +252,104 @@ pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explic
 pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_options, install: bool) -> ld_status {
     with_options(options, |o| {
         o.signal_owner = if install { options::SignalOwner::Library } else { options::SignalOwner::Host };
+        ld_status::LD_OK
+    })
+}
+
+/// Replaces the upgrade signals (default SIGHUP) with `signals[0..count]`; count 0 turns
+/// upgrades by signal off (`ld_runner_upgrade` still works). The same signals are accepted as
+/// for `ld_options_set_signals`, and none may also be a trigger signal.
+/// Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0);
+/// `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
+/// `ld_runner_new`).
+#[no_mangle]
+pub extern "C" fn ld_options_set_upgrade_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
+    with_options(options, |o| {
+        let list: Vec<i32> = if count == 0 {
+            Vec::new()
+        } else if signals.is_null() {
+            return ld_status::LD_NULL_ARGUMENT;
+        } else {
+            // SAFETY: the caller passes `count` readable ints at `signals` (checked non-NULL).
+            unsafe { std::slice::from_raw_parts(signals, count) }.to_vec()
+        };
+        o.upgrade_signals = list;
+        verdict(options::validate_upgrade_signals(&o.upgrade_signals, &o.signals))
+    })
+}
+
+/// Sets how long an upgrade's new process has to report ready before it is terminated and
+/// the upgrade fails (the old process goes on serving). Default 60000.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+#[no_mangle]
+pub extern "C" fn ld_options_set_upgrade_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.upgrade_timeout = millis(timeout_ms);
+        verdict(options::validate_upgrade_timeout(o.upgrade_timeout))
+    })
+}
+
+/// Sets what an upgrade starts: `program` (a path, relative to the directory the process
+/// started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
+/// `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the
+/// program and arguments this process was started with.
+/// Errors: `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or a NULL entry);
+/// `LD_INVALID_ARGUMENT` when `argc` is 0 or `program` is empty.
+#[no_mangle]
+pub extern "C" fn ld_options_set_upgrade_command(
+    options: *mut ld_options,
+    program: *const c_char,
+    argv: *const *const c_char,
+    argc: usize,
+) -> ld_status {
+    use std::os::unix::ffi::OsStrExt;
+    with_options(options, |o| {
+        if program.is_null() {
+            o.upgrade_command = None;
+            return ld_status::LD_OK;
+        }
+        if argv.is_null() && argc > 0 {
+            return ld_status::LD_NULL_ARGUMENT;
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let program = std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(program) }.to_bytes());
+        let mut args = Vec::with_capacity(argc);
+        for i in 0..argc {
+            // SAFETY: the caller passes `argc` readable pointers at `argv` (checked non-NULL).
+            let arg = unsafe { *argv.add(i) };
+            if arg.is_null() {
+                return ld_status::LD_NULL_ARGUMENT;
+            }
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            args.push(std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(arg) }.to_bytes()).to_os_string());
+        }
+        let command = options::UpgradeCommand { program: program.into(), args };
+        let status = verdict(options::validate_upgrade_command(&command));
+        if status == ld_status::LD_OK {
+            o.upgrade_command = Some(command);
+        }
+        status
+    })
+}
+
+/// Sets a pid file (copied), written atomically (temporary file + rename) by whichever
+/// process is the current generation once its run is ready, and removed when the last
+/// generation stops. NULL removes the setting.
+/// Errors: `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT` for "".
+#[no_mangle]
+pub extern "C" fn ld_options_set_pid_file(options: *mut ld_options, path: *const c_char) -> ld_status {
+    use std::os::unix::ffi::OsStrExt;
+    with_options(options, |o| {
+        if path.is_null() {
+            o.pid_file = None;
+            return ld_status::LD_OK;
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+        if bytes.is_empty() {
+            return ld_status::LD_INVALID_ARGUMENT;
+        }
+        o.pid_file = Some(std::ffi::OsStr::from_bytes(bytes).into());
         ld_status::LD_OK
     })
 }

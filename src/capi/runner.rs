@@ -16,7 +16,8 @@ use crate::state::State;
 /// A runner's lifecycle state. Transitions, in order:
 /// NOT_STARTED → STARTING → SERVING → READY → DRAINING → SHUTTING_DOWN → CLOSING → STOPPED,
 /// or FAILED when serve fails. DRAINING appears only with a drain delay, CLOSING only when
-/// close is called.
+/// close is called. READY → UPGRADING → READY while an upgrade starts a new process that then
+/// fails; READY → UPGRADING → DRAINING (or SHUTTING_DOWN) when it takes over.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ld_state {
@@ -40,6 +41,10 @@ pub enum ld_state {
     LD_STATE_STOPPED = 8,
     /// serve failed (or could not start).
     LD_STATE_FAILED = 9,
+    /// Still fully serving, as in READY, while an upgrade's new process starts: back to READY
+    /// if the upgrade fails, on to lame-duck once the new process is ready. A health check
+    /// should report READY and UPGRADING alike as healthy.
+    LD_STATE_UPGRADING = 10,
 }
 
 impl From<State> for ld_state {
@@ -54,6 +59,7 @@ impl From<State> for ld_state {
             State::Closing => ld_state::LD_STATE_CLOSING,
             State::Stopped => ld_state::LD_STATE_STOPPED,
             State::Failed => ld_state::LD_STATE_FAILED,
+            State::Upgrading => ld_state::LD_STATE_UPGRADING,
         }
     }
 }
@@ -145,10 +151,40 @@ pub extern "C" fn ld_runner_stop(runner: *const ld_runner) -> ld_status {
     })
 }
 
+/// Upgrades now, as an upgrade signal (SIGHUP by default) would, and waits for the outcome:
+/// starts the program again (see `ld_options_set_upgrade_command`) with every listener from
+/// `ld_listen` at fd 3.. (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) and a readiness channel
+/// (`LAMEDUCK_READY_FD`), waits until it reports ready, then this run enters lame-duck exactly
+/// as for a stop signal. On success writes the new process's pid to `pid_out` (may be NULL).
+///
+/// Blocks the calling thread for at most the upgrade timeout plus 5 s. Any thread except the
+/// one running `ld_runner_run` (a hook may call it). Not async-signal-safe: from a signal
+/// handler, use an upgrade signal instead.
+/// Errors (with a message in `error_out`):
+/// - `LD_UPGRADE_FAILED`: the program could not start, exited, or was not ready within the
+///   upgrade timeout; it was terminated (SIGTERM, then SIGKILL) and this run goes on serving.
+/// - `LD_BUSY`: an upgrade is already in flight.
+/// - `LD_NOT_RUNNING`: the run is not serving (not started, starting, in lame-duck, or over).
+/// - `LD_CANCELED`: lame-duck began before the new process was ready; it was terminated.
+/// - `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_runner_upgrade(runner: *const ld_runner, pid_out: *mut c_int, error_out: *mut *mut ld_error) -> ld_status {
+    guard_result(error_out, || {
+        let pid = with_runner(runner, Err(null_arg("runner")), Runner::upgrade)?;
+        if !pid_out.is_null() {
+            // SAFETY: checked non-NULL; the caller passes a writable int.
+            unsafe { *pid_out = pid as c_int };
+        }
+        Ok(())
+    })
+}
+
 /// Hands the runner a trigger signal the program caught itself (with
 /// `ld_options_set_install_signal_handlers(false)`): exactly as if the library had caught it,
-/// including the repeat-signal policy, which may end the process. Async-signal-safe.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` when `signal` is not a trigger signal.
+/// including the repeat-signal policy, which may end the process. An upgrade signal starts an
+/// upgrade (its outcome goes to the log and the state observer). Async-signal-safe.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` when `signal` is neither a trigger nor
+/// an upgrade signal.
 #[no_mangle]
 pub extern "C" fn ld_runner_deliver_signal(runner: *const ld_runner, signal: c_int) -> ld_status {
     guard(ld_status::LD_PANIC, || {
@@ -188,6 +224,7 @@ pub extern "C" fn ld_state_str(state: c_int) -> *const c_char {
         7 => c"CLOSING",
         8 => c"STOPPED",
         9 => c"FAILED",
+        10 => c"UPGRADING",
         _ => c"UNKNOWN",
     };
     name.as_ptr()

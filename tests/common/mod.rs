@@ -2,6 +2,8 @@
 //! `liblameduck.so`, and running child processes with a time limit.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -169,6 +171,27 @@ impl Proc {
             });
             l = self.lines.1.wait_timeout(l, left).unwrap().0;
         }
+    }
+
+    /// Waits until `n` lines on stderr contain `needle`; returns the `n`th.
+    pub fn wait_nth_line(&self, needle: &str, n: usize, limit: Duration) -> String {
+        let start = Instant::now();
+        let mut l = self.lines.0.lock().unwrap();
+        loop {
+            if let Some(found) = l.stderr.iter().filter(|line| line.contains(needle)).nth(n - 1) {
+                return found.clone();
+            }
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!("no {n} lines containing {needle:?} within {limit:?}; stderr: {:?}", l.stderr)
+            });
+            l = self.lines.1.wait_timeout(l, left).unwrap().0;
+        }
+    }
+
+    /// All stdout and stderr lines so far.
+    pub fn text(&self) -> (String, String) {
+        let l = self.lines.0.lock().unwrap();
+        (l.stdout.join("\n"), l.stderr.join("\n"))
     }
 
     pub fn signal(&self, signal: i32) {

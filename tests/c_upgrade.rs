@@ -1,0 +1,321 @@
+//! Zero-downtime upgrades of the C demo server (`examples/http_server.c`), driven the way an
+//! operator drives them: `kill -HUP`, a binary replaced on disk, systemd's socket activation,
+//! Perl's `start_server`, a notify socket standing in for systemd. A keep-alive load runs
+//! through every upgrade and must see no failed request at all.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::load::Load;
+use common::Proc;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn demo() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| common::build_c("http_server_upgrade", &["examples/http_server.c"]))
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("upgrade-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a pid this test started (directly or through an upgrade).
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+}
+
+/// Every process the upgrades started; whatever happens to the test, they are killed at the end.
+#[derive(Default)]
+struct Generations(Vec<i32>);
+
+impl Generations {
+    /// Parses the pid out of the old process's "New process N is ready" line.
+    fn took_over(&mut self, line: &str) -> i32 {
+        let pid = line.split("New process ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+        self.0.push(pid);
+        pid
+    }
+}
+
+impl Drop for Generations {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as in `kill`; a process that already exited just makes this fail.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn port_of(proc: &Proc) -> u16 {
+    let line = proc.wait_line(false, "listening on http://127.0.0.1:", LIMIT);
+    line.rsplit(':').next().unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(name)).find(|p| p.exists())
+}
+
+#[test]
+fn eight_sighup_upgrades_lose_no_request() {
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0", "--period", "5000"]);
+    let proc = Proc::spawn(cmd);
+    let port = port_of(&proc);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let mut generations = Generations::default();
+    let load = Load::start(port, 4);
+    load.wait_for_more(20, LIMIT);
+    let mut current = proc.pid();
+    for n in 1..=8 {
+        kill(current, libc::SIGHUP);
+        current = generations.took_over(&proc.wait_nth_line("lameduck: New process ", n, LIMIT));
+        load.wait_for_more(20, LIMIT);
+    }
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+    let (stdout, _) = proc.text();
+    let inherited = format!("listening on http://127.0.0.1:{port} (inherited)");
+    assert_eq!(stdout.matches(&inherited).count(), 8, "every generation takes over the one socket:\n{stdout}");
+    kill(current, libc::SIGTERM);
+    proc.wait_nth_line("demo: run ended cleanly", 9, LIMIT);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.matches("lameduck: Reported ready to the previous generation").count(), 8, "{stderr}");
+    assert!(stderr.contains("lameduck: Received signal [hangup]; upgrading: starting a new process"), "{stderr}");
+    assert!(stderr.contains("is ready; entering lame-duck mode for 5s"), "{stderr}");
+}
+
+/// Replaces `path` atomically with a shell script (a bad deploy), as `mv` would.
+fn deploy_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let next = path.with_extension("next");
+    std::fs::write(&next, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+fn deploy_binary(path: &Path) {
+    let next = path.with_extension("next");
+    std::fs::copy(demo(), &next).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[test]
+fn failed_upgrades_roll_back_and_the_old_process_keeps_serving() {
+    let dir = scratch_dir("failures");
+    let server = dir.join("server");
+    deploy_binary(&server);
+    let mut cmd = common::c_command(&server);
+    cmd.args(["--port", "0", "--period", "5000", "--upgrade-timeout", "1000"]);
+    let proc = Proc::spawn(cmd);
+    let (pid, port) = (proc.pid(), port_of(&proc));
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let (fd_dir, task_dir) = (format!("/proc/{pid}/fd"), format!("/proc/{pid}/task"));
+    let (fds_before, threads_before) = (count_entries(&fd_dir), count_entries(&task_dir));
+    let mut generations = Generations::default();
+    let load = Load::start(port, 4);
+    load.wait_for_more(20, LIMIT);
+
+    // The new binary exits at once.
+    deploy_script(&server, "exit 3");
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 1, LIMIT);
+    assert!(line.contains("exited with status 3 before it was ready; still serving"), "{line}");
+    load.wait_for_more(20, LIMIT);
+
+    // The new binary never reports ready; a second HUP meanwhile is refused (busy).
+    deploy_script(&server, "exec sleep 600");
+    kill(pid, libc::SIGHUP);
+    proc.wait_nth_line("lameduck: Started new process ", 2, LIMIT);
+    kill(pid, libc::SIGHUP);
+    proc.wait_line(true, "Received signal [hangup]; not upgrading: an upgrade is already in progress (new process ", LIMIT);
+    let line = proc.wait_nth_line("Upgrade failed: ", 2, LIMIT);
+    assert!(line.contains("was not ready within 1s; stopped it with SIGTERM"), "{line}");
+    load.wait_for_more(20, LIMIT);
+
+    // The binary is gone.
+    std::fs::remove_file(&server).unwrap();
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 3, LIMIT);
+    assert!(line.contains(&format!("cannot start {}: No such file or directory", server.display())), "{line}");
+    load.wait_for_more(20, LIMIT);
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+
+    // Once the load's connections are gone, nothing the failures used is left behind; then
+    // 50 failures in a row leave the counts exactly where they were.
+    let settled = Instant::now();
+    while (count_entries(&fd_dir), count_entries(&task_dir)) != (fds_before, threads_before) {
+        assert!(settled.elapsed() < LIMIT, "fds {} (was {fds_before}), threads {} (was {threads_before})", count_entries(&fd_dir), count_entries(&task_dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    deploy_script(&server, "exit 1");
+    for n in 4..54 {
+        kill(pid, libc::SIGHUP);
+        proc.wait_nth_line("Upgrade failed: ", n, LIMIT);
+    }
+    assert_eq!(count_entries(&fd_dir), fds_before, "descriptors leaked by 50 failed upgrades");
+    assert_eq!(count_entries(&task_dir), threads_before, "threads leaked by 50 failed upgrades");
+    assert!(proc.text().1.matches("demo: state UPGRADING").count() >= 53);
+
+    // A good binary again: the upgrade goes through.
+    let load = Load::start(port, 4);
+    load.wait_for_more(20, LIMIT);
+    deploy_binary(&server);
+    kill(pid, libc::SIGHUP);
+    let current = generations.took_over(&proc.wait_nth_line("lameduck: New process ", 1, LIMIT));
+    load.wait_for_more(20, LIMIT);
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+    kill(current, libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reads notify datagrams until one contains `needle`; returns all of them.
+fn notifications_until(socket: &UnixDatagram, needle: &str, seen: &mut Vec<String>) {
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m| m.contains(needle)) {
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no {needle:?} notification ({e}); got {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+}
+
+#[test]
+fn pid_file_and_systemd_notifications_follow_the_generations() {
+    let dir = scratch_dir("notify");
+    let (notify_path, pid_file) = (dir.join("notify"), dir.join("server.pid"));
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0", "--pid-file"]).arg(&pid_file).env("NOTIFY_SOCKET", &notify_path);
+    let proc = Proc::spawn(cmd);
+    let mut generations = Generations::default();
+    let mut seen = Vec::new();
+    notifications_until(&notify, "READY=1", &mut seen);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", proc.pid()));
+
+    kill(proc.pid(), libc::SIGHUP);
+    notifications_until(&notify, "MAINPID=", &mut seen);
+    let current = generations.took_over(&proc.wait_line(true, "lameduck: New process ", LIMIT));
+    let reloading = seen.iter().find(|m| m.starts_with("RELOADING=1\nMONOTONIC_USEC=")).expect("RELOADING=1 first");
+    let usec: u64 = reloading.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(usec > 0);
+    assert!(seen.contains(&format!("MAINPID={current}\nREADY=1")), "{seen:?}");
+    // The new generation wrote the pid file before it reported ready.
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{current}\n"));
+    proc.wait_line(true, "demo: run ended cleanly", LIMIT); // the old process is gone...
+    assert!(pid_file.exists(), "...and left the pid file to its successor");
+    assert!(!seen.iter().any(|m| m.contains("STOPPING=1")), "a hand-off is not a stop: {seen:?}");
+
+    kill(current, libc::SIGTERM);
+    notifications_until(&notify, "STOPPING=1", &mut seen);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!pid_file.exists(), "the last generation removes the pid file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn unix_get(path: &Path) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn unix_socket_path_survives_the_hand_off_and_goes_with_the_last_generation() {
+    let dir = scratch_dir("unix");
+    let socket = dir.join("http.sock");
+    let mut cmd = common::c_command(demo());
+    cmd.arg("--listen").arg(&socket);
+    let proc = Proc::spawn(cmd);
+    let mut generations = Generations::default();
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    assert!(unix_get(&socket).starts_with("HTTP/1.1 200 OK"));
+    kill(proc.pid(), libc::SIGHUP);
+    let current = generations.took_over(&proc.wait_line(true, "lameduck: New process ", LIMIT));
+    proc.wait_line(true, "demo: run ended cleanly", LIMIT);
+    assert!(socket.exists(), "the old process handed the socket on: it must not unlink it");
+    let answer = unix_get(&socket);
+    assert!(answer.contains(&format!("(pid {current})")), "{answer}");
+    kill(current, libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!socket.exists(), "the last generation removes the socket path");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn socket_activated_server_keeps_its_socket_across_upgrades() {
+    let Some(activate) = tool("systemd-socket-activate") else {
+        eprintln!("systemd-socket-activate is not installed; skipping");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(activate);
+    cmd.args(["-l", &address, "--fdname=http"]).arg(demo()).args(["--listen", &address]);
+    let proc = Proc::spawn(cmd);
+    let mut generations = Generations::default();
+    proc.wait_line(true, &format!("Listening on {address}"), LIMIT);
+    let load = Load::start(port, 4); // the first connection activates the demo
+    load.wait_for_more(20, LIMIT);
+    let mut current = proc.pid(); // systemd-socket-activate exec()s the demo: same pid
+    for n in 1..=3 {
+        kill(current, libc::SIGHUP);
+        current = generations.took_over(&proc.wait_nth_line("lameduck: New process ", n, LIMIT));
+        load.wait_for_more(20, LIMIT);
+    }
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+    let (stdout, _) = proc.text();
+    assert_eq!(stdout.matches(&format!("listening on http://{address} (inherited)")).count(), 4, "{stdout}");
+    kill(current, libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}"); // and every generation closed our pipes
+}
+
+#[test]
+fn worker_under_perl_start_server_hup_loses_no_request() {
+    let Some(start_server) = tool("start_server") else {
+        eprintln!("start_server (libserver-starter-perl) is not installed; skipping");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(start_server);
+    cmd.arg(format!("--port={address}")).args(["--interval=1", "--"]).arg(demo()).args(["--listen", &address]);
+    let proc = Proc::spawn(cmd);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let load = Load::start(port, 4);
+    load.wait_for_more(20, LIMIT);
+    for n in 1..=2 {
+        proc.signal(libc::SIGHUP); // start_server: new worker, then TERM to the old one
+        proc.wait_nth_line("lameduck: Received signal [terminated]; entering lame-duck mode", n, LIMIT);
+        proc.wait_nth_line("demo: run ended cleanly", n, LIMIT);
+        load.wait_for_more(20, LIMIT);
+    }
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
