@@ -497,6 +497,7 @@ impl Run {
             self.serve_called.load(Ordering::SeqCst)
         };
         if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && ready {
+            self.write_pid_file();
             self.transition(State::Ready);
             self.announce_ready();
         }
@@ -632,15 +633,19 @@ impl Run {
         }
     }
 
-    /// The first time the run is ready: write the pid file, tell the previous generation (if an
-    /// upgrade started us), tell systemd. In that order, so whoever hears "ready" finds the
-    /// pid file already naming us.
-    fn announce_ready(&self) {
+    /// Just before the run is first ready: whoever sees READY (the observer, the previous
+    /// generation, systemd) finds the pid file already naming us.
+    fn write_pid_file(&self) {
         if let Some(path) = &self.shared.options.pid_file {
             if let Err(err) = pidfile::write(path, std::process::id()) {
                 self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
             }
         }
+    }
+
+    /// The first time the run is ready: tell the previous generation (if an upgrade started
+    /// us), then systemd.
+    fn announce_ready(&self) {
         if generation::get().report_ready() {
             self.log(Level::Info, "Reported ready to the previous generation");
         }

@@ -147,7 +147,8 @@ type RunFailure = (&'static str, i32, String, bool, Option<Py<PyAny>>);
 #[pymethods]
 impl PyRunner {
     #[new]
-    #[pyo3(signature = (bridge, *, period, signals, drain_delay, close_timeout, logger, repeat_signal, on_state_change, explicit_ready))]
+    #[pyo3(signature = (bridge, *, period, signals, drain_delay, close_timeout, logger, repeat_signal, on_state_change, explicit_ready,
+                        upgrade_signals, upgrade_timeout, upgrade_command, pid_file))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         bridge: Py<PyAny>,
@@ -159,6 +160,10 @@ impl PyRunner {
         repeat_signal: &str,
         on_state_change: Option<Py<PyAny>>,
         explicit_ready: bool,
+        upgrade_signals: Vec<i32>,
+        upgrade_timeout: f64,
+        upgrade_command: Option<Vec<std::path::PathBuf>>,
+        pid_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let logger = logger.map(|logger| {
             Arc::new(move |level: Level, message: &str| {
@@ -187,6 +192,23 @@ impl PyRunner {
         for &signal in &signals {
             lameduck::validate_signal(signal).map_err(|e| invalid("signals", &signals, e))?;
         }
+        lameduck::validate_upgrade_signals(&upgrade_signals, &signals).map_err(|e| invalid("upgrade_signals", &upgrade_signals, e))?;
+        let upgrade_s = seconds("upgrade_timeout", upgrade_timeout)?;
+        lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid("upgrade_timeout", upgrade_timeout, e))?;
+        let upgrade_command = match upgrade_command {
+            None => None,
+            Some(argv) => {
+                let command = lameduck::UpgradeCommand {
+                    program: argv.first().cloned().unwrap_or_default(),
+                    args: argv.iter().map(|a| a.clone().into_os_string()).collect(),
+                };
+                lameduck::validate_upgrade_command(&command).map_err(|e| invalid("upgrade_command", &argv, e))?;
+                Some(command)
+            }
+        };
+        if pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(PyValueError::new_err("pid_file='' is invalid: give a path, or None"));
+        }
         let options = Options {
             period: period_s,
             signals,
@@ -197,6 +219,10 @@ impl PyRunner {
             state_observer: observer,
             explicit_ready,
             signal_owner: SignalOwner::Host,
+            upgrade_signals,
+            upgrade_timeout: upgrade_s,
+            upgrade_command,
+            pid_file,
         };
         let runner = Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
         Ok(PyRunner { runner })
@@ -213,6 +239,15 @@ impl PyRunner {
                 .map(|e| e.into_value(py).into_any());
             (err.kind().name(), err.code(), err.message().to_string(), err.abandoned(), cause)
         })
+    }
+
+    /// Upgrades without holding the GIL: `(new pid, None)` once the new process is ready, or
+    /// `(0, (kind, message))` when it did not happen.
+    fn upgrade(&self, py: Python<'_>) -> (u32, Option<(&'static str, String)>) {
+        match py.detach(|| self.runner.upgrade()) {
+            Ok(pid) => (pid, None),
+            Err(err) => (0, Some((err.kind().name(), err.message().to_string()))),
+        }
     }
 
     /// Starts lame-duck like a trigger signal. Thread-safe; fine inside a signal handler.
@@ -233,8 +268,8 @@ impl PyRunner {
         Ok(py.detach(|| self.runner.wait_ready(timeout)).is_ok())
     }
 
-    /// The state's name: NOT_STARTED, STARTING, SERVING, READY, DRAINING, SHUTTING_DOWN,
-    /// CLOSING, STOPPED or FAILED.
+    /// The state's name: NOT_STARTED, STARTING, SERVING, READY, UPGRADING, DRAINING,
+    /// SHUTTING_DOWN, CLOSING, STOPPED or FAILED.
     #[getter]
     fn state(&self) -> &'static str {
         self.runner.state().name()
@@ -280,6 +315,12 @@ fn is_inherited(fd: i32) -> bool {
     lameduck::listener::is_inherited(fd)
 }
 
+/// True when `fd` is shared with other processes: inherited, or handed on by an upgrade.
+#[pyfunction]
+fn is_shared(fd: i32) -> bool {
+    lameduck::listener::is_shared(fd)
+}
+
 /// `(major, minor, patch)` of the core.
 fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
     let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').filter_map(|p| p.parse().ok()).collect();
@@ -294,6 +335,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
     m.add_function(wrap_pyfunction!(is_inherited, m)?)?;
+    m.add_function(wrap_pyfunction!(is_shared, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("VERSION", version_tuple(m.py())?)?;
     Ok(())

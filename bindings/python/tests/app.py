@@ -1,6 +1,7 @@
 """A test server run in a subprocess: `python app.py --app http|asyncio|aiohttp|plain [options]`.
 
-Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY / 503 + state).
+Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY or UPGRADING / 503 + state).
+SIGHUP upgrades (the app is started again with its listener, when it uses --listen).
 Prints `port N` and `state NEW` lines on stdout; lameduck logs go to stderr.
 Exit 0 after a clean lame-duck; 1 with `error <Class>: <message> cause=<repr>` otherwise.
 """
@@ -53,7 +54,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = f"slept {ms} ms\n".encode()
         elif self.path == "/health":
             state = state_name()
-            status, body = (200 if state == "READY" else 503), f"{state}\n".encode()
+            status, body = (200 if state in ("READY", "UPGRADING") else 503), f"{state}\n".encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -97,7 +98,7 @@ def asyncio_app(args: argparse.Namespace) -> Any:
                 body = f"slept {ms} ms\n".encode()
             elif path == "/health":
                 state = state_name()
-                status = "200 OK" if state == "READY" else "503 Service Unavailable"
+                status = "200 OK" if state in ("READY", "UPGRADING") else "503 Service Unavailable"
                 body = f"{state}\n".encode()
             closing = adapter.lame_duck or client_closes
             writer.write(
@@ -126,7 +127,7 @@ def aiohttp_app(args: argparse.Namespace) -> Any:
 
     async def health(request: web.Request) -> web.Response:
         state = state_name()
-        return web.Response(text=f"{state}\n", status=200 if state == "READY" else 503)
+        return web.Response(text=f"{state}\n", status=200 if state in ("READY", "UPGRADING") else 503)
 
     app = web.Application(handler_args={"access_log": None})
     app.add_routes([web.get("/", hello), web.get("/sleep", slow), web.get("/health", health)])
@@ -169,6 +170,7 @@ def main() -> int:
     parser.add_argument("--hang-close", action="store_true")
     parser.add_argument("--listen")
     parser.add_argument("--close-timeout", type=float, default=5.0)
+    parser.add_argument("--pid-file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
@@ -188,6 +190,7 @@ def main() -> int:
         repeat_signal=args.repeat,
         explicit_ready=True if args.app in ("asyncio", "aiohttp") else False,
         on_state_change=on_state,
+        pid_file=args.pid_file,
     )
     try:
         if args.app in ("asyncio", "aiohttp"):

@@ -56,6 +56,20 @@ class App:
                     raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
                 self._cv.wait(left)
 
+    def wait_count(self, pattern: str, n: int, timeout: float = LIMIT) -> "re.Match[str]":
+        """Waits for the `n`th line matching `pattern`; returns its match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                found = [m for m in map(rx.search, self.lines) if m]
+                if len(found) >= n:
+                    return found[n - 1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"fewer than {n} lines matching {pattern!r}; got {self.lines}")
+                self._cv.wait(left)
+
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
 
@@ -132,3 +146,58 @@ def wrk_path() -> Optional[str]:
     from shutil import which
 
     return which("wrk")
+
+
+class Load:
+    """Keep-alive HTTP/1.1 load: `connections` clients sending GET / back to back, reconnecting
+    when the server answers `Connection: close`. Every failure is recorded with its reason."""
+
+    def __init__(self, port: int, connections: int = 4) -> None:
+        self.port = port
+        self.ok = 0
+        self.errors: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(connections)]
+        for t in self._threads:
+            t.start()
+
+    def _client(self) -> None:
+        import http.client
+
+        conn: Optional[http.client.HTTPConnection] = None
+        while not self._stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            try:
+                conn.request("GET", "/")
+                answer = conn.getresponse()
+                answer.read()
+                with self._lock:
+                    if answer.status == 200:
+                        self.ok += 1
+                    else:
+                        self.errors.append(f"status {answer.status}")
+                if answer.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self._lock:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def wait_more(self, n: int, timeout: float = LIMIT) -> None:
+        target = self.ok + n
+        deadline = time.monotonic() + timeout
+        while self.ok < target:
+            assert time.monotonic() < deadline, f"load stalled at {self.ok}; errors {self.errors}"
+            time.sleep(0.005)
+
+    def stop(self) -> "tuple[int, List[str]]":
+        self._stop.set()
+        for t in self._threads:
+            t.join(LIMIT)
+        return self.ok, list(self.errors)

@@ -266,6 +266,7 @@ def test_logger_and_state_observer() -> None:
     runner.run()
     assert states == ["STARTING", "SERVING", "READY", "DRAINING", "SHUTTING_DOWN", "STOPPED"]
     assert records == [
+        "INFO Upgrade on signals: [hangup]",  # taken by Python's signal module on the main thread
         "INFO Starting server",
         "INFO Stop requested; draining for 100ms, then entering lame-duck mode for 3s",
         "INFO Completed lame-duck mode",

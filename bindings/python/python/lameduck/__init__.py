@@ -6,10 +6,13 @@ deadline of now + ``period``; if it runs out of time, call ``close()``.
 
     import lameduck, lameduck.adapters
     lameduck.run(lameduck.adapters.http_server(my_threading_http_server))
+
+SIGHUP (or :meth:`Runner.upgrade`) upgrades with zero downtime: the program is started again
+with every listener from :func:`listen`, and once it is ready this process lame-ducks.
 """
 
 from ._lameduck import VERSION, __version__
-from ._listen import listen
+from ._listen import is_shared, listen
 from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
 from .errors import (
     BusyError,
@@ -18,8 +21,10 @@ from .errors import (
     FailedError,
     ForcedError,
     LameDuckError,
+    NotRunningError,
     ShutdownError,
     SignalSetupError,
+    UpgradeFailedError,
 )
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "run",
     "run_async",
     "listen",
+    "is_shared",
     "LameDuckError",
     "ExpiredError",
     "ForcedError",
@@ -40,4 +46,6 @@ __all__ = [
     "CanceledError",
     "SignalSetupError",
     "BusyError",
+    "UpgradeFailedError",
+    "NotRunningError",
 ]

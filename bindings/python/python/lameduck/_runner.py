@@ -21,7 +21,7 @@ import os
 import select
 import signal
 import threading
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import _lameduck
 from .errors import SignalSetupError, _from_native
@@ -29,6 +29,7 @@ from .errors import SignalSetupError, _from_native
 __all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "DEFAULT_SIGNALS"]
 
 DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+DEFAULT_UPGRADE_SIGNALS: Tuple[int, ...] = (signal.SIGHUP,)
 
 class SupportsLog(Protocol):
     """Anything with ``log(level, message)``: a :class:`logging.Logger`, a ``LoggerAdapter``."""
@@ -48,6 +49,8 @@ class State(str, enum.Enum):
     STARTING = "STARTING"
     SERVING = "SERVING"
     READY = "READY"
+    #: Still fully serving, as in READY, while an upgrade's new process starts.
+    UPGRADING = "UPGRADING"
     DRAINING = "DRAINING"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     CLOSING = "CLOSING"
@@ -200,6 +203,13 @@ class Runner:
       ``"ignore"`` or ``"exit"`` (a second signal kills the process).
     - ``explicit_ready``: ready only once ``serve`` calls ``ctx.ready()``.
     - ``on_state_change``: called with ``(old, new)`` state names on every transition.
+    - ``upgrade_signals``: signals that start a zero-downtime upgrade (see :meth:`upgrade`).
+      Default SIGHUP; ``()`` turns upgrades by signal off. Taken on the main thread only.
+    - ``upgrade_timeout``: seconds the new process has to report ready. Default 60.0.
+    - ``upgrade_command``: the argv to start (``argv[0]`` a path or a name looked up in
+      ``PATH``). Default: the command line this process was started with.
+    - ``pid_file``: a file that holds the pid of the current generation, written atomically
+      once ready, removed when the last generation stops.
 
     Invalid options raise ``ValueError`` or ``TypeError`` here, before anything starts.
     """
@@ -216,6 +226,10 @@ class Runner:
         repeat_signal: str = "force",
         explicit_ready: bool = False,
         on_state_change: Optional[Callable[[str, str], Any]] = None,
+        upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
+        upgrade_timeout: float = 60.0,
+        upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
+        pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None:
         for hook in ("serve", "shutdown", "close"):
             if not callable(getattr(server, hook, None)):
@@ -225,6 +239,16 @@ class Runner:
         if on_state_change is not None and not callable(on_state_change):
             raise TypeError(f"on_state_change={on_state_change!r} is not callable")
         self._signals = _signal_numbers(signals)
+        self._upgrade_signals = _signal_numbers(upgrade_signals)
+        upgrade_argv: Optional[List[str]] = None
+        if upgrade_command is not None:
+            if isinstance(upgrade_command, (str, bytes)) or not all(
+                isinstance(a, (str, os.PathLike)) for a in upgrade_command
+            ):
+                raise TypeError(f"upgrade_command={upgrade_command!r} must be a sequence of strings (an argv)")
+            upgrade_argv = [os.fspath(a) for a in upgrade_command]
+        if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
+            raise TypeError(f"pid_file={pid_file!r} must be a path")
         self._bridge = _Bridge(server)
         self._native = _lameduck.NativeRunner(
             self._bridge,
@@ -236,6 +260,10 @@ class Runner:
             repeat_signal=repeat_signal,
             on_state_change=on_state_change,
             explicit_ready=bool(explicit_ready),
+            upgrade_signals=list(self._upgrade_signals),
+            upgrade_timeout=_seconds("upgrade_timeout", upgrade_timeout),
+            upgrade_command=upgrade_argv,
+            pid_file=None if pid_file is None else os.fspath(pid_file),
         )
 
     @property
@@ -247,6 +275,30 @@ class Runner:
         """Starts lame-duck exactly like a trigger signal. Thread-safe; may be called from a
         hook or a signal handler. Before :meth:`run` it makes the run raise CanceledError."""
         self._native.stop()
+
+    def upgrade(self) -> int:
+        """Upgrades with zero downtime and returns the new process's pid.
+
+        Starts the program again (``upgrade_command``, by default this process's own command
+        line) with every listener from :func:`lameduck.listen` at fd 3.. (``LISTEN_FDS``,
+        ``LISTEN_PID``, ``LISTEN_FDNAMES``), waits until it reports ready (a lameduck program
+        does so by itself; any other writes ``READY=1\\n`` to the fd in ``LAMEDUCK_READY_FD``),
+        then this run enters lame-duck exactly as for a stop signal. Blocks (without the GIL)
+        for at most ``upgrade_timeout`` plus 5 s; thread-safe.
+
+        Raises :class:`UpgradeFailedError` (the new process failed and was terminated; this one
+        goes on serving), :class:`BusyError` (an upgrade is in flight),
+        :class:`NotRunningError` (not serving) or :class:`CanceledError` (lame-duck began first).
+        """
+        pid, failure = self._native.upgrade()
+        if failure is not None:
+            kind, message = failure
+            raise _from_native(kind, 0, message, False, None)
+        return pid
+
+    async def upgrade_async(self) -> int:
+        """:meth:`upgrade` for asyncio: waits on a worker thread, never blocking the loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.upgrade)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Waits until ready (handlers installed and serve called, or serve called
@@ -265,17 +317,25 @@ class Runner:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._native.deliver_signal(signum)
 
+    def _handled_signals(self) -> Tuple[int, ...]:
+        """Trigger signals, plus upgrade signals when on the main thread (Python allows signal
+        handlers nowhere else; off it, upgrade with :meth:`upgrade`)."""
+        if threading.current_thread() is threading.main_thread():
+            return self._signals + tuple(s for s in self._upgrade_signals if s not in self._signals)
+        return self._signals
+
     def run(self) -> None:
         """Runs until the server stopped; raises a :class:`LameDuckError` subclass if the run
         did not end in a clean shutdown. Ctrl-C starts lame-duck instead of raising
         ``KeyboardInterrupt``; the previous handlers are restored when it returns."""
         self._check_thread()
         previous: Dict[int, Any] = {}
+        handled = self._handled_signals()
         try:
-            for sig in self._signals:
+            for sig in handled:
                 previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
-            failure = self._run_native() if self._signals else self._native.run()
+            failure = self._run_native() if handled else self._native.run()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -345,7 +405,7 @@ class Runner:
 
         previous: Dict[int, Any] = {}
         try:
-            for sig in self._signals:
+            for sig in self._handled_signals():
                 previous[sig] = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self._native.deliver_signal, sig)
             threading.Thread(target=target, name="lameduck-run", daemon=True).start()
@@ -374,6 +434,10 @@ def run(
     repeat_signal: str = "force",
     explicit_ready: bool = False,
     on_state_change: Optional[Callable[[str, str], Any]] = None,
+    upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
+    upgrade_timeout: float = 60.0,
+    upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
+    pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> None:
     """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
     See :class:`Runner` for the options and errors."""
@@ -387,6 +451,10 @@ def run(
         repeat_signal=repeat_signal,
         explicit_ready=explicit_ready,
         on_state_change=on_state_change,
+        upgrade_signals=upgrade_signals,
+        upgrade_timeout=upgrade_timeout,
+        upgrade_command=upgrade_command,
+        pid_file=pid_file,
     ).run()
 
 
@@ -401,6 +469,10 @@ async def run_async(
     repeat_signal: str = "force",
     explicit_ready: bool = False,
     on_state_change: Optional[Callable[[str, str], Any]] = None,
+    upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
+    upgrade_timeout: float = 60.0,
+    upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
+    pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> None:
     """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
     await Runner(
@@ -413,4 +485,8 @@ async def run_async(
         repeat_signal=repeat_signal,
         explicit_ready=explicit_ready,
         on_state_change=on_state_change,
+        upgrade_signals=upgrade_signals,
+        upgrade_timeout=upgrade_timeout,
+        upgrade_command=upgrade_command,
+        pid_file=pid_file,
     ).run_async()

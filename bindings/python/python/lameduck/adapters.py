@@ -56,7 +56,7 @@ def _stop_accepting(sockets: Iterable[Any], drain: Optional[bool] = None) -> Lis
     (None), sockets that lameduck.listen() inherited are shared and left alone."""
     fds = [s.fileno() for s in sockets]
     if drain is None:
-        fds = [fd for fd in fds if not _lameduck.is_inherited(fd)]
+        fds = [fd for fd in fds if not _lameduck.is_shared(fd)]
     for fd in fds:
         _lameduck.stop_accepting(fd)
     return fds

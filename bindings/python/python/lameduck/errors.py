@@ -65,7 +65,18 @@ class SignalSetupError(LameDuckError, RuntimeError):
 
 
 class BusyError(LameDuckError, RuntimeError):
-    """The runner is running or has already run (a runner runs once)."""
+    """The runner is running or has already run (a runner runs once), or an upgrade is
+    already in flight."""
+
+
+class UpgradeFailedError(LameDuckError):
+    """An upgrade's new process could not start, exited, or was not ready within the upgrade
+    timeout. It was terminated; the old process goes on serving."""
+
+
+class NotRunningError(LameDuckError, RuntimeError):
+    """The runner is not serving: there is nothing to upgrade (not started, in lame-duck, or
+    over)."""
 
 
 _BY_KIND: Dict[str, Type[LameDuckError]] = {
@@ -76,6 +87,8 @@ _BY_KIND: Dict[str, Type[LameDuckError]] = {
     "CANCELED": CanceledError,
     "SIGNAL_SETUP": SignalSetupError,
     "BUSY": BusyError,
+    "UPGRADE_FAILED": UpgradeFailedError,
+    "NOT_RUNNING": NotRunningError,
 }
 
 
