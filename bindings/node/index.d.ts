@@ -9,6 +9,8 @@ export type State =
   | 'STARTING'
   | 'SERVING'
   | 'READY'
+  /** Still fully serving, as in READY, while an upgrade's new process starts. */
+  | 'UPGRADING'
   | 'DRAINING'
   | 'SHUTTING_DOWN'
   | 'CLOSING'
@@ -71,6 +73,14 @@ export interface Options {
   explicitReady?: boolean
   /** Called on every state transition. */
   onStateChange?: (from: State, to: State) => void
+  /** Signals that start a zero-downtime upgrade (see Runner.upgrade). Default ['SIGHUP']; [] turns them off. */
+  upgradeSignals?: Array<SignalName | number>
+  /** Ms the new process has to report ready before it is terminated and the upgrade fails. Default 60000. */
+  upgradeTimeout?: number
+  /** The argv an upgrade starts (argv[0]: a path, or a name looked up in PATH). Default: this process's command line. */
+  upgradeCommand?: string[]
+  /** A file holding the current generation's pid: written atomically once ready, removed by the last generation. */
+  pidFile?: string
 }
 
 /** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
@@ -92,6 +102,10 @@ export class FailedError extends LameDuckError {}
 export class ShutdownError extends LameDuckError {}
 export class CanceledError extends LameDuckError {}
 export class BusyError extends LameDuckError {}
+/** An upgrade's new process could not start, exited, or was not ready in time; it was terminated and this process goes on serving. */
+export class UpgradeFailedError extends LameDuckError {}
+/** The runner is not serving: there is nothing to upgrade. */
+export class NotRunningError extends LameDuckError {}
 /** Thrown by a shutdown hook that ran out of time (its name is 'TimeoutError'). */
 export class DeadlineExceededError extends Error {
   constructor(message?: string)
@@ -106,6 +120,12 @@ export class Runner {
   ready(): Promise<void>
   /** Starts lame-duck like a trigger signal; before run() it makes run() reject with CanceledError. */
   stop(): void
+  /**
+   * Upgrades with zero downtime and resolves to the new process's pid: the program is started
+   * again with every listener from listen(), and once it reports ready this run lame-ducks.
+   * Rejects with UpgradeFailedError, BusyError, NotRunningError or CanceledError.
+   */
+  upgrade(): Promise<number>
 }
 
 /**
@@ -115,6 +135,9 @@ export class Runner {
  */
 export function listen(address: string, name?: string): { fd: number }
 
+/** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
+export function isShared(fd: number): boolean
+
 /** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
 export function run(server: Server, options?: Options): Promise<void>
 
@@ -122,7 +145,7 @@ export interface HttpServerAdapterOptions {
   /** Ms an idle keep-alive socket may stay open once lame-duck began (never past the deadline). Default 1000. */
   idleGrace?: number
   /** Drop new SYNs and accept what is queued before closing the listener. Default: on, unless the
-   * listener looks shared (LISTEN_FDS / SERVER_STARTER_PORT in the environment). */
+   * listener is shared (inherited, handed on by an upgrade, or LISTEN_FDS / SERVER_STARTER_PORT set). */
   drainListener?: boolean
 }
 

@@ -42,6 +42,7 @@ const CODES = {
   NOT_RUNNING: 'LD_NOT_RUNNING',
   PANIC: 'LD_PANIC',
   SYSTEM: 'LD_SYSTEM',
+  UPGRADE_FAILED: 'LD_UPGRADE_FAILED',
 }
 
 /** Every failed run is a LameDuckError; a hook's own error is its `.cause`. */
@@ -73,6 +74,10 @@ class FailedError extends LameDuckError {}
 class ShutdownError extends LameDuckError {}
 class CanceledError extends LameDuckError {}
 class BusyError extends LameDuckError {}
+/** An upgrade's new process could not start, exited, or was not ready in time; it was terminated and this process goes on serving. */
+class UpgradeFailedError extends LameDuckError {}
+/** The runner is not serving (not started, in lame-duck, or over): there is nothing to upgrade. */
+class NotRunningError extends LameDuckError {}
 
 /**
  * What a shutdown hook throws (or rejects with) to say "I ran out of time" (Go's
@@ -93,6 +98,8 @@ const ERROR_CLASSES = {
   SHUTDOWN_FAILED: ShutdownError,
   CANCELED: CanceledError,
   BUSY: BusyError,
+  UPGRADE_FAILED: UpgradeFailedError,
+  NOT_RUNNING: NotRunningError,
 }
 
 function describeError(err) {
@@ -114,8 +121,10 @@ const DEFAULTS = {
   closeTimeout: 5000,
   repeatSignal: 'force',
   explicitReady: false,
+  upgradeSignals: ['SIGHUP'],
+  upgradeTimeout: 60000,
 }
-const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'logger', 'signal', 'onStateChange'])
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile'])
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -123,18 +132,18 @@ function milliseconds(name, value) {
   return value
 }
 
-function signalNumbers(signals) {
-  if (!Array.isArray(signals)) throw new TypeError(`signals must be an array of signal names, got ${describeValue(signals)}`)
+function signalNumbers(signals, option = 'signals') {
+  if (!Array.isArray(signals)) throw new TypeError(`${option} must be an array of signal names, got ${describeValue(signals)}`)
   return signals.map((s) => {
     if (typeof s === 'number' && Number.isInteger(s)) {
       const name = Object.keys(os.constants.signals).find((n) => os.constants.signals[n] === s)
-      if (!name) throw new RangeError(`signals: ${s} is not a signal number`)
+      if (!name) throw new RangeError(`${option}: ${s} is not a signal number`)
       return [name, s]
     }
-    if (typeof s !== 'string') throw new TypeError(`signals: ${describeValue(s)} is not a signal name`)
+    if (typeof s !== 'string') throw new TypeError(`${option}: ${describeValue(s)} is not a signal name`)
     const name = s.toUpperCase().startsWith('SIG') ? s.toUpperCase() : `SIG${s.toUpperCase()}`
     const number = os.constants.signals[name]
-    if (number === undefined) throw new RangeError(`signals: ${JSON.stringify(s)} is not a signal name`)
+    if (number === undefined) throw new RangeError(`${option}: ${JSON.stringify(s)} is not a signal name`)
     return [name, number]
   })
 }
@@ -157,6 +166,10 @@ function normalizeOptions(options) {
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError(`signal must be an AbortSignal, got ${describeValue(o.signal)}`)
   if (o.onStateChange !== undefined && typeof o.onStateChange !== 'function') throw new TypeError('onStateChange must be a function')
   if (typeof o.explicitReady !== 'boolean') throw new TypeError(`explicitReady must be a boolean, got ${describeValue(o.explicitReady)}`)
+  if (o.upgradeCommand !== undefined && (!Array.isArray(o.upgradeCommand) || !o.upgradeCommand.every((a) => typeof a === 'string'))) {
+    throw new TypeError(`upgradeCommand must be an array of strings (an argv), got ${describeValue(o.upgradeCommand)}`)
+  }
+  if (o.pidFile !== undefined && typeof o.pidFile !== 'string') throw new TypeError(`pidFile must be a path string, got ${describeValue(o.pidFile)}`)
   return {
     period: milliseconds('period', o.period),
     signals: signalNumbers(o.signals),
@@ -167,6 +180,10 @@ function normalizeOptions(options) {
     logger,
     signal: o.signal,
     onStateChange: o.onStateChange,
+    upgradeSignals: signalNumbers(o.upgradeSignals, 'upgradeSignals'),
+    upgradeTimeout: milliseconds('upgradeTimeout', o.upgradeTimeout),
+    upgradeCommand: o.upgradeCommand,
+    pidFile: o.pidFile,
   }
 }
 
@@ -239,6 +256,10 @@ class Runner {
         o.repeatSignal,
         o.explicitReady,
         o.logger !== false,
+        o.upgradeSignals.map(([, n]) => n),
+        o.upgradeTimeout,
+        o.upgradeCommand ?? null,
+        o.pidFile ?? null,
       )
     } catch (err) {
       throw new RangeError(err.message)
@@ -246,7 +267,7 @@ class Runner {
     this.#context = new Context(this.#native, this.#controller)
   }
 
-  /** NOT_STARTED, STARTING, SERVING, READY, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
+  /** NOT_STARTED, STARTING, SERVING, READY, UPGRADING, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
   get state() {
     return this.#native.state
   }
@@ -254,6 +275,22 @@ class Runner {
   /** Starts lame-duck exactly like a trigger signal. Before run() it makes run() reject with CanceledError. */
   stop() {
     this.#native.stop()
+  }
+
+  /**
+   * Upgrades with zero downtime; resolves to the new process's pid. Starts the program again
+   * (`upgradeCommand`, by default this process's own command line) with every listener from
+   * `listen()` at fd 3.. (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), waits until it reports ready
+   * (a lameduck program does so by itself; any other writes `READY=1\n` to the fd named by
+   * LAMEDUCK_READY_FD), then this run enters lame-duck exactly as for a stop signal.
+   * Rejects with UpgradeFailedError (the new process failed and was terminated; this one goes on
+   * serving), BusyError (one is in flight), NotRunningError or CanceledError.
+   */
+  async upgrade() {
+    const outcome = await this.#native.upgrade()
+    if (!outcome.error) return outcome.pid
+    const Class = ERROR_CLASSES[outcome.error] || LameDuckError
+    throw new Class(outcome.message, { code: CODES[outcome.error] || `LD_${outcome.error}` })
   }
 
   /** Resolves once ready (listening, with explicitReady); rejects if the run ends without becoming ready. */
@@ -270,7 +307,7 @@ class Runner {
     const o = this.#options
     if (o.signal?.aborted) this.#native.stop()
     return new Promise((resolve, reject) => {
-      const listeners = o.signals.map(([name, number]) => {
+      const listeners = [...o.signals, ...o.upgradeSignals].map(([name, number]) => {
         const listener = () => this.#native.deliverSignal(number)
         process.on(name, listener)
         return [name, listener]
@@ -373,6 +410,12 @@ class Runner {
  * are read, and removed, on the first call. Throws a TypeError for a non-string, a RangeError
  * naming the value for a bad address or a malformed variable, and an Error when binding fails.
  */
+/** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
+function isShared(fd) {
+  if (typeof fd !== 'number') throw new TypeError(`fd must be a number, got ${describeValue(fd)}`)
+  return native.isShared(fd)
+}
+
 function listen(address, name) {
   if (typeof address !== 'string') throw new TypeError(`address must be a string, got ${describeValue(address)}`)
   if (name !== undefined && typeof name !== 'string') throw new TypeError(`name must be a string, got ${describeValue(name)}`)
@@ -417,7 +460,8 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
   milliseconds('idleGrace', idleGrace)
   // Never drain a listener shared with other processes (inherited through listen(), or while the
   // environment says we were given sockets): the drop filter would stop them accepting too.
-  const shared = (fd) => native.isInherited(fd) || 'LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env
+  // Decided when shutdown comes: by then an upgrade may have handed the socket on.
+  const shared = (fd) => native.isShared(fd) || 'LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env
   const drainable = (fd) => (drainListener === undefined ? !shared(fd) : !!drainListener)
   // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
   const isHttp2 = /^Http2/.test(server.constructor?.name || '')
@@ -509,6 +553,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
 module.exports = {
   run,
   listen,
+  isShared,
   Runner,
   Context,
   httpServer,
@@ -519,6 +564,8 @@ module.exports = {
   ShutdownError,
   CanceledError,
   BusyError,
+  UpgradeFailedError,
+  NotRunningError,
   DeadlineExceededError,
   version: require('./package.json').version,
 }

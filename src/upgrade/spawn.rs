@@ -223,6 +223,11 @@ unsafe fn child(
             fail(error_fd);
         }
     }
+    // Standard input, output and error are inherited, whatever their close-on-exec flag
+    // (Node, for one, marks its stdio close-on-exec).
+    for fd in 0..FIRST_FD {
+        libc::fcntl(fd, libc::F_SETFD, 0);
+    }
     if let Some(dir) = dir {
         libc::chdir(dir.as_ptr()); // best effort: the directory may be gone
     }

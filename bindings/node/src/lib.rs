@@ -139,6 +139,7 @@ pub struct NativeRunner {
 impl NativeRunner {
     /// Validates everything; throws (InvalidArg) naming the bad value before anything starts.
     #[napi(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         period_ms: f64,
         signals: Vec<i32>,
@@ -147,6 +148,10 @@ impl NativeRunner {
         repeat_signal: String,
         explicit_ready: bool,
         logging: bool,
+        upgrade_signals: Vec<i32>,
+        upgrade_timeout_ms: f64,
+        upgrade_command: Option<Vec<String>>,
+        pid_file: Option<String>,
     ) -> Result<Self> {
         let period = millis("period", period_ms)?;
         lameduck::validate_period(period).map_err(|e| invalid("period", period_ms, e))?;
@@ -158,6 +163,24 @@ impl NativeRunner {
             lameduck::validate_signal(signal).map_err(|e| invalid("signals", signal, e))?;
         }
         let repeat = RepeatSignalPolicy::from_name(&repeat_signal).map_err(|e| invalid("repeatSignal", &repeat_signal, e))?;
+        lameduck::validate_upgrade_signals(&upgrade_signals, &signals)
+            .map_err(|e| invalid("upgradeSignals", format!("{upgrade_signals:?}"), e))?;
+        let upgrade_timeout = millis("upgradeTimeout", upgrade_timeout_ms)?;
+        lameduck::validate_upgrade_timeout(upgrade_timeout).map_err(|e| invalid("upgradeTimeout", upgrade_timeout_ms, e))?;
+        let upgrade_command = match upgrade_command {
+            None => None,
+            Some(argv) => {
+                let command = lameduck::UpgradeCommand {
+                    program: argv.first().cloned().unwrap_or_default().into(),
+                    args: argv.iter().map(Into::into).collect(),
+                };
+                lameduck::validate_upgrade_command(&command).map_err(|e| invalid("upgradeCommand", format!("{argv:?}"), e))?;
+                Some(command)
+            }
+        };
+        if pid_file.as_deref() == Some("") {
+            return Err(Error::new(Status::InvalidArg, "pidFile=\"\" is invalid: give a path, or leave it out"));
+        }
         let bridge = Arc::new(Bridge::default());
         let logger = logging.then(|| {
             let bridge = Arc::clone(&bridge);
@@ -187,6 +210,10 @@ impl NativeRunner {
             state_observer: Some(observer),
             explicit_ready,
             signal_owner: SignalOwner::Host,
+            upgrade_signals,
+            upgrade_timeout,
+            upgrade_command,
+            pid_file: pid_file.map(Into::into),
         };
         let server = Arc::new(JsServer { bridge: Arc::clone(&bridge) });
         let runner = Runner::new(server, options).map_err(|e| Error::new(Status::InvalidArg, e.message().to_string()))?;
@@ -245,6 +272,13 @@ impl NativeRunner {
             }
         };
         let _ = sender.send(verdict);
+    }
+
+    /// Upgrades on a libuv worker thread (never blocking the event loop); resolves to the
+    /// outcome, which index.js turns into the new pid or an error.
+    #[napi]
+    pub fn upgrade(&self) -> AsyncTask<UpgradeTask> {
+        AsyncTask::new(UpgradeTask { runner: Arc::clone(&self.runner) })
     }
 
     /// Starts lame-duck like a trigger signal.
@@ -330,4 +364,39 @@ pub fn listen(address: String, name: Option<String>) -> Result<i32> {
 #[napi]
 pub fn is_inherited(fd: i32) -> bool {
     lameduck::listener::is_inherited(fd)
+}
+
+/// True when `fd` is shared with other processes: inherited, or handed on by an upgrade.
+#[napi]
+pub fn is_shared(fd: i32) -> bool {
+    lameduck::listener::is_shared(fd)
+}
+
+/// What an upgrade came to: the new pid, or the core's error kind and message.
+#[napi(object)]
+pub struct UpgradeOutcome {
+    pub pid: u32,
+    pub error: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `Runner::upgrade`, which blocks, run on the libuv thread pool.
+pub struct UpgradeTask {
+    runner: Arc<Runner>,
+}
+
+impl Task for UpgradeTask {
+    type Output = UpgradeOutcome;
+    type JsValue = UpgradeOutcome;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(match self.runner.upgrade() {
+            Ok(pid) => UpgradeOutcome { pid, error: None, message: None },
+            Err(e) => UpgradeOutcome { pid: 0, error: Some(e.kind().name().into()), message: Some(e.message().to_string()) },
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
 }

@@ -200,6 +200,7 @@ test('explicit readiness, state names, logger and onStateChange', async () => {
   assert.deepEqual(states, ['STARTING', 'SERVING', 'READY', 'DRAINING', 'SHUTTING_DOWN', 'STOPPED'])
   assert.deepEqual(lines, [
     'lameduck: Waiting for signals: [interrupt terminated]',
+    'lameduck: Upgrade on signals: [hangup]',
     'lameduck: Starting server',
     'lameduck: Stop requested; draining for 50ms, then entering lame-duck mode for 3s',
     'lameduck: Completed lame-duck mode',

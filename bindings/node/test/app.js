@@ -2,7 +2,8 @@
 // A test server run in a child process:
 //   node app.js --app http|express|fastify|plain [--period ms] [--drain ms] [--repeat p]
 //               [--close-timeout ms] [--fail-serve] [--hang-close]
-// Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY / 503 + state).
+// Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY or UPGRADING / 503 + state).
+// SIGHUP upgrades (the app is started again; with --listen it takes the listener over).
 // Prints `port N` and `state NEW` on stdout, lameduck's log lines too (console). It never calls
 // process.exit: after the run settles the process must exit by itself.
 const http = require('node:http')
@@ -24,7 +25,7 @@ function handler(req, res) {
     const timer = setTimeout(() => res.end(`slept ${ms} ms\n`), ms)
     res.once('close', () => clearTimeout(timer)) // the client (or close) went away: stop working
   } else if (req.url === '/health') {
-    res.statusCode = runner.state === 'READY' ? 200 : 503
+    res.statusCode = ['READY', 'UPGRADING'].includes(runner.state) ? 200 : 503
     res.end(`${runner.state}\n`)
   } else {
     res.end('hello\n')
@@ -76,6 +77,7 @@ async function main() {
     closeTimeout: Number(args['close-timeout'] ?? 5000),
     repeatSignal: args.repeat ?? 'force',
     explicitReady: true,
+    pidFile: args['pid-file'],
     onStateChange: (from, to) => {
       if (to === 'READY') console.log(`port ${adapter.server.address().port}`)
       console.log(`state ${to}`)

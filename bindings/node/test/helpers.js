@@ -36,6 +36,17 @@ class App {
       this.waiters.push({ rx, resolve: (m) => (clearTimeout(timer), resolve(m)) })
     })
   }
+  /** Resolves with the match of the `n`th line matching `pattern`. */
+  async waitCount(pattern, n, limit = LIMIT) {
+    const rx = new RegExp(pattern)
+    const until = Date.now() + limit
+    for (;;) {
+      const found = this.lines.filter((l) => rx.test(l))
+      if (found.length >= n) return found[n - 1].match(rx)
+      if (Date.now() > until) throw new Error(`fewer than ${n} lines matching ${pattern}; got:\n${this.text()}`)
+      await new Promise((r) => setTimeout(r, 10))
+    }
+  }
   text() {
     return this.lines.join('\n')
   }
@@ -103,4 +114,50 @@ function refused(port) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-module.exports = { App, start, send, get, refused, sleep, LIMIT }
+/**
+ * Keep-alive HTTP/1.1 load: `connections` clients sending GET / back to back (a keep-alive
+ * agent reconnects when the server answers `Connection: close`). Every failure is recorded.
+ */
+class Load {
+  constructor(port, connections = 4) {
+    const http = require('node:http')
+    this.ok = 0
+    this.errors = []
+    this.stopped = false
+    const agent = new http.Agent({ keepAlive: true, maxSockets: connections })
+    const client = async () => {
+      while (!this.stopped) {
+        await new Promise((resolve) => {
+          const req = http.get({ host: '127.0.0.1', port, path: '/', agent, timeout: 20000 }, (res) => {
+            res.resume()
+            res.on('end', () => {
+              if (res.statusCode === 200) this.ok++
+              else this.errors.push(`status ${res.statusCode}`)
+              resolve()
+            })
+            res.on('error', (err) => (this.errors.push(`response: ${err.message}`), resolve()))
+          })
+          req.on('error', (err) => (this.errors.push(`${err.code}: ${err.message}`), resolve()))
+        })
+      }
+    }
+    this.agent = agent
+    this.clients = Array.from({ length: connections }, client)
+  }
+  async waitMore(n, limit = LIMIT) {
+    const target = this.ok + n
+    const until = Date.now() + limit
+    while (this.ok < target) {
+      if (Date.now() > until) throw new Error(`load stalled at ${this.ok}; errors ${this.errors}`)
+      await sleep(5)
+    }
+  }
+  async stop() {
+    this.stopped = true
+    await Promise.all(this.clients)
+    this.agent.destroy()
+    return { ok: this.ok, errors: this.errors }
+  }
+}
+
+module.exports = { App, Load, start, send, get, refused, sleep, LIMIT }
