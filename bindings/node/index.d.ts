@@ -162,7 +162,7 @@ export interface HttpServerAdapter<S extends NetServer> extends Server {
 /** A lameduck server for an http, https or http2 server (Express and Fastify apps included). */
 export function httpServer<S extends NetServer>(
   server: S,
-  listenOptions?: ListenOptions,
+  listenOptions?: ListenOptions | { fd: number },
   adapterOptions?: HttpServerAdapterOptions,
 ): HttpServerAdapter<S>
 

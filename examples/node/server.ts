@@ -1,7 +1,7 @@
 // A node:http server under lame-duck, in TypeScript (checked with tsc --strict in the tests).
-// Try: curl 'http://127.0.0.1:3000/sleep' and press Ctrl-C while it runs.
+// Try: curl 'http://127.0.0.1:3000/sleep' and press Ctrl-C while it runs; kill -HUP upgrades.
 import * as http from 'node:http'
-import { run, httpServer, ExpiredError, type Context } from 'lameduck'
+import { run, httpServer, listen, ExpiredError, type Context } from 'lameduck'
 
 const server = http.createServer((req, res) => {
   const delay = req.url === '/sleep' ? 5000 : 0
@@ -10,7 +10,8 @@ const server = http.createServer((req, res) => {
 })
 
 async function main(): Promise<number> {
-  const adapter = httpServer(server, { port: 3000, host: '127.0.0.1' })
+  // listen(): the socket an upgrade (SIGHUP) hands to the next generation.
+  const adapter = httpServer(server, listen('127.0.0.1:3000'))
   try {
     await run(adapter, { period: 5000, drainDelay: 0, onStateChange: (from, to) => console.log(`${from} -> ${to}`) })
     return 0

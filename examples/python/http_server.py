@@ -2,12 +2,15 @@
 
 Try: curl 'http://127.0.0.1:8000/sleep?ms=5000' and press Ctrl-C while it runs. The slow
 request still completes, new connections are refused, the process exits 0.
+`kill -HUP <pid>` upgrades with zero downtime: the script starts again on the same socket
+(lameduck.listen), and once the new process is ready this one lame-ducks.
 """
 
 from __future__ import annotations
 
 import http.server
 import logging
+import os
 import sys
 import time
 
@@ -31,8 +34,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    # The socket survives upgrades: a new generation gets this one back from lameduck.listen.
+    sock = lameduck.listen(f"127.0.0.1:{port}")
+    server = http.server.ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]} (pid {os.getpid()})", flush=True)
     try:
         lameduck.run(lameduck.adapters.http_server(server), period=5.0)
     except lameduck.ExpiredError as e:
