@@ -19,7 +19,11 @@ import lameduck.adapters
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body are separate writes
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request would drown the lameduck lines
 
     def do_GET(self) -> None:
         if self.path.startswith("/sleep"):
