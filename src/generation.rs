@@ -26,6 +26,8 @@ pub(crate) struct Generation {
     ready_channel: Mutex<Option<OwnedFd>>,
     /// A malformed `LAMEDUCK_READY_FD`, reported by the first run as a warning.
     pub(crate) problem: Option<String>,
+    /// An upgrade started us and we have not told it we are ready yet.
+    unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 static GENERATION: OnceLock<Generation> = OnceLock::new();
@@ -56,7 +58,9 @@ fn read() -> Generation {
             }
         }
     };
+    let unconfirmed = std::sync::atomic::AtomicBool::new(ready_channel.is_some());
     Generation {
+        unconfirmed,
         args: std::env::args_os().collect(),
         start_dir: std::env::current_dir().ok(),
         executable,
@@ -81,12 +85,20 @@ fn parse_ready_fd(value: &str) -> Result<RawFd, String> {
 }
 
 impl Generation {
+    /// True when this process is the current generation: not started by an upgrade, or it
+    /// has reported ready to the one that started it. Until then the previous generation owns
+    /// the pid file and the unix socket paths (if we fail, it goes on serving with them).
+    pub(crate) fn is_current(&self) -> bool {
+        !self.unconfirmed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Tells the previous generation (if an upgrade started us) that we are ready, once.
     /// Returns true when there was someone to tell.
     pub(crate) fn report_ready(&self) -> bool {
         let Some(fd) = self.ready_channel.lock().unwrap_or_else(PoisonError::into_inner).take() else {
             return false;
         };
+        self.unconfirmed.store(false, std::sync::atomic::Ordering::SeqCst);
         let line = b"READY=1\n";
         // SAFETY: writing a local buffer to a descriptor we own; the pipe has room for a line.
         unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&fd), line.as_ptr().cast(), line.len()) };

@@ -174,9 +174,10 @@ struct Pool {
     available: Vec<(RawFd, Source)>,
     /// What the environment got wrong, reported by every `listen` that would have used it.
     problem: Option<String>,
-    /// Descriptors shared with other processes (inherited, or handed to a new generation):
-    /// never to be drained.
+    /// Inherited descriptors handed out: shared with other processes, never to be drained.
     shared: HashSet<RawFd>,
+    /// Descriptors handed to a new generation (from the moment it is started).
+    handed_on: HashSet<RawFd>,
     /// Inherited descriptors handed out.
     inherited: HashSet<RawFd>,
     /// Inherited descriptors whose unix socket path a lameduck generation created.
@@ -223,6 +224,7 @@ fn read_pool() -> Pool {
         available: Vec::new(),
         problem: None,
         shared: HashSet::new(),
+        handed_on: HashSet::new(),
         inherited: HashSet::new(),
         owned: HashSet::new(),
         handed_out: Vec::new(),
@@ -438,7 +440,10 @@ pub fn is_inherited(fd: RawFd) -> bool {
 /// True when `fd` is shared with other processes: inherited, or handed to a new generation by
 /// an upgrade. Never drain a shared socket (see the module docs): just close it.
 pub fn is_shared(fd: RawFd) -> bool {
-    POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.shared.contains(&fd))
+    POOL.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|p| p.shared.contains(&fd) || p.handed_on.contains(&fd))
 }
 
 /// The listeners an upgrade passes on: every listener handed out that is still open and bound
@@ -466,10 +471,18 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     list
 }
 
-/// Marks descriptors as shared with a new generation (see [`is_shared`]).
-pub(crate) fn mark_shared(fds: impl IntoIterator<Item = RawFd>) {
+/// Marks descriptors as handed to a new generation (see [`is_shared`]), from the moment it is
+/// started; unmarked again if it fails and is gone.
+pub(crate) fn set_handed_on(fds: &[RawFd], handed: bool) {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.get_or_insert_with(read_pool).shared.extend(fds);
+    let pool = guard.get_or_insert_with(read_pool);
+    for fd in fds {
+        if handed {
+            pool.handed_on.insert(*fd);
+        } else {
+            pool.handed_on.remove(fd);
+        }
+    }
 }
 
 /// The final stop of the last generation: removes the unix socket paths this lineage created,

@@ -450,7 +450,7 @@ impl Run {
                 self.log(Level::Warn, &warning);
             }
         }
-        if self.handed_off.is_none() {
+        if self.handed_off.is_none() && generation::get().is_current() {
             // The final stop of the last generation cleans up after the whole line.
             if let Some(path) = &self.shared.options.pid_file {
                 pidfile::remove_if_ours(path, std::process::id());
@@ -501,9 +501,11 @@ impl Run {
             self.transition(State::Ready);
             self.announce_ready();
         }
+        // An upgrade that just succeeded is settled before a stop signal is looked at, so the
+        // lame-duck that follows knows its sockets are shared.
+        self.poll_upgrade(now);
         self.absorb_trigger_events(now);
         self.absorb_upgrade_requests();
-        self.poll_upgrade(now);
         match self.phase {
             Phase::Serving => {
                 if Self::returned(&self.serve) {
@@ -727,7 +729,12 @@ impl Run {
             trigger.wake();
         });
         match watcher {
-            Ok(watcher) => self.upgrade = Some(InFlight { candidate, cancel, outcome, watcher: Some(watcher), waiters }),
+            Ok(watcher) => {
+                // Shared from now on: a lame-duck that starts before the outcome is known must
+                // not drain sockets the new process may already be accepting on.
+                listener::set_handed_on(&candidate.handed, true);
+                self.upgrade = Some(InFlight { candidate, cancel, outcome, watcher: Some(watcher), waiters });
+            }
             Err(e) => {
                 let how = candidate.abort();
                 drop((candidate, cancel, outcome));
@@ -757,7 +764,6 @@ impl Run {
         let upgrade = Upgraded { waiters };
         match outcome {
             Ok(()) => {
-                listener::mark_shared(handed);
                 notify::systemd(&format!("MAINPID={pid}\nREADY=1"));
                 self.handed_off = Some(pid);
                 for waiter in upgrade.waiters {
@@ -772,18 +778,23 @@ impl Run {
                 }
             }
             Err(err) if self.triggered => {
+                listener::set_handed_on(&handed, false);
                 self.log(Level::Info, err.message());
                 for waiter in upgrade.waiters {
                     waiter.settle(Err(Error::new(err.kind(), err.message())));
                 }
             }
-            Err(err) => self.upgrade_failed(err, upgrade.waiters),
+            Err(err) => {
+                listener::set_handed_on(&handed, false);
+                self.upgrade_failed(err, upgrade.waiters)
+            }
         }
     }
 
     /// A failed upgrade leaves the run exactly as it was, serving.
     fn upgrade_failed(&mut self, err: Error, waiters: Vec<Arc<UpgradeWaiter>>) {
         self.log(Level::Error, &format!("Upgrade failed: {}; still serving", err.message()));
+        self.write_pid_file(); // the failed process may have written its own pid there
         notify::systemd(&format!("READY=1\nSTATUS=upgrade failed: {}", err.message()));
         if self.shared.state.get() == State::Upgrading {
             self.transition(State::Ready);

@@ -168,7 +168,9 @@ impl Candidate {
         self.terminate()
     }
 
-    /// The exit status, if the process has exited (and is now reaped).
+    /// The exit status, if the process has exited (and is now reaped). A host that reaps
+    /// children itself (SIGCHLD ignored, or its own `waitpid(-1)`) leaves nothing to reap:
+    /// ECHILD then means "gone", with an unknown status (reported as 0).
     fn exited(&self, pidfd_readable: bool) -> Option<libc::c_int> {
         if self.spawned.pidfd.is_some() && !pidfd_readable {
             return None;
@@ -176,14 +178,30 @@ impl Candidate {
         let mut status = 0;
         // SAFETY: waitpid on our own child, without blocking.
         let r = unsafe { libc::waitpid(self.spawned.pid, &mut status, libc::WNOHANG) };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            return Some(0);
+        }
         (r == self.spawned.pid).then_some(status)
+    }
+
+    /// Signals the candidate through its pidfd when there is one, so a pid reused after a
+    /// reap by someone else is never hit.
+    fn signal(&self, signal: libc::c_int) {
+        match &self.spawned.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0);
+            },
+            // SAFETY: signalling our own child, which we have not reaped.
+            None => unsafe {
+                libc::kill(self.spawned.pid, signal);
+            },
+        }
     }
 
     /// SIGTERM, then SIGKILL after [`KILL_GRACE`]; reaps it. Says which it took.
     fn terminate(&self) -> String {
-        let pid = self.spawned.pid;
-        // SAFETY: signalling our own child, which we have not reaped, so the pid is still its.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let until = Instant::now() + KILL_GRACE;
         while Instant::now() < until {
             if let Some(fd) = &self.spawned.pidfd {
@@ -198,12 +216,8 @@ impl Candidate {
                 return format!("stopped it with SIGTERM ({})", describe_status(status));
             }
         }
-        // SAFETY: as above; then a blocking reap of the killed child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            let mut status = 0;
-            libc::waitpid(pid, &mut status, 0);
-        }
+        self.signal(libc::SIGKILL);
+        reap(self.spawned.pid);
         format!("killed it with SIGKILL after it ignored SIGTERM for {}", go_duration(KILL_GRACE))
     }
 }
@@ -216,6 +230,14 @@ fn ready_reported(received: &[u8], closed: bool) -> bool {
         lines.pop();
     }
     lines.iter().any(|line| line.strip_suffix(b"\r").unwrap_or(line) == b"READY=1")
+}
+
+/// Waits for our child `pid` to exit and reaps it (retrying on EINTR; ECHILD means someone
+/// else reaped it).
+pub(crate) fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {}
 }
 
 /// "exited with status 3", "was killed by signal 9 (killed)".

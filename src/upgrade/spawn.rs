@@ -48,6 +48,8 @@ fn c_string(bytes: &[u8], what: &str) -> Result<CString, Error> {
     CString::new(bytes).map_err(|_| Error::invalid(format!("{what} contains a NUL byte")))
 }
 
+/// A close-on-exec pipe whose ends are never 0, 1 or 2 (with stdio closed they would be, and
+/// the new process would inherit them as its stdio).
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two-int array.
@@ -55,8 +57,27 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
         return Err(Error::new(ErrorKind::System, format!("could not create a pipe: {}", io::Error::last_os_error())));
     }
     // SAFETY: both descriptors were just created and belong to nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(read)?, above_stdio(write)?))
 }
+
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    if fd.as_raw_fd() >= FIRST_FD {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the copy is ours, the original is dropped.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FD) };
+    if copy < 0 {
+        return Err(Error::new(ErrorKind::System, format!("could not move a pipe: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// How long to wait for `execve` to succeed or fail. A failure is reported within
+/// microseconds; the wait is bounded only because another thread's `fork` without `exec`
+/// (Python's multiprocessing) may hold a copy of the pipe's write end and delay the EOF.
+const EXEC_REPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the plan. Returns once `execve` succeeded (or failed: then an
 /// [`ErrorKind::UpgradeFailed`] naming the program and the OS error).
@@ -121,10 +142,17 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     }
     drop(ready_write);
     drop(error_write);
-    // Blocks until execve closes the close-on-exec pipe (success) or the child writes errno.
+    // Waits until execve closes the close-on-exec pipe (success) or the child writes errno.
     let mut errno = [0u8; 4];
     let mut got = 0;
+    let limit = std::time::Instant::now() + EXEC_REPORT_LIMIT;
     while got < errno.len() {
+        let left = limit.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
+        let mut p = libc::pollfd { fd: error_read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if left <= 0 || unsafe { libc::poll(&mut p, 1, left) } == 0 {
+            break; // no report: the exec went through
+        }
         // SAFETY: reading into a local buffer from a descriptor we own.
         let r = unsafe { libc::read(error_read.as_raw_fd(), errno[got..].as_mut_ptr().cast(), errno.len() - got) };
         if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
@@ -136,9 +164,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
         got += r as usize;
     }
     if got == errno.len() {
-        let mut status = 0;
-        // SAFETY: reaping the child we just started, which has exited (or is about to).
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        super::reap(pid);
         let cause = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
         return Err(Error::new(ErrorKind::UpgradeFailed, format!("cannot start {}: {cause}", plan.program.display())));
     }
@@ -165,11 +191,9 @@ unsafe fn child(
     mut error_fd: RawFd,
     last_signal: libc::c_int,
 ) -> ! {
-    // Signals: nothing blocked, every disposition back to default (a parent's SIG_IGN, such as
-    // Python's or Rust's SIGPIPE, would otherwise survive execve).
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    // Signals: every disposition back to default (a parent's SIG_IGN, such as Python's or
+    // Rust's SIGPIPE, would otherwise survive execve), then nothing blocked, in that order so
+    // no parent handler can run in the child.
     let mut default: libc::sigaction = std::mem::zeroed();
     default.sa_sigaction = libc::SIG_DFL;
     for signal in 1..=last_signal {
@@ -177,6 +201,9 @@ unsafe fn child(
             libc::sigaction(signal, &default, std::ptr::null_mut());
         }
     }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     // LISTEN_PID: our pid in decimal, NUL-terminated, into the slot.
     let mut pid = libc::syscall(libc::SYS_getpid) as u64;
     let mut digits = [0u8; PID_DIGITS];
