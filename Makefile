@@ -1,9 +1,10 @@
 # C users: `make install PREFIX=/some/dir` puts liblameduck.so (with its SONAME symlinks),
-# liblameduck.a, include/lameduck.h, lameduck.pc and start_server-less tools under PREFIX.
+# liblameduck.a, include/lameduck.h, lameduck.pc and bin/start_server under PREFIX.
 # `make demo` runs the demo server; `make test` runs every test (as README says).
 
 PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib
+BINDIR     ?= $(PREFIX)/bin
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 PROFILE    ?= release
@@ -18,10 +19,11 @@ OUT     := $(TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 all: build
 
 build:
-	CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --lib
+	CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --lib --bin start_server
 
 install: build
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR)
+	install -m 755 $(OUT)/start_server $(DESTDIR)$(BINDIR)/start_server
 	install -m 755 $(OUT)/liblameduck.so $(DESTDIR)$(LIBDIR)/liblameduck.so.$(VERSION)
 	ln -sf liblameduck.so.$(VERSION) $(DESTDIR)$(LIBDIR)/liblameduck.so.$(ABI)
 	ln -sf liblameduck.so.$(ABI) $(DESTDIR)$(LIBDIR)/liblameduck.so
@@ -32,7 +34,7 @@ install: build
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/liblameduck.so* $(DESTDIR)$(LIBDIR)/liblameduck.a \
-	      $(DESTDIR)$(INCLUDEDIR)/lameduck.h $(DESTDIR)$(PKGCONFIGDIR)/lameduck.pc
+	      $(DESTDIR)$(INCLUDEDIR)/lameduck.h $(DESTDIR)$(PKGCONFIGDIR)/lameduck.pc $(DESTDIR)$(BINDIR)/start_server
 
 demo:
 	bash scripts/demo.sh

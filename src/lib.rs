@@ -22,7 +22,7 @@ mod error;
 mod format;
 mod generation;
 pub mod listener;
-mod notify;
+pub mod notify;
 mod options;
 mod pidfile;
 mod runner;

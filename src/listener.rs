@@ -234,7 +234,12 @@ fn read_pool() -> Pool {
         Err(e) => pool.problem = Some(e.message().to_string()),
     }
     match starter.as_deref().map(parse_server_starter_port).transpose() {
-        Ok(list) => pool.available.extend(list.unwrap_or_default().into_iter().map(|(key, fd)| (fd, Source::ServerStarter { key }))),
+        Ok(list) => {
+            // start_server sets both variables for the same descriptors: one entry per fd.
+            let seen: HashSet<RawFd> = pool.available.iter().map(|(fd, _)| *fd).collect();
+            let fresh = list.unwrap_or_default().into_iter().filter(|(_, fd)| !seen.contains(fd));
+            pool.available.extend(fresh.map(|(key, fd)| (fd, Source::ServerStarter { key })))
+        }
         Err(e) => pool.problem = pool.problem.take().or(Some(e.message().to_string())),
     }
     for (fd, _) in &pool.available {

@@ -16,7 +16,9 @@ pub(crate) fn systemd(message: &str) -> bool {
     send(path, message).is_ok()
 }
 
-fn send(path: &str, message: &str) -> std::io::Result<()> {
+/// Sends one notification datagram to `path` (a socket path, or `@name` for the abstract
+/// namespace), as `sd_notify` does. Used by `start_server` to pass messages on to systemd.
+pub fn send(path: &str, message: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?; // std makes it close-on-exec
     socket.set_write_timeout(Some(Duration::from_secs(1)))?;
     if let Some(name) = path.strip_prefix('@') {

@@ -210,6 +210,24 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGTERM, then (after `limit`) SIGKILL; waits for the exit. For teardown of a supervisor
+    /// whose children must be stopped by it, not orphaned.
+    pub fn terminate(&mut self, limit: Duration) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

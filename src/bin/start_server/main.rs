@@ -1,0 +1,238 @@
+//! `start_server`: a superdaemon compatible with Perl's Server::Starter 0.35.
+//!
+//! It binds the ports, keeps a stable pid for supervisors, and runs the real server as a
+//! child that it replaces generation by generation on SIGHUP. Workers find their sockets in
+//! `SERVER_STARTER_PORT` (and, when they sit at fd 3.., in `LISTEN_FDS`/`LISTEN_PID` too).
+//! See `start_server --help`, and README.md for what it does beyond Perl's.
+
+mod bind;
+mod cli;
+mod files;
+mod signals;
+mod supervisor;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cli::Cli;
+
+/// Perl's `die`: the message on stderr, exit status 255.
+fn die(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(255)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse(std::env::args_os().skip(1)) {
+        Ok(cli) => cli,
+        Err(cli::Usage(message)) => {
+            eprintln!("{message}");
+            eprint!("{}", cli::USAGE);
+            return ExitCode::from(1);
+        }
+    };
+    if cli.help {
+        print!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    if cli.version {
+        println!("0.35 (lameduck start_server {})", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if cli.stop {
+        return stop(&cli);
+    }
+    if cli.restart {
+        return restart(&cli);
+    }
+    serve(cli)
+}
+
+/// `--stop`: TERM to the running start_server, then wait until it has exited (its pid file
+/// lock is released).
+fn stop(cli: &Cli) -> ExitCode {
+    let Some(pid_file) = &cli.pid_file else {
+        return die("--stop option requires --pid-file to be set as well");
+    };
+    let (file, pid) = match read_pid(pid_file) {
+        Ok(found) => found,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!("stop_server (pid:{}) stopping now (pid:{pid})...", std::process::id());
+    // SAFETY: kill(2) on the pid the pid file names.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return die(format!("failed to send SIGTERM to the server process:{}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: flock on the descriptor we opened; blocks until start_server releases it by exiting.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    ExitCode::SUCCESS
+}
+
+fn read_pid(path: &str) -> Result<(std::fs::File, i32), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("failed to open file:{path}:{e}"))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| format!("failed to read file:{path}:{e}"))?;
+    let pid = text.trim().parse().map_err(|_| format!("failed to read pid from file:{path}"))?;
+    Ok((file, pid))
+}
+
+/// `--restart`: HUP, then wait until the status file lists exactly one generation, a newer
+/// one than before (Perl waits for exactly max+1 and never returns if that attempt failed).
+fn restart(cli: &Cli) -> ExitCode {
+    let (Some(pid_file), Some(status_file)) = (&cli.pid_file, &cli.status_file) else {
+        return die("--restart option requires --pid-file and --status-file to be set as well");
+    };
+    let pid = match read_pid(pid_file) {
+        Ok((_, pid)) => pid,
+        Err(message) => return die(message),
+    };
+    let Some(&newest) = files::read_generations(status_file).iter().max() else {
+        return die("no active process found in the status file");
+    };
+    // SAFETY: kill(2) on the pid the pid file names.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return die(format!("failed to send SIGHUP to the server process:{}", std::io::Error::last_os_error()));
+    }
+    let limit = Instant::now() + Duration::from_secs(600);
+    loop {
+        let generations = files::read_generations(status_file);
+        if generations.len() == 1 && generations[0] > newest {
+            return ExitCode::SUCCESS;
+        }
+        if Instant::now() > limit {
+            return die(format!("the new generation did not take over within 600 seconds (status: {generations:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn serve(cli: Cli) -> ExitCode {
+    if cli.command.is_empty() {
+        return die("server program not specified");
+    }
+    if cli.daemonize && cli.log_file.is_none() {
+        return die("Usage: --log-file option must be specified together with --daemonize");
+    }
+    let signal = |option: &Option<String>, what: &str| -> Result<i32, String> {
+        let name = option.as_deref().unwrap_or("TERM");
+        signals::by_name(name).ok_or_else(|| format!("unknown signal name for --{what}: {name}"))
+    };
+    let (signal_on_hup, signal_on_term) = match (signal(&cli.signal_on_hup, "signal-on-hup"), signal(&cli.signal_on_term, "signal-on-term")) {
+        (Ok(h), Ok(t)) => (h, t),
+        (Err(e), _) | (_, Err(e)) => return die(e),
+    };
+    if !files::program_exists(Path::new(&cli.command[0]), cli.dir.as_deref()) {
+        return die(format!("server program not found: {}", cli.command[0].to_string_lossy()));
+    }
+    let specs: Vec<bind::PortSpec> = match cli.ports.iter().map(|p| bind::PortSpec::parse(p)).collect() {
+        Ok(specs) => specs,
+        Err(e) => return die(e),
+    };
+    // The options only set variables; the loop reads them (and the envdir may change them).
+    if cli.enable_auto_restart {
+        std::env::set_var("ENABLE_AUTO_RESTART", "1");
+    }
+    for (name, value) in [
+        ("AUTO_RESTART_INTERVAL", &cli.auto_restart_interval),
+        ("KILL_OLD_DELAY", &cli.kill_old_delay),
+        ("ENVDIR", &cli.envdir),
+    ] {
+        if let Some(value) = value {
+            std::env::set_var(name, value);
+        }
+    }
+
+    // Locked first, so a second instance fails here rather than on a busy port; the lock
+    // survives --daemonize's forks (it belongs to the open file).
+    // Above every descriptor a socket may be placed on (3.., or an explicit =FD).
+    let highest_socket_fd = 3 + (specs.len() + cli.paths.len()) as i32 + specs.iter().filter_map(|s| s.fd).max().unwrap_or(0);
+    let mut pid_file = match cli.pid_file.as_deref().map(|p| files::PidFile::create(p, highest_socket_fd + 1)).transpose() {
+        Ok(p) => p,
+        Err(e) => return die(e),
+    };
+    eprintln!("start_server (pid:{}) starting now...", std::process::id());
+    let backlog = cli.backlog.unwrap_or(libc::SOMAXCONN);
+    let mut sockets = Vec::new();
+    for spec in &specs {
+        match bind::bind_port(spec, backlog) {
+            Ok(s) => sockets.push(s),
+            Err(e) => return die(e),
+        }
+    }
+    for path in &cli.paths {
+        match bind::bind_path(path, backlog) {
+            Ok(s) => sockets.push(s),
+            Err(e) => return cleanup_and_die(&sockets, e),
+        }
+    }
+    let fds = match bind::place(&sockets) {
+        Ok(fds) => fds,
+        Err(e) => return cleanup_and_die(&sockets, e),
+    };
+    let port_env: Vec<String> = sockets.iter().zip(&fds).map(|(s, fd)| format!("{}={fd}", s.key)).collect();
+    std::env::set_var("SERVER_STARTER_PORT", port_env.join(";"));
+    std::env::set_var("SERVER_STARTER_GENERATION", "0");
+    // systemd-style workers: LISTEN_FDS only describes descriptors 3, 4, … in order.
+    let contiguous = !fds.is_empty() && fds.iter().enumerate().all(|(i, fd)| *fd == 3 + i as i32);
+    for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(name);
+    }
+    let notify_socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
+
+    if let Some(log) = &cli.log_file {
+        if let Err(e) = files::redirect_output(log) {
+            return cleanup_and_die(&sockets, e);
+        }
+    }
+    if cli.daemonize {
+        if let Err(e) = files::daemonize(fds.contains(&0)) {
+            return cleanup_and_die(&sockets, e);
+        }
+    }
+    if let Some(pid_file) = pid_file.as_mut().filter(|_| cli.daemonize) {
+        if let Err(e) = pid_file.rewrite() {
+            return cleanup_and_die(&sockets, e);
+        }
+    }
+    let signal_pipe = match signals::SignalPipe::install(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]) {
+        Ok(p) => p,
+        Err(e) => return cleanup_and_die(&sockets, format!("failed to install signal handlers:{e}")),
+    };
+    let mut envdir = files::EnvDir::default();
+    envdir.apply();
+    let config = supervisor::Config {
+        command: cli.command.clone(),
+        dir: cli.dir.clone(),
+        interval: cli.interval.unwrap_or(Duration::from_secs(1)),
+        signal_on_hup,
+        signal_on_term,
+        status_file: cli.status_file.clone(),
+        listen_fds: contiguous.then_some(fds.len()),
+        notify_socket,
+    };
+    supervisor::Supervisor::new(config, signal_pipe, envdir).run();
+
+    if let Some(path) = &cli.status_file {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(pid_file); // removes it
+    remove_paths(&sockets);
+    ExitCode::SUCCESS
+}
+
+fn remove_paths(sockets: &[bind::Socket]) {
+    for path in sockets.iter().filter_map(|s| s.path.as_ref()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn cleanup_and_die(sockets: &[bind::Socket], message: impl std::fmt::Display) -> ExitCode {
+    remove_paths(sockets);
+    die(message)
+}
+
