@@ -235,10 +235,15 @@ fn read_pool() -> Pool {
     }
     match starter.as_deref().map(parse_server_starter_port).transpose() {
         Ok(list) => {
-            // start_server sets both variables for the same descriptors: one entry per fd.
-            let seen: HashSet<RawFd> = pool.available.iter().map(|(fd, _)| *fd).collect();
-            let fresh = list.unwrap_or_default().into_iter().filter(|(_, fd)| !seen.contains(fd));
-            pool.available.extend(fresh.map(|(key, fd)| (fd, Source::ServerStarter { key })))
+            // start_server sets both variables for the same descriptors: one entry per fd,
+            // keeping the Server::Starter key (more specific than an unnamed systemd fd).
+            for (key, fd) in list.unwrap_or_default() {
+                match pool.available.iter_mut().find(|(f, _)| *f == fd) {
+                    Some((_, source @ Source::Systemd { name: None })) => *source = Source::ServerStarter { key },
+                    Some(_) => {}
+                    None => pool.available.push((fd, Source::ServerStarter { key })),
+                }
+            }
         }
         Err(e) => pool.problem = pool.problem.take().or(Some(e.message().to_string())),
     }
