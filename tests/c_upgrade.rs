@@ -99,19 +99,27 @@ fn eight_sighup_upgrades_lose_no_request() {
     assert!(stderr.contains("is ready; entering lame-duck mode for 5s"), "{stderr}");
 }
 
-/// Replaces `path` atomically with a shell script (a bad deploy), as `mv` would.
-fn deploy_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
+/// Puts `source` at `path` the way a deploy does (copy, then rename over). The copy is made by
+/// `cp`, not by this multi-threaded test process: a file we held open for writing could be
+/// inherited for a moment by another test's fork and make its exec fail with ETXTBSY.
+fn deploy(source: &Path, path: &Path) {
     let next = path.with_extension("next");
-    std::fs::write(&next, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = Command::new("cp").arg(source).arg(&next).status().unwrap();
+    assert!(status.success());
     std::fs::rename(&next, path).unwrap();
 }
 
+/// Replaces `path` with a shell script (a bad deploy).
+fn deploy_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let source = path.with_extension("script");
+    std::fs::write(&source, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+    deploy(&source, path);
+}
+
 fn deploy_binary(path: &Path) {
-    let next = path.with_extension("next");
-    std::fs::copy(demo(), &next).unwrap();
-    std::fs::rename(&next, path).unwrap();
+    deploy(demo(), path);
 }
 
 #[test]

@@ -81,6 +81,15 @@ fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// `signals[0..count]` copied; `None` when `signals` is NULL with a non-zero count.
+fn signal_array(signals: *const c_int, count: usize) -> Option<Vec<i32>> {
+    if count == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the caller passes `count` readable ints at `signals` (checked non-NULL).
+    (!signals.is_null()).then(|| unsafe { std::slice::from_raw_parts(signals, count) }.to_vec())
+}
+
 fn verdict(result: Result<(), Error>) -> ld_status {
     ld_status::of(result)
 }
@@ -150,14 +159,7 @@ pub extern "C" fn ld_options_set_close_timeout_ms(options: *mut ld_options, time
 #[no_mangle]
 pub extern "C" fn ld_options_set_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
     with_options(options, |o| {
-        let list: Vec<i32> = if count == 0 {
-            Vec::new()
-        } else if signals.is_null() {
-            return ld_status::LD_NULL_ARGUMENT;
-        } else {
-            // SAFETY: the caller passes `count` readable ints at `signals` (checked non-NULL).
-            unsafe { std::slice::from_raw_parts(signals, count) }.to_vec()
-        };
+        let Some(list) = signal_array(signals, count) else { return ld_status::LD_NULL_ARGUMENT };
         o.signals = list;
         verdict(o.validate_signal_setting())
     })
@@ -265,14 +267,7 @@ pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_option
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
     with_options(options, |o| {
-        let list: Vec<i32> = if count == 0 {
-            Vec::new()
-        } else if signals.is_null() {
-            return ld_status::LD_NULL_ARGUMENT;
-        } else {
-            // SAFETY: the caller passes `count` readable ints at `signals` (checked non-NULL).
-            unsafe { std::slice::from_raw_parts(signals, count) }.to_vec()
-        };
+        let Some(list) = signal_array(signals, count) else { return ld_status::LD_NULL_ARGUMENT };
         o.upgrade_signals = list;
         verdict(options::validate_upgrade_signals(&o.upgrade_signals, &o.signals))
     })

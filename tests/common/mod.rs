@@ -134,7 +134,20 @@ pub struct Lines {
 impl Proc {
     pub fn spawn(mut cmd: Command) -> Proc {
         use std::io::BufRead;
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A program file written by this test process (copied, then renamed into place) can
+        // be held open for writing for a moment by another test's fork that has not exec'd
+        // yet: exec then fails with ETXTBSY. Retrying is the standard remedy.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         let lines = std::sync::Arc::new((std::sync::Mutex::new(Lines::default()), std::sync::Condvar::new()));
         let mut readers = Vec::new();
         let out = child.stdout.take().unwrap();

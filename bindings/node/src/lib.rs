@@ -167,17 +167,9 @@ impl NativeRunner {
             .map_err(|e| invalid("upgradeSignals", format!("{upgrade_signals:?}"), e))?;
         let upgrade_timeout = millis("upgradeTimeout", upgrade_timeout_ms)?;
         lameduck::validate_upgrade_timeout(upgrade_timeout).map_err(|e| invalid("upgradeTimeout", upgrade_timeout_ms, e))?;
-        let upgrade_command = match upgrade_command {
-            None => None,
-            Some(argv) => {
-                let command = lameduck::UpgradeCommand {
-                    program: argv.first().cloned().unwrap_or_default().into(),
-                    args: argv.iter().map(Into::into).collect(),
-                };
-                lameduck::validate_upgrade_command(&command).map_err(|e| invalid("upgradeCommand", format!("{argv:?}"), e))?;
-                Some(command)
-            }
-        };
+        let upgrade_command = upgrade_command
+            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", format!("{argv:?}"), e)))
+            .transpose()?;
         if pid_file.as_deref() == Some("") {
             return Err(Error::new(Status::InvalidArg, "pidFile=\"\" is invalid: give a path, or leave it out"));
         }

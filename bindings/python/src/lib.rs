@@ -195,17 +195,9 @@ impl PyRunner {
         lameduck::validate_upgrade_signals(&upgrade_signals, &signals).map_err(|e| invalid("upgrade_signals", &upgrade_signals, e))?;
         let upgrade_s = seconds("upgrade_timeout", upgrade_timeout)?;
         lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid("upgrade_timeout", upgrade_timeout, e))?;
-        let upgrade_command = match upgrade_command {
-            None => None,
-            Some(argv) => {
-                let command = lameduck::UpgradeCommand {
-                    program: argv.first().cloned().unwrap_or_default(),
-                    args: argv.iter().map(|a| a.clone().into_os_string()).collect(),
-                };
-                lameduck::validate_upgrade_command(&command).map_err(|e| invalid("upgrade_command", &argv, e))?;
-                Some(command)
-            }
-        };
+        let upgrade_command = upgrade_command
+            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgrade_command", &argv, e)))
+            .transpose()?;
         if pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(PyValueError::new_err("pid_file='' is invalid: give a path, or None"));
         }
