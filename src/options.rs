@@ -122,6 +122,16 @@ pub struct UpgradeCommand {
     pub args: Vec<OsString>,
 }
 
+impl UpgradeCommand {
+    /// The command `argv` names (`argv[0]` is the program), validated.
+    pub fn from_argv<S: Into<OsString>>(argv: impl IntoIterator<Item = S>) -> Result<UpgradeCommand, Error> {
+        let args: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let command = UpgradeCommand { program: args.first().cloned().unwrap_or_default().into(), args };
+        validate_upgrade_command(&command)?;
+        Ok(command)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -417,3 +417,33 @@ fn lameduck_worker_counts_as_started_when_ready_and_hups_lose_no_request() {
     let (code, stderr) = run.finish();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn log_file_pipe_and_systemd_notify_relay() {
+    let dir = scratch("relay");
+    let (log, notify_path) = (dir.join("log"), dir.join("notify"));
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(LIMIT)).unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(ours());
+    cmd.args([&format!("--port={address}"), &format!("--log-file=| cat > {}", log.display()), "--"])
+        .arg(demo())
+        .args(["--listen", &address])
+        .env("NOTIFY_SOCKET", &notify_path);
+    let mut run = Running { proc: Proc::spawn(cmd) };
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
+        let n = notify.recv(&mut buf).expect("READY=1 passed on to systemd");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    run.proc.signal(libc::SIGTERM);
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        let n = notify.recv(&mut buf).expect("STOPPING=1 passed on to systemd");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    run.proc.terminate(LIMIT);
+    wait_until("the piped log", || read(&log).contains("exiting"));
+    assert!(read(&log).contains("starting new worker"), "{}", read(&log));
+}

@@ -221,9 +221,29 @@ pub fn place(sockets: &[Socket]) -> Result<Vec<RawFd>, String> {
     Ok(targets)
 }
 
+/// `SERVER_STARTER_PORT`: `KEY=FD` joined with `;`, in `--port` then `--path` order (empty
+/// when nothing is bound, as Perl 0.34+).
+pub fn server_starter_port(sockets: &[Socket], fds: &[RawFd]) -> String {
+    sockets.iter().zip(fds).map(|(s, fd)| format!("{}={fd}", s.key)).collect::<Vec<_>>().join(";")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variable_reads_back_with_the_shared_parser() {
+        let spec = |t: &str| PortSpec::parse(t).unwrap();
+        let sockets: Vec<Socket> = ["8080", "127.0.0.1:8081", "[::1]:8082"]
+            .iter()
+            .map(|t| Socket { key: spec(t).key, fd: std::fs::File::open("/dev/null").unwrap().into(), wanted_fd: None, path: None })
+            .collect();
+        let value = server_starter_port(&sockets, &[3, 4, 5]);
+        assert_eq!(value, "8080=3;127.0.0.1:8081=4;[::1]:8082=5");
+        let parsed = lameduck::listener::parse_server_starter_port(&value).unwrap();
+        assert_eq!(parsed, [("8080".to_string(), 3), ("127.0.0.1:8081".to_string(), 4), ("[::1]:8082".to_string(), 5)]);
+        assert_eq!(server_starter_port(&[], &[]), "");
+    }
 
     #[test]
     fn port_grammar_and_keys() {

@@ -174,8 +174,7 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(fds) => fds,
         Err(e) => return cleanup_and_die(&sockets, e),
     };
-    let port_env: Vec<String> = sockets.iter().zip(&fds).map(|(s, fd)| format!("{}={fd}", s.key)).collect();
-    std::env::set_var("SERVER_STARTER_PORT", port_env.join(";"));
+    std::env::set_var("SERVER_STARTER_PORT", bind::server_starter_port(&sockets, &fds));
     std::env::set_var("SERVER_STARTER_GENERATION", "0");
     // systemd-style workers: LISTEN_FDS only describes descriptors 3, 4, … in order.
     let contiguous = !fds.is_empty() && fds.iter().enumerate().all(|(i, fd)| *fd == 3 + i as i32);
