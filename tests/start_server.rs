@@ -315,13 +315,16 @@ fn explicit_fds_udp_ipv6_and_dir() {
     run.line("socket is duplicated to file descriptor 5");
     drop(run);
 
-    let dir = scratch("v6");
-    let run = Running::start(&ours(), &[format!("--port=[::1]:{v6}")], &[("REPORT_DIR", dir.display().to_string())]);
-    if env_report(&dir, 1).contains(&format!("SERVER_STARTER_PORT=[::1]:{v6}=3")) {
+    if TcpListener::bind("[::1]:0").is_ok() {
+        let dir = scratch("v6");
+        let run = Running::start(&ours(), &[format!("--port=[::1]:{v6}")], &[("REPORT_DIR", dir.display().to_string())]);
+        assert!(env_report(&dir, 1).contains(&format!("SERVER_STARTER_PORT=[::1]:{v6}=3")));
         assert!(TcpStream::connect(("::1", v6)).is_ok());
         assert!(TcpStream::connect(("127.0.0.1", v6)).is_err(), "[::1] is bound v6-only");
+        drop(run);
+    } else {
+        eprintln!("no IPv6 loopback here: skipping the [::1] part");
     }
-    drop(run);
 
     let dir = scratch("udp");
     let run = Running::start(&ours(), &[format!("--port=u{udp}")], &[("REPORT_DIR", dir.display().to_string())]);
