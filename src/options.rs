@@ -215,16 +215,21 @@ impl Options {
     }
 }
 
-/// The period must be above zero and at most [`MAX_DURATION`].
-pub fn validate_period(period: Duration) -> Result<(), Error> {
-    if period.is_zero() || period > MAX_DURATION {
+/// A duration that must be above zero and at most [`MAX_DURATION`]; the message names `what`.
+fn validate_positive(what: &str, value: Duration) -> Result<(), Error> {
+    if value.is_zero() || value > MAX_DURATION {
         return Err(Error::invalid(format!(
-            "lame-duck period {} is invalid: it must be greater than zero and at most {}",
-            go_duration(period),
+            "{what} {} is invalid: it must be greater than zero and at most {}",
+            go_duration(value),
             go_duration(MAX_DURATION)
         )));
     }
     Ok(())
+}
+
+/// The period must be above zero and at most [`MAX_DURATION`].
+pub fn validate_period(period: Duration) -> Result<(), Error> {
+    validate_positive("lame-duck period", period)
 }
 
 /// The drain delay may be zero, and at most [`MAX_DURATION`].
@@ -241,26 +246,12 @@ pub fn validate_drain_delay(delay: Duration) -> Result<(), Error> {
 
 /// The close timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_close_timeout(timeout: Duration) -> Result<(), Error> {
-    if timeout.is_zero() || timeout > MAX_DURATION {
-        return Err(Error::invalid(format!(
-            "close timeout {} is invalid: it must be greater than zero and at most {}",
-            go_duration(timeout),
-            go_duration(MAX_DURATION)
-        )));
-    }
-    Ok(())
+    validate_positive("close timeout", timeout)
 }
 
 /// The upgrade timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_upgrade_timeout(timeout: Duration) -> Result<(), Error> {
-    if timeout.is_zero() || timeout > MAX_DURATION {
-        return Err(Error::invalid(format!(
-            "upgrade timeout {} is invalid: it must be greater than zero and at most {}",
-            go_duration(timeout),
-            go_duration(MAX_DURATION)
-        )));
-    }
-    Ok(())
+    validate_positive("upgrade timeout", timeout)
 }
 
 /// Upgrade signals (possibly none): each trappable, and none also a trigger signal.

@@ -65,6 +65,12 @@ fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A free 127.0.0.1 port, and its `HOST:PORT`.
+fn free_address() -> (u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    (port, format!("127.0.0.1:{port}"))
+}
+
 fn tool(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(name)).find(|p| p.exists())
 }
@@ -277,8 +283,7 @@ fn socket_activated_server_keeps_its_socket_across_upgrades() {
         eprintln!("systemd-socket-activate is not installed; skipping");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
+    let (port, address) = free_address();
     let mut cmd = Command::new(activate);
     cmd.args(["-l", &address, "--fdname=http"]).arg(demo()).args(["--listen", &address]);
     let proc = Proc::spawn(cmd);
@@ -307,8 +312,7 @@ fn worker_under_perl_start_server_hup_loses_no_request() {
         eprintln!("start_server (libserver-starter-perl) is not installed; skipping");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
+    let (port, address) = free_address();
     let mut cmd = Command::new(start_server);
     cmd.arg(format!("--port={address}")).args(["--interval=1", "--"]).arg(demo()).args(["--listen", &address]);
     let proc = Proc::spawn(cmd);
