@@ -179,3 +179,32 @@ def test_invalid_upgrade_options(options: Any, error: type, message: str) -> Non
     with pytest.raises(error) as info:
         lameduck.Runner(Idle(), **options)
     assert message in str(info.value)
+
+
+NEVER_READY = '''
+import sys, threading, lameduck
+sock = lameduck.listen(sys.argv[1])  # takes over the inherited unix socket
+stopped = threading.Event()
+class Server:
+    def serve(self, ctx): stopped.wait()
+    def shutdown(self, ctx): stopped.set()
+    def close(self): stopped.set()
+lameduck.run(Server(), explicit_ready=True, logger=False)  # never reports ready
+'''
+
+
+def test_a_new_process_that_never_got_ready_leaves_the_socket_path_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    listener = lameduck.listen(str(path))
+    command = [sys.executable, "-c", NEVER_READY, str(path)]
+    runner, server, thread, outcome = start_runner(upgrade_command=command, upgrade_timeout=3.0)
+    try:
+        with pytest.raises(lameduck.UpgradeFailedError, match="not ready within 3s; stopped it with SIGTERM"):
+            runner.upgrade()
+        assert path.exists(), "the failed process must not remove the path the old one still serves on"
+        assert not lameduck.is_shared(listener), "not shared any more once the new process is gone"
+    finally:
+        runner.stop()
+        thread.join(30)
+        listener.close()
+    assert not path.exists(), "the final stop of the last generation removes it"
