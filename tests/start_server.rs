@@ -450,3 +450,42 @@ fn log_file_pipe_and_systemd_notify_relay() {
     wait_until("the piped log", || read(&log).contains("exiting"));
     assert!(read(&log).contains("starting new worker"), "{}", read(&log));
 }
+
+#[test]
+fn a_dead_logger_does_not_take_start_server_down() {
+    let dir = scratch("deadlog");
+    let status = dir.join("status");
+    let args = vec![
+        format!("--port=127.0.0.1:{}", free_port()),
+        format!("--status-file={}", status.display()),
+        format!("--log-file=| head -c 1 > {}", dir.join("log").display()),
+    ];
+    let run = Running::start(&ours(), &args, &[]);
+    wait_until("generation 1", || generations(&status) == [1]);
+    run.proc.signal(libc::SIGHUP); // its log lines now hit a closed pipe
+    wait_until("generation 2 alone", || generations(&status) == [2]);
+    let (code, _) = run.finish();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_worker_that_reports_ready_and_dies_is_not_respawned_faster_than_the_interval() {
+    let dir = scratch("flap");
+    let script = dir.join("flap.sh");
+    std::fs::write(
+        &script,
+        "python3 -c \"import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.sendto(b'READY=1', '\\0'+os.environ['NOTIFY_SOCKET'][1:])\"\nexit 1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(ours());
+    cmd.args(["--interval=1", &format!("--port=127.0.0.1:{}", free_port()), "--", "sh"]).arg(&script);
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_nth_line("died unexpectedly with status:256, restarting", 1, LIMIT);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, stderr) = proc.text();
+    let spawned = stderr.matches("starting new worker").count();
+    proc.terminate(LIMIT);
+    // One spawn per interval at most: about 3 in 2.5 s (a busy machine gives fewer, never more).
+    assert!(spawned <= 5, "{spawned} workers in {:?}:\n{stderr}", start.elapsed());
+}

@@ -151,7 +151,7 @@ pub fn bind_path(path: &str, backlog: i32) -> Result<Socket, String> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
-            eprintln!("removing existing socket file:{path}");
+            log!("removing existing socket file:{path}");
             std::fs::remove_file(path).map_err(|e| format!("failed to remove existing socket file:{path}:{e}"))?;
         }
     }
@@ -215,7 +215,7 @@ pub fn place(sockets: &[Socket]) -> Result<Vec<RawFd>, String> {
         // replaced on purpose); the result is inheritable.
         check(unsafe { libc::dup2(copy.as_raw_fd(), target) }).map_err(|e| format!("failed to dup2 to {target}:{e}"))?;
         if socket.wanted_fd.is_some() {
-            eprintln!("socket is duplicated to file descriptor {target}");
+            log!("socket is duplicated to file descriptor {target}");
         }
     }
     Ok(targets)

@@ -16,8 +16,8 @@ pub struct PidFile {
 
 impl PidFile {
     /// Opens and locks the pid file on a descriptor at or above `min_fd` (below it the
-    /// sockets are placed for the workers) and writes our pid.
-    pub fn create(path: &str, min_fd: i32) -> Result<PidFile, String> {
+    /// sockets are placed for the workers). The pid is written later by `write_pid`.
+    pub fn lock(path: &str, min_fd: i32) -> Result<PidFile, String> {
         use std::os::fd::FromRawFd;
         let opened = std::fs::OpenOptions::new()
             .write(true)
@@ -32,17 +32,16 @@ impl PidFile {
         }
         drop(opened);
         // SAFETY: as above.
-        let mut file = unsafe { std::fs::File::from_raw_fd(moved) };
+        let file = unsafe { std::fs::File::from_raw_fd(moved) };
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(format!("failed to lock file:{path}:another start_server is running"));
         }
-        file.set_len(0).and_then(|_| file.write_all(format!("{}\n", std::process::id()).as_bytes())).map_err(|e| format!("failed to write file:{path}:{e}"))?;
         Ok(PidFile { path: path.to_string(), file })
     }
 
-    /// Writes our pid again (after `--daemonize`: the lock came along through the forks).
-    pub fn rewrite(&mut self) -> Result<(), String> {
+    /// Writes our pid (`PID\n`).
+    pub fn write_pid(&mut self) -> Result<(), String> {
         use std::io::Seek;
         let pid = format!("{}\n", std::process::id());
         self.file
@@ -59,7 +58,7 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.path) {
-            eprintln!("failed to remove pid file:{}:{e}", self.path);
+            log!("failed to remove pid file:{}:{e}", self.path);
         }
     }
 }
@@ -71,7 +70,7 @@ pub fn write_status(path: &str, workers: &BTreeMap<u64, i32>) {
     let temporary = format!("{path}.{}", std::process::id());
     let result = std::fs::write(&temporary, text).and_then(|_| std::fs::rename(&temporary, path));
     if let Err(e) = result {
-        eprintln!("failed to write status file:{path}:{e}");
+        log!("failed to write status file:{path}:{e}");
         let _ = std::fs::remove_file(&temporary);
     }
 }
@@ -108,7 +107,10 @@ impl EnvDir {
                     }
                     let mut text = String::new();
                     if std::fs::File::open(entry.path()).and_then(|mut f| f.read_to_string(&mut text)).is_ok() {
-                        current.insert(name, text.lines().next().unwrap_or("").into());
+                        // An empty file sets nothing (Perl reads no line from it).
+                        if let Some(first) = text.lines().next() {
+                            current.insert(name, first.into());
+                        }
                     }
                 }
             }

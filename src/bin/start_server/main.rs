@@ -5,6 +5,16 @@
 //! `SERVER_STARTER_PORT` (and, when they sit at fd 3.., in `LISTEN_FDS`/`LISTEN_PID` too).
 //! See `start_server --help`, and README.md for what it does beyond Perl's.
 
+/// A line on stderr that never panics: a dead `| cmd` logger, a full disk or a closed terminal
+/// must not bring start_server down (and orphan its workers), so write errors are ignored, as
+/// Perl ignores them.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bind;
 mod cli;
 mod files;
@@ -19,16 +29,25 @@ use cli::Cli;
 
 /// Perl's `die`: the message on stderr, exit status 255.
 fn die(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("{message}");
-    ExitCode::from(255)
+    die_with(255, message)
+}
+
+/// Perl's `die` after a failed system call exits with errno: the same here.
+fn die_with(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    log!("{message}");
+    ExitCode::from(code)
+}
+
+fn errno_code(err: &std::io::Error) -> u8 {
+    err.raw_os_error().and_then(|e| u8::try_from(e).ok()).filter(|e| *e != 0).unwrap_or(255)
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::parse(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(cli::Usage(message)) => {
-            eprintln!("{message}");
-            eprint!("{}", cli::USAGE);
+            log!("{message}");
+            log!("{}", cli::USAGE);
             return ExitCode::from(1);
         }
     };
@@ -58,14 +77,15 @@ fn stop(cli: &Cli) -> ExitCode {
     let (file, pid) = match read_pid(pid_file) {
         Ok(found) => found,
         Err(message) => {
-            eprintln!("{message}");
+            log!("{message}");
             return ExitCode::from(2);
         }
     };
-    eprintln!("stop_server (pid:{}) stopping now (pid:{pid})...", std::process::id());
+    log!("stop_server (pid:{}) stopping now (pid:{pid})...", std::process::id());
     // SAFETY: kill(2) on the pid the pid file names.
     if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        return die(format!("failed to send SIGTERM to the server process:{}", std::io::Error::last_os_error()));
+        let err = std::io::Error::last_os_error();
+        return die_with(errno_code(&err), format!("failed to send SIGTERM to the server process:{err}"));
     }
     // SAFETY: flock on the descriptor we opened; blocks until start_server releases it by exiting.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
@@ -89,14 +109,15 @@ fn restart(cli: &Cli) -> ExitCode {
     };
     let pid = match read_pid(pid_file) {
         Ok((_, pid)) => pid,
-        Err(message) => return die(message),
+        Err(message) => return die_with(2, message),
     };
     let Some(&newest) = files::read_generations(status_file).iter().max() else {
         return die("no active process found in the status file");
     };
     // SAFETY: kill(2) on the pid the pid file names.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return die(format!("failed to send SIGHUP to the server process:{}", std::io::Error::last_os_error()));
+        let err = std::io::Error::last_os_error();
+        return die_with(errno_code(&err), format!("failed to send SIGHUP to the server process:{err}"));
     }
     let limit = Instant::now() + Duration::from_secs(600);
     loop {
@@ -151,11 +172,17 @@ fn serve(cli: Cli) -> ExitCode {
     // survives --daemonize's forks (it belongs to the open file).
     // Above every descriptor a socket may be placed on (3.., or an explicit =FD).
     let highest_socket_fd = 3 + (specs.len() + cli.paths.len()) as i32 + specs.iter().filter_map(|s| s.fd).max().unwrap_or(0);
-    let mut pid_file = match cli.pid_file.as_deref().map(|p| files::PidFile::create(p, highest_socket_fd + 1)).transpose() {
+    let mut pid_file = match cli.pid_file.as_deref().map(|p| files::PidFile::lock(p, highest_socket_fd + 1)).transpose() {
         Ok(p) => p,
         Err(e) => return die(e),
     };
-    eprintln!("start_server (pid:{}) starting now...", std::process::id());
+    // Perl opens the log before binding, so the logger (`| cmd`) never inherits a socket.
+    if let Some(log) = &cli.log_file {
+        if let Err(e) = files::redirect_output(log) {
+            return die(e);
+        }
+    }
+    log!("start_server (pid:{}) starting now...", std::process::id());
     let backlog = cli.backlog.unwrap_or(libc::SOMAXCONN);
     let mut sockets = Vec::new();
     for spec in &specs {
@@ -183,18 +210,14 @@ fn serve(cli: Cli) -> ExitCode {
     }
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
 
-    if let Some(log) = &cli.log_file {
-        if let Err(e) = files::redirect_output(log) {
-            return cleanup_and_die(&sockets, e);
-        }
-    }
     if cli.daemonize {
         if let Err(e) = files::daemonize(fds.contains(&0)) {
             return cleanup_and_die(&sockets, e);
         }
     }
-    if let Some(pid_file) = pid_file.as_mut().filter(|_| cli.daemonize) {
-        if let Err(e) = pid_file.rewrite() {
+    // Written by the final process (after --daemonize's forks; the lock came along).
+    if let Some(pid_file) = pid_file.as_mut() {
+        if let Err(e) = pid_file.write_pid() {
             return cleanup_and_die(&sockets, e);
         }
     }
@@ -219,8 +242,8 @@ fn serve(cli: Cli) -> ExitCode {
     if let Some(path) = &cli.status_file {
         let _ = std::fs::remove_file(path);
     }
-    drop(pid_file); // removes it
     remove_paths(&sockets);
+    drop(pid_file); // removes it and releases the lock last: `--stop` returns only now
     ExitCode::SUCCESS
 }
 

@@ -53,6 +53,9 @@ pub struct Supervisor {
     restart_current: bool,
     notify: BTreeMap<i32, UnixDatagram>,
     last_restart: Instant,
+    /// No crash replacement starts before this: `--interval` after the previous spawn, so a
+    /// worker that reports ready and then dies cannot make us spin (Perl's interval sleep).
+    next_spawn_at: Instant,
     told_systemd_ready: bool,
 }
 
@@ -83,6 +86,7 @@ impl Supervisor {
             restart_current: false,
             notify: BTreeMap::new(),
             last_restart: Instant::now(),
+            next_spawn_at: Instant::now(),
             told_systemd_ready: false,
         }
     }
@@ -93,8 +97,10 @@ impl Supervisor {
         }
     }
 
+    /// Perl: `AUTO_RESTART_INTERVAL ||= 360`, so 0 (or garbage) means 360.
     fn auto_restart_interval(&self) -> Option<Duration> {
-        truthy("ENABLE_AUTO_RESTART").then(|| Duration::from_secs_f64(env_number("AUTO_RESTART_INTERVAL").unwrap_or(360.0)))
+        let seconds = env_number("AUTO_RESTART_INTERVAL").filter(|s| *s > 0.0).unwrap_or(360.0);
+        truthy("ENABLE_AUTO_RESTART").then(|| Duration::from_secs_f64(seconds))
     }
 
     fn kill_old_delay(&self) -> Duration {
@@ -147,10 +153,11 @@ impl Supervisor {
             }
         }
         let deadline = Instant::now() + self.config.interval;
+        self.next_spawn_at = deadline;
         match command.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
-                eprintln!("starting new worker {pid}");
+                log!("starting new worker {pid}");
                 if let Ok(socket) = notify {
                     self.notify.insert(pid, socket);
                 }
@@ -160,9 +167,9 @@ impl Supervisor {
                 let program = self.config.command[0].to_string_lossy();
                 match &self.config.dir {
                     Some(dir) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new(dir).is_dir() => {
-                        eprintln!("failed to chdir:{dir}:{e}")
+                        log!("failed to chdir:{dir}:{e}")
                     }
-                    _ => eprintln!("failed to exec {program}:{e}"),
+                    _ => log!("failed to exec {program}:{e}"),
                 }
                 self.phase = Phase::Starting { pid: None, generation, deadline, died: Some(255 << 8), after_hup };
             }
@@ -184,19 +191,19 @@ impl Supervisor {
         if after_hup {
             let olds: Vec<String> = self.old.keys().map(|p| p.to_string()).collect();
             let list = if olds.is_empty() { "none".to_string() } else { olds.join(",") };
-            eprintln!("new worker is now running, sending {} to old workers:{list}", name_of(self.config.signal_on_hup));
+            log!("new worker is now running, sending {} to old workers:{list}", name_of(self.config.signal_on_hup));
             let delay = self.kill_old_delay();
             if delay.is_zero() {
                 self.kill_old_workers();
             } else {
-                eprintln!("sleeping {} secs before killing old workers", delay.as_secs_f64());
+                log!("sleeping {} secs before killing old workers", delay.as_secs_f64());
                 self.phase = Phase::KillDelay { until: Instant::now() + delay };
             }
         }
     }
 
     fn kill_old_workers(&mut self) {
-        eprintln!("killing old workers");
+        log!("killing old workers");
         for pid in self.old.keys() {
             // SAFETY: signalling a worker we started and have not reaped.
             unsafe { libc::kill(*pid, self.config.signal_on_hup) };
@@ -214,7 +221,7 @@ impl Supervisor {
         pids.extend(self.current.map(|(pid, _)| pid));
         pids.sort_unstable();
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-        eprintln!("received {}, sending {} to all workers:{}", name_of(signal), name_of(send), list.join(","));
+        log!("received {}, sending {} to all workers:{}", name_of(signal), name_of(send), list.join(","));
         self.tell_systemd("STOPPING=1");
         for pid in &pids {
             // SAFETY: as in kill_old_workers.
@@ -242,7 +249,7 @@ impl Supervisor {
                 self.current = None;
             }
             self.old.remove(&pid);
-            eprintln!("worker {pid} died, status:{}", status_text(status));
+            log!("worker {pid} died, status:{}", status_text(status));
             self.update_status();
             return;
         }
@@ -253,12 +260,12 @@ impl Supervisor {
             }
         }
         if self.current.is_some_and(|(p, _)| p == pid) {
-            eprintln!("worker {pid} died unexpectedly with status:{}, restarting", status_text(status));
+            log!("worker {pid} died unexpectedly with status:{}, restarting", status_text(status));
             self.current = None;
             self.update_status();
             self.restart_current = true;
         } else if self.old.remove(&pid).is_some() {
-            eprintln!("old worker {pid} died, status:{}", status_text(status));
+            log!("old worker {pid} died, status:{}", status_text(status));
             self.update_status();
         }
     }
@@ -290,7 +297,8 @@ impl Supervisor {
             _ => None,
         };
         let auto = self.auto_restart_interval().map(|_| Instant::now() + Duration::from_secs(1));
-        [phase, auto].into_iter().flatten().min()
+        let respawn = self.restart_current.then_some(self.next_spawn_at);
+        [phase, auto, respawn].into_iter().flatten().min()
     }
 
     fn wait(&self) {
@@ -305,6 +313,9 @@ impl Supervisor {
     pub fn run(&mut self) {
         self.start_worker(false);
         loop {
+            // Perl re-reads the envdir on every wake-up (it may switch auto-restart or the
+            // kill-old delay on and off), not only before a spawn.
+            self.envdir.apply();
             for signal in self.signals.drain() {
                 match signal {
                     libc::SIGHUP => self.hups.push_back("HUP"),
@@ -318,7 +329,7 @@ impl Supervisor {
             match self.phase {
                 Phase::Stopping => {
                     if self.current.is_none() && self.old.is_empty() {
-                        eprintln!("exiting");
+                        log!("exiting");
                         return;
                     }
                 }
@@ -329,7 +340,7 @@ impl Supervisor {
                         }
                     } else if now >= deadline {
                         if let Some(pid) = pid {
-                            eprintln!("new worker {pid} seems to have failed to start, exit status:{}", status_text(died.unwrap_or(0)));
+                            log!("new worker {pid} seems to have failed to start, exit status:{}", status_text(died.unwrap_or(0)));
                         }
                         self.start_worker(after_hup);
                     }
@@ -343,26 +354,29 @@ impl Supervisor {
             }
             if let Phase::Idle = self.phase {
                 if self.restart_current {
-                    self.restart_current = false;
-                    self.start_worker(false);
+                    if now >= self.next_spawn_at {
+                        self.restart_current = false;
+                        self.start_worker(false);
+                    }
                 } else if let Some(reason) = self.hups.pop_front() {
                     let _ = reason;
-                    eprintln!("received HUP, spawning a new worker");
+                    log!("received HUP, spawning a new worker");
                     self.retire_current();
                     self.start_worker(true);
                 } else if let Some(interval) = self.auto_restart_interval() {
                     let elapsed = self.last_restart.elapsed();
-                    let forced = elapsed >= interval * 2;
-                    if elapsed >= interval && (self.old.is_empty() || forced) {
+                    let restart = elapsed >= interval && self.old.is_empty();
+                    let forced = !restart && elapsed >= interval * 2;
+                    if restart || forced {
                         let how = if forced { "forced, " } else { "" };
-                        eprintln!("autorestart triggered ({how}interval={})", interval.as_secs_f64());
+                        log!("autorestart triggered ({how}interval={})", interval.as_secs_f64());
                         self.retire_current();
                         self.start_worker(true);
                     }
                 }
             }
             if matches!(self.phase, Phase::Stopping) && self.current.is_none() && self.old.is_empty() {
-                eprintln!("exiting");
+                log!("exiting");
                 return;
             }
             self.wait();
