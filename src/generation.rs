@@ -26,8 +26,6 @@ pub(crate) struct Generation {
     ready_channel: Mutex<Option<OwnedFd>>,
     /// A malformed `LAMEDUCK_READY_FD`, reported by the first run as a warning.
     pub(crate) problem: Option<String>,
-    /// An upgrade started us and we have not told it we are ready yet.
-    unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 static GENERATION: OnceLock<Generation> = OnceLock::new();
@@ -58,9 +56,7 @@ fn read() -> Generation {
             }
         }
     };
-    let unconfirmed = std::sync::atomic::AtomicBool::new(ready_channel.is_some());
     Generation {
-        unconfirmed,
         args: std::env::args_os().collect(),
         start_dir: std::env::current_dir().ok(),
         executable,
@@ -89,7 +85,7 @@ impl Generation {
     /// has reported ready to the one that started it. Until then the previous generation owns
     /// the pid file and the unix socket paths (if we fail, it goes on serving with them).
     pub(crate) fn is_current(&self) -> bool {
-        !self.unconfirmed.load(std::sync::atomic::Ordering::SeqCst)
+        self.ready_channel.lock().unwrap_or_else(PoisonError::into_inner).is_none()
     }
 
     /// Tells the previous generation (if an upgrade started us) that we are ready, once.
@@ -98,7 +94,6 @@ impl Generation {
         let Some(fd) = self.ready_channel.lock().unwrap_or_else(PoisonError::into_inner).take() else {
             return false;
         };
-        self.unconfirmed.store(false, std::sync::atomic::Ordering::SeqCst);
         let line = b"READY=1\n";
         // SAFETY: writing a local buffer to a descriptor we own; the pipe has room for a line.
         unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&fd), line.as_ptr().cast(), line.len()) };

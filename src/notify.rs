@@ -32,7 +32,7 @@ pub fn send(path: &str, message: &str) -> std::io::Result<()> {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1` + `MONOTONIC_USEC=`.
-pub(crate) fn monotonic_usec() -> u64 {
+pub fn monotonic_usec() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime fills the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

@@ -330,11 +330,6 @@ struct Run {
     expect_stop_after_handoff: bool,
 }
 
-/// What is left of an upgrade once its outcome is known: who is waiting for it.
-struct Upgraded {
-    waiters: Vec<Arc<UpgradeWaiter>>,
-}
-
 /// An upgrade whose new process has started and is being watched.
 struct InFlight {
     candidate: Arc<Candidate>,
@@ -761,12 +756,11 @@ impl Run {
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
         let (pid, handed) = (candidate.pid, candidate.handed.clone());
         drop((candidate, cancel));
-        let upgrade = Upgraded { waiters };
         match outcome {
             Ok(()) => {
                 notify::systemd(&format!("MAINPID={pid}\nREADY=1"));
                 self.handed_off = Some(pid);
-                for waiter in upgrade.waiters {
+                for waiter in waiters {
                     waiter.settle(Ok(pid));
                 }
                 if self.triggered {
@@ -780,13 +774,13 @@ impl Run {
             Err(err) if self.triggered => {
                 listener::set_handed_on(&handed, false);
                 self.log(Level::Info, err.message());
-                for waiter in upgrade.waiters {
+                for waiter in waiters {
                     waiter.settle(Err(Error::new(err.kind(), err.message())));
                 }
             }
             Err(err) => {
                 listener::set_handed_on(&handed, false);
-                self.upgrade_failed(err, upgrade.waiters)
+                self.upgrade_failed(err, waiters)
             }
         }
     }

@@ -10,7 +10,7 @@
 //! - The current worker exiting on its own is replaced at once.
 //! - TERM/INT: `--signal-on-term` (TERM for INT) to every worker, wait for all, clean up, exit 0.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -49,14 +49,14 @@ pub struct Supervisor {
     current: Option<(i32, u64)>,
     old: BTreeMap<i32, u64>,
     phase: Phase,
-    hups: VecDeque<&'static str>,
+    /// HUPs received and not acted on yet: each gives one generation.
+    hups: u32,
     restart_current: bool,
     notify: BTreeMap<i32, UnixDatagram>,
     last_restart: Instant,
     /// No crash replacement starts before this: `--interval` after the previous spawn, so a
     /// worker that reports ready and then dies cannot make us spin (Perl's interval sleep).
     next_spawn_at: Instant,
-    told_systemd_ready: bool,
 }
 
 /// Perl prints the raw wait status (`$?`): 256 for exit 1, 9 for SIGKILL.
@@ -82,12 +82,11 @@ impl Supervisor {
             current: None,
             old: BTreeMap::new(),
             phase: Phase::Idle,
-            hups: VecDeque::new(),
+            hups: 0,
             restart_current: false,
             notify: BTreeMap::new(),
             last_restart: Instant::now(),
             next_spawn_at: Instant::now(),
-            told_systemd_ready: false,
         }
     }
 
@@ -181,12 +180,7 @@ impl Supervisor {
         self.current = Some((pid, generation));
         self.last_restart = Instant::now();
         self.update_status();
-        if !self.told_systemd_ready {
-            self.tell_systemd(&format!("READY=1\nSTATUS=worker {pid} (generation {generation}) started"));
-            self.told_systemd_ready = true;
-        } else {
-            self.tell_systemd(&format!("READY=1\nSTATUS=worker {pid} (generation {generation}) started"));
-        }
+        self.tell_systemd(&format!("READY=1\nSTATUS=worker {pid} (generation {generation}) started"));
         self.phase = Phase::Idle;
         if after_hup {
             let olds: Vec<String> = self.old.keys().map(|p| p.to_string()).collect();
@@ -318,7 +312,7 @@ impl Supervisor {
             self.envdir.apply();
             for signal in self.signals.drain() {
                 match signal {
-                    libc::SIGHUP => self.hups.push_back("HUP"),
+                    libc::SIGHUP => self.hups += 1,
                     libc::SIGTERM | libc::SIGINT if !matches!(self.phase, Phase::Stopping) => self.begin_stop(signal),
                     _ => {} // SIGCHLD: reaped below; anything during Stopping is ignored (Perl)
                 }
@@ -327,12 +321,7 @@ impl Supervisor {
             let ready = self.read_notifications();
             let now = Instant::now();
             match self.phase {
-                Phase::Stopping => {
-                    if self.current.is_none() && self.old.is_empty() {
-                        log!("exiting");
-                        return;
-                    }
-                }
+                Phase::Stopping => {} // ends below, once every worker is gone
                 Phase::Starting { pid, generation, deadline, died, after_hup } => {
                     if let (Some(pid), None) = (pid, died) {
                         if ready == Some(pid) || now >= deadline {
@@ -358,8 +347,8 @@ impl Supervisor {
                         self.restart_current = false;
                         self.start_worker(false);
                     }
-                } else if let Some(reason) = self.hups.pop_front() {
-                    let _ = reason;
+                } else if self.hups > 0 {
+                    self.hups -= 1;
                     log!("received HUP, spawning a new worker");
                     self.retire_current();
                     self.start_worker(true);
@@ -385,16 +374,9 @@ impl Supervisor {
 
     /// The current worker becomes an old one (it keeps serving until the new one is started).
     fn retire_current(&mut self) {
-        self.tell_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        self.tell_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", lameduck::notify::monotonic_usec()));
         if let Some((pid, generation)) = self.current.take() {
             self.old.insert(pid, generation);
         }
     }
-}
-
-fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
