@@ -415,8 +415,7 @@ fn lameduck_worker_counts_as_started_when_ready_and_hups_lose_no_request() {
         run.nth("demo: run ended cleanly", n);
         load.wait_for_more(20, LIMIT);
     }
-    let (ok, errors) = load.stop();
-    assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+    load.stop_expecting_no_loss();
     let (code, stderr) = run.finish();
     assert_eq!(code, Some(0), "{stderr}");
 }

@@ -44,6 +44,13 @@ impl Load {
         }
     }
 
+    /// Stops the load and fails the test if any request failed; returns how many succeeded.
+    pub fn stop_expecting_no_loss(self) -> u64 {
+        let (ok, errors) = self.stop();
+        assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), ok + errors.len() as u64);
+        ok
+    }
+
     /// Stops the load; returns (successful requests, failures).
     pub fn stop(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
