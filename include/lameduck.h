@@ -378,6 +378,19 @@ bool ld_listen_is_inherited(int fd);
 bool ld_listen_is_shared(int fd);
 
 /**
+ * Registers a listening socket this program bound itself (not with `ld_listen`), so that an
+ * upgrade hands it on to the new process like the ones from `ld_listen`. The descriptor stays
+ * the caller's (nothing is duplicated or closed); adopting it again is harmless. `name` may be
+ * NULL; it becomes the socket's `LISTEN_FDNAMES` entry.
+ *
+ * Without a listener known to lameduck an upgrade is refused (see
+ * `ld_options_set_upgrade_without_listeners`): the new process could not bind the port.
+ * Errors: `LD_INVALID_ARGUMENT` when `fd` is not a listening socket or `name` is not 1 to 255
+ * printable characters without ':'.
+ */
+enum ld_status ld_listen_adopt(int fd, const char *name, struct ld_error **error_out);
+
+/**
  * Makes options with the defaults: period 3000 ms, signals SIGINT and SIGTERM, drain delay 0,
  * close timeout 5000 ms, logging to stderr, repeat policy `LD_REPEAT_FORCE`, readiness when
  * serve starts, the library owning the signals, upgrade on SIGHUP with a 60000 ms timeout,
@@ -488,6 +501,32 @@ enum ld_status ld_options_set_upgrade_signals(struct ld_options *options,
  * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
  */
 enum ld_status ld_options_set_upgrade_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
+
+/**
+ * Sets how long a process started by an upgrade waits, once ready, for `ld_listen` calls to
+ * take every listener the previous generation handed over, before it reports ready. When the
+ * time is up the upgrade fails (the old process goes on serving) with a message naming the
+ * listeners nobody took. Default 10000.
+ * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+ */
+enum ld_status ld_options_set_listen_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
+
+/**
+ * Sets how long the old process keeps serving beside a new one that reported ready before it
+ * hands over and enters lame-duck. A new process that exits within this window fails the
+ * upgrade and the old process simply goes on serving. 0 hands over at once. Default 1000.
+ * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
+ */
+enum ld_status ld_options_set_upgrade_confirm_ms(struct ld_options *options, uint64_t window_ms);
+
+/**
+ * Allows upgrades of a process that has no listener known to lameduck (a worker with no
+ * sockets). Off by default: such an upgrade fails with `LD_UPGRADE_FAILED`, because a server
+ * that binds its own port would start a successor that cannot bind it; bind with `ld_listen`
+ * (or adopt the socket with `ld_listen_adopt`) instead.
+ * Errors: `LD_NULL_ARGUMENT`.
+ */
+enum ld_status ld_options_set_upgrade_without_listeners(struct ld_options *options, bool allow);
 
 /**
  * Sets what an upgrade starts: `program` (a path, relative to the directory the process

@@ -216,6 +216,7 @@ fn take_env(name: &str) -> Option<String> {
 }
 
 fn read_pool() -> Pool {
+    crate::generation::supervised_by_server_starter(); // before SERVER_STARTER_PORT is consumed
     let (fds, pid, names, starter) =
         (take_env("LISTEN_FDS"), take_env("LISTEN_PID"), take_env("LISTEN_FDNAMES"), take_env("SERVER_STARTER_PORT"));
     let owned_fds = take_env(OWNED_FDS_ENV);
@@ -400,6 +401,8 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
         };
         let owned = pool.owned.contains(&fd);
         pool.remember(fd, name.or(inherited_name), owned);
+        drop(guard);
+        wake_watchers();
         // SAFETY: the fd was inherited for us, and we hand it out exactly once.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
     }
@@ -408,6 +411,70 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, true);
     Ok(fd)
+}
+
+/// Registers a listening socket this process bound by other means (a server object that
+/// arrived already bound), so that an upgrade hands it on exactly like one from [`listen`].
+/// The descriptor stays the caller's: this only remembers it. Adopting it again is harmless.
+///
+/// Errors: `fd` is not a listening socket, or `name` does not fit in `LISTEN_FDNAMES`.
+pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
+    if let Some(name) = name {
+        validate_name(name)?;
+    }
+    validate_inherited(fd, "adopt")?;
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = guard.get_or_insert_with(read_pool);
+    let mut owned = false;
+    if let Some(index) = pool.available.iter().position(|(f, _)| *f == fd) {
+        // The host took an inherited descriptor itself: it is shared like one from `listen`.
+        pool.available.remove(index);
+        pool.shared.insert(fd);
+        pool.inherited.insert(fd);
+        owned = pool.owned.contains(&fd);
+    }
+    let known = pool.handed_out.iter().find(|l| l.fd == fd).map(|l| l.name.clone());
+    if known.is_none() || name.is_some() {
+        let name = name.map(str::to_string).or(known);
+        pool.remember(fd, name.as_deref(), owned);
+    }
+    drop(guard);
+    wake_watchers();
+    Ok(())
+}
+
+/// The inherited listeners that no [`listen`] (or [`adopt`]) call has taken yet, described for
+/// a message: `fd 3 (127.0.0.1:8080, "http")`.
+pub(crate) fn untaken() -> Vec<String> {
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = guard.get_or_insert_with(read_pool);
+    pool.available
+        .iter()
+        .map(|(fd, source)| {
+            let address = bound_address(*fd).map_or_else(|e| e.to_string(), |b| b.to_string());
+            match source {
+                Source::Systemd { name: Some(n) } => format!("fd {fd} ({address}, {n:?})"),
+                _ => format!("fd {fd} ({address})"),
+            }
+        })
+        .collect()
+}
+
+/// Runs that wait for every inherited listener to be taken before they report ready.
+static WATCHERS: Mutex<Vec<std::sync::Weak<crate::trigger::Trigger>>> = Mutex::new(Vec::new());
+
+/// Wakes `trigger` whenever an inherited listener is taken, until it is dropped.
+pub(crate) fn watch_takes(trigger: &std::sync::Arc<crate::trigger::Trigger>) {
+    let mut watchers = WATCHERS.lock().unwrap_or_else(PoisonError::into_inner);
+    watchers.retain(|w| w.strong_count() > 0);
+    watchers.push(std::sync::Arc::downgrade(trigger));
+}
+
+fn wake_watchers() {
+    let watchers = WATCHERS.lock().unwrap_or_else(PoisonError::into_inner);
+    for trigger in watchers.iter().filter_map(std::sync::Weak::upgrade) {
+        trigger.wake();
+    }
 }
 
 /// A name must fit in `LISTEN_FDNAMES`: no `:`, printable, at most 255 bytes (as systemd's

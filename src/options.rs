@@ -110,6 +110,21 @@ pub struct Options {
     /// A file to hold the pid of the current generation: written atomically (temporary file +
     /// rename) once the run is ready, removed when the last generation stops. Default none.
     pub pid_file: Option<PathBuf>,
+    /// In a process started by an upgrade: how long, once the run is ready, `listen` calls have
+    /// to take every listener the previous generation handed over. Only then is readiness
+    /// reported; when the time is up the upgrade fails with a message naming the listeners
+    /// nobody took (a server that binds its own sockets would fight the old one for the port).
+    /// Default 10 s.
+    pub listen_timeout: Duration,
+    /// How long the old process keeps serving beside a new one that reported ready before it
+    /// hands over and enters lame-duck. A new process that exits within this window is a failed
+    /// upgrade: the old process was never stopped, so it simply goes on serving. May be zero.
+    /// Default 1 s.
+    pub upgrade_confirm: Duration,
+    /// Upgrade even though this process has no listener known to lameduck (a worker with no
+    /// sockets). Off by default: such an upgrade is refused, because a server that binds its own
+    /// port would start a successor that cannot bind it.
+    pub upgrade_without_listeners: bool,
 }
 
 /// The program an upgrade starts and its whole argument vector (`args[0]` included).
@@ -148,6 +163,9 @@ impl Default for Options {
             upgrade_timeout: Duration::from_secs(60),
             upgrade_command: None,
             pid_file: None,
+            listen_timeout: Duration::from_secs(10),
+            upgrade_confirm: Duration::from_secs(1),
+            upgrade_without_listeners: false,
         }
     }
 }
@@ -168,6 +186,9 @@ impl std::fmt::Debug for Options {
             .field("upgrade_timeout", &self.upgrade_timeout)
             .field("upgrade_command", &self.upgrade_command)
             .field("pid_file", &self.pid_file)
+            .field("listen_timeout", &self.listen_timeout)
+            .field("upgrade_confirm", &self.upgrade_confirm)
+            .field("upgrade_without_listeners", &self.upgrade_without_listeners)
             .finish()
     }
 }
@@ -195,6 +216,8 @@ impl Options {
         validate_drain_delay(self.drain_delay)?;
         validate_close_timeout(self.close_timeout)?;
         validate_upgrade_timeout(self.upgrade_timeout)?;
+        validate_listen_timeout(self.listen_timeout)?;
+        validate_upgrade_confirm(self.upgrade_confirm)?;
         self.validate_signal_setting()?;
         validate_upgrade_signals(&self.upgrade_signals, &self.signals)?;
         if let Some(command) = &self.upgrade_command {
@@ -252,6 +275,25 @@ pub fn validate_close_timeout(timeout: Duration) -> Result<(), Error> {
 /// The upgrade timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_upgrade_timeout(timeout: Duration) -> Result<(), Error> {
     validate_positive("upgrade timeout", timeout)
+}
+
+/// The listen timeout must be above zero and at most [`MAX_DURATION`].
+pub fn validate_listen_timeout(timeout: Duration) -> Result<(), Error> {
+    validate_positive("listen timeout", timeout)
+}
+
+/// The upgrade confirmation window may be zero, and at most one minute: the old and the new
+/// process both serve during it, and an upgrade takes at least this long.
+pub fn validate_upgrade_confirm(window: Duration) -> Result<(), Error> {
+    let max = Duration::from_secs(60);
+    if window > max {
+        return Err(Error::invalid(format!(
+            "upgrade confirmation window {} is invalid: it must be at most {}",
+            go_duration(window),
+            go_duration(max)
+        )));
+    }
+    Ok(())
 }
 
 /// Upgrade signals (possibly none): each trappable, and none also a trigger signal.
@@ -355,6 +397,8 @@ mod tests {
             (Options { signals: vec![libc::SIGILL], ..Options::default() }, "signal 4"),
             (Options { signals: vec![32], ..Options::default() }, "signal 32"),
             (Options { upgrade_timeout: Duration::ZERO, ..Options::default() }, "upgrade timeout 0s"),
+            (Options { listen_timeout: Duration::ZERO, ..Options::default() }, "listen timeout 0s"),
+            (Options { upgrade_confirm: Duration::from_secs(61), ..Options::default() }, "confirmation window 1m1s"),
             (Options { upgrade_signals: vec![libc::SIGTERM], ..Options::default() }, "both trigger lame-duck and start an upgrade"),
             (Options { upgrade_signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9"),
             (

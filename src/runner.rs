@@ -34,6 +34,7 @@ use crate::signals::{self, die_by_signal, Subscription};
 use crate::state::{State, StateCell};
 use crate::trigger::{Escalation, Trigger, CAUSE_STOP};
 use crate::upgrade::{CancelPipe, Candidate};
+use crate::generation::{Outcome, Report};
 use crate::{generation, listener, notify, pidfile};
 
 /// Runs one server once under lame-duck coordination. `Send + Sync`: share it (in an `Arc`) to
@@ -308,8 +309,8 @@ struct Run {
     serve: Option<HookThread>,
     shutdown: Option<HookThread>,
     close: Option<HookThread>,
-    /// Trigger events already acted on.
-    handled_events: u32,
+    /// Trigger signals already acted on.
+    handled_signals: u32,
     triggered: bool,
     shutdown_examined: bool,
     shutdown_error: Option<HookError>,
@@ -325,9 +326,11 @@ struct Run {
     handled_upgrade_signals: u32,
     /// The pid of the new generation this run handed its listeners to.
     handed_off: Option<u32>,
-    /// After a hand-off (which began lame-duck by itself) the first trigger signal is the
-    /// supervisor's ordinary stop, not a repeat.
-    expect_stop_after_handoff: bool,
+    /// Started by an upgrade: until when `listen` calls may take the listeners handed over
+    /// before the upgrade fails (set once the run is ready and some are still untaken).
+    listen_deadline: Option<Instant>,
+    /// Started by an upgrade: the listeners were not all taken in time (reported as a failure).
+    listen_failed: bool,
 }
 
 /// An upgrade whose new process has started and is being watched.
@@ -349,7 +352,7 @@ impl Run {
             serve: None,
             shutdown: None,
             close: None,
-            handled_events: 0,
+            handled_signals: 0,
             triggered: false,
             shutdown_examined: false,
             shutdown_error: None,
@@ -360,7 +363,8 @@ impl Run {
             upgrade: None,
             handled_upgrade_signals: 0,
             handed_off: None,
-            expect_stop_after_handoff: false,
+            listen_deadline: None,
+            listen_failed: false,
         }
     }
 
@@ -390,7 +394,7 @@ impl Run {
 
     fn execute(mut self) -> Result<(), Error> {
         let options = &self.shared.options;
-        if self.shared.trigger.snapshot().0 > 0 {
+        if self.shared.trigger.triggered() {
             self.log(Level::Info, "Stop requested before the run started; not starting server");
             self.transition(State::Stopped);
             return Err(Error::new(ErrorKind::Canceled, "the runner was stopped before it started; no hook was called"));
@@ -475,7 +479,10 @@ impl Run {
                 Phase::ShuttingDown { deadline } => Some(deadline),
                 Phase::Closing { give_up } => Some(give_up),
             };
-            self.shared.trigger.wait(wake_at);
+            let listen_deadline = self.listen_deadline.filter(|_| !self.listen_failed);
+            let wake_at = [wake_at, listen_deadline].into_iter().flatten().min();
+            // The handover channel: readable when the previous generation hands over or dies.
+            self.shared.trigger.wait(wake_at, generation::get().channel());
         }
     }
 
@@ -496,6 +503,7 @@ impl Run {
             self.transition(State::Ready);
             self.announce_ready();
         }
+        self.advance_handover(now);
         // An upgrade that just succeeded is settled before a stop signal is looked at, so the
         // lame-duck that follows knows its sockets are shared.
         self.poll_upgrade(now);
@@ -561,32 +569,38 @@ impl Run {
     }
 
     fn absorb_trigger_events(&mut self, now: Instant) {
-        let (events, first_cause) = self.shared.trigger.snapshot();
-        if events <= self.handled_events {
-            return;
-        }
-        let mut new_events = events - self.handled_events;
-        self.handled_events = events;
-        let signal = signal_name(self.shared.trigger.last_signal());
-        if !self.triggered {
+        let (signals, first_cause) = self.shared.trigger.snapshot();
+        let mut a_signal_started_it = false;
+        if !self.triggered && first_cause != 0 {
             self.triggered = true;
-            new_events -= 1;
             if let Some(upgrade) = &self.upgrade {
                 upgrade.cancel.cancel();
             }
-            let cause = if first_cause == CAUSE_STOP {
-                "Stop requested".to_string()
-            } else {
+            a_signal_started_it = first_cause != CAUSE_STOP;
+            let cause = if a_signal_started_it {
                 format!("Received signal [{}]", signal_name(first_cause as i32))
+            } else {
+                "Stop requested".to_string()
             };
             self.begin_lame_duck(&cause, now);
-        } else if self.expect_stop_after_handoff {
-            self.expect_stop_after_handoff = false;
-            new_events -= 1;
-            let pid = self.handed_off.unwrap_or_default();
-            self.log(Level::Info, &format!("Received signal [{signal}]; already in lame-duck mode since new process {pid} took over"));
         }
-        if new_events == 0 {
+        if signals <= self.handled_signals {
+            return;
+        }
+        let before = self.handled_signals;
+        self.handled_signals = signals;
+        let signal = signal_name(self.shared.trigger.last_signal());
+        if before == 0 && !a_signal_started_it {
+            // The first signal after a stop or a hand-off is the same event (the supervisor's
+            // ordinary stop), never a repeat.
+            let since = match self.handed_off {
+                Some(pid) => format!("since new process {pid} took over"),
+                None => "since the stop request".to_string(),
+            };
+            self.log(Level::Info, &format!("Received signal [{signal}]; already in lame-duck mode {since}"));
+        }
+        // Every signal after the first one is a repeat.
+        if signals - before.max(1) == 0 {
             return;
         }
         match self.shared.options.repeat_signal {
@@ -617,6 +631,11 @@ impl Run {
             // serve already returned on its own; its result is handled by the Serving phase.
             self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
             self.start_shutdown(now);
+        } else if let Some(pid) = self.handed_off {
+            // A hand-over is not a drain: new process `pid` accepts on the same sockets, so this
+            // one stops accepting at once rather than answering a balancer's checks "not ready".
+            self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period} (no drain delay: process {pid} serves the listeners)"));
+            self.start_shutdown(now);
         } else if options.drain_delay.is_zero() {
             self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
             self.start_shutdown(now);
@@ -640,13 +659,78 @@ impl Run {
         }
     }
 
-    /// The first time the run is ready: tell the previous generation (if an upgrade started
-    /// us), then systemd.
+    /// The first time the run is ready: tell systemd, unless an upgrade started us (then the
+    /// previous generation tells it `MAINPID` + `READY=1` when it hands over).
     fn announce_ready(&self) {
-        if generation::get().report_ready() {
-            self.log(Level::Info, "Reported ready to the previous generation");
+        if generation::get().is_current() {
+            notify::systemd("READY=1");
         }
-        notify::systemd("READY=1");
+    }
+
+    /// In a process started by an upgrade: reports ready to the previous generation once the
+    /// run is ready *and* every listener it handed over has been taken by a `listen` call (a
+    /// server that bound its own socket instead would fight the old process for the port), or
+    /// reports a failure naming the listeners nobody took after the listen timeout. Then learns
+    /// when the previous generation hands over, or that it is gone.
+    fn advance_handover(&mut self, now: Instant) {
+        let generation = generation::get();
+        match generation.poll_handover() {
+            Some(Outcome::HandedOver) => {
+                self.log(Level::Info, "The previous generation handed over; this process is the current generation");
+                return;
+            }
+            Some(Outcome::PredecessorGone) => return self.carry_on_alone(),
+            None => {}
+        }
+        if !generation.must_report() || self.listen_failed || self.triggered || self.shared.state.get() != State::Ready {
+            return;
+        }
+        let untaken = listener::untaken();
+        if untaken.is_empty() {
+            match generation.report_ready() {
+                Report::Reported => self.log(Level::Info, "Reported ready to the previous generation"),
+                Report::PredecessorGone => self.carry_on_alone(),
+                Report::NobodyToTell => {}
+            }
+            return;
+        }
+        let timeout = self.shared.options.listen_timeout;
+        let deadline = match self.listen_deadline {
+            Some(deadline) => deadline,
+            None => {
+                listener::watch_takes(&self.shared.trigger);
+                self.log(
+                    Level::Info,
+                    &format!(
+                        "Ready, but waiting up to {} for listen() to take the listener(s) the previous generation handed over: {}",
+                        go_duration(timeout),
+                        untaken.join(", ")
+                    ),
+                );
+                *self.listen_deadline.insert(now + timeout)
+            }
+        };
+        if now >= deadline {
+            self.listen_failed = true;
+            let why = format!(
+                "no listen() call took {} within {}; bind through lameduck's listen() with the same address \
+                 (ld_listen, lameduck.listen, listen) or register the socket with adopt",
+                untaken.join(", "),
+                go_duration(timeout)
+            );
+            self.log(Level::Error, &format!("Not reporting ready to the previous generation: {why}"));
+            if !generation.report_failure(&why) {
+                self.carry_on_alone();
+            }
+        }
+    }
+
+    /// The previous generation went away (killed, crashed) before it handed over: this process
+    /// is all that serves now, so it takes over what the previous one would have handed on.
+    fn carry_on_alone(&self) {
+        self.log(Level::Warn, "The previous generation is gone before it handed over; carrying on as the current generation");
+        self.write_pid_file();
+        notify::systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
     /// Upgrade signals and [`Runner::upgrade`] calls that arrived since the last look.
@@ -676,12 +760,12 @@ impl Run {
                 format!("cannot upgrade: the server is not serving (state {})", self.shared.state.get()),
             ))
         } else {
-            None
+            self.upgrade_refusal()
         };
         if let Some(refusal) = refusal {
             match waiter {
                 Some(waiter) => waiter.settle(Err(refusal)),
-                None => self.log(Level::Info, &format!("{cause}; not upgrading: {}", refusal.message())),
+                None => self.log(Level::Warn, &format!("{cause}; not upgrading: {}", refusal.message())),
             }
             return;
         }
@@ -693,7 +777,7 @@ impl Run {
             Ok(candidate) => Arc::new(candidate),
             Err(err) => return self.upgrade_failed(err, waiters),
         };
-        let timeout = self.shared.options.upgrade_timeout;
+        let (timeout, confirm) = (self.shared.options.upgrade_timeout, self.shared.options.upgrade_confirm);
         self.log(
             Level::Info,
             &format!(
@@ -719,7 +803,7 @@ impl Run {
         let keep_cancel = Arc::clone(&cancel);
         let watcher = std::thread::Builder::new().name("lameduck-upgrade".into()).spawn(move || {
             let _cancel = keep_cancel; // the descriptor stays open while we poll it
-            let result = watched.watch(timeout, cancel_fd);
+            let result = watched.watch(timeout, confirm, cancel_fd);
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
             trigger.wake();
         });
@@ -739,6 +823,33 @@ impl Run {
         }
     }
 
+    /// Why this process must not start a new generation now, if it must not.
+    fn upgrade_refusal(&self) -> Option<Error> {
+        let generation = generation::get();
+        if generation.supervised {
+            return Some(Error::new(
+                ErrorKind::UpgradeFailed,
+                "this process is a start_server worker (SERVER_STARTER_PORT): start_server replaces its workers \
+                 (send SIGHUP to start_server); a worker that re-executed itself would escape its supervisor",
+            ));
+        }
+        if !generation.is_current() {
+            return Some(Error::new(
+                ErrorKind::Busy,
+                "an upgrade is already in progress: the previous generation has not handed over to this process yet",
+            ));
+        }
+        if !self.shared.options.upgrade_without_listeners && listener::handoff().is_empty() {
+            return Some(Error::new(
+                ErrorKind::UpgradeFailed,
+                "this process has no listener known to lameduck, so a new process could not take over its port: \
+                 bind with listen() (ld_listen, lameduck.listen, listen) or register a bound socket with adopt \
+                 (ld_listen_adopt, lameduck.adopt, adopt); a worker without sockets sets upgrade_without_listeners",
+            ));
+        }
+        None
+    }
+
     /// The upgrade's outcome, once the watcher has one.
     fn poll_upgrade(&mut self, now: Instant) {
         let Some(upgrade) = &self.upgrade else { return };
@@ -755,6 +866,9 @@ impl Run {
         // counts descriptors right after `upgrade` returns sees none of ours.
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
         let (pid, handed) = (candidate.pid, candidate.handed.clone());
+        if outcome.is_ok() {
+            candidate.hand_over();
+        }
         drop((candidate, cancel));
         match outcome {
             Ok(()) => {
@@ -767,7 +881,6 @@ impl Run {
                     self.log(Level::Info, &format!("New process {pid} became ready during lame-duck; it goes on serving"));
                 } else {
                     self.triggered = true;
-                    self.expect_stop_after_handoff = true;
                     self.begin_lame_duck(&format!("New process {pid} is ready"), now);
                 }
             }

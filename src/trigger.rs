@@ -29,9 +29,13 @@ pub(crate) struct Trigger {
     /// Bit `n` set: signal `n` is one of this runner's trigger signals.
     signal_mask: u128,
     policy: RepeatSignalPolicy,
-    /// High 32 bits: trigger events so far (signals, plus a stop that came first).
+    /// High 32 bits: trigger *signals* so far (a stop is not counted: it is never a repeat).
     /// Low 32 bits: the first event's cause: 0 none yet, a signal number, or [`CAUSE_STOP`].
     /// One word, so the count and the first cause always agree.
+    ///
+    /// Repeats are the signals after the first one, whatever the first event was: a stop (or
+    /// an upgrade hand-off) followed by a signal is one event, the supervisor's ordinary stop
+    /// after the application stopped itself.
     events: AtomicU64,
     /// The most recent trigger signal, for log lines about repeats.
     last_signal: AtomicI32,
@@ -113,17 +117,22 @@ impl Trigger {
     }
 
     /// Starts lame-duck if nothing has triggered it yet; otherwise does nothing (a stop is never
-    /// a "repeated signal"). Async-signal-safe.
+    /// a "repeated signal", and does not make the next signal one). Async-signal-safe.
     pub(crate) fn request_stop(&self) {
         let _ = self.events.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-            (split(v).0 == 0).then_some(join(1, CAUSE_STOP))
+            (split(v).1 == 0).then_some(join(split(v).0, CAUSE_STOP))
         });
         self.wake();
     }
 
-    /// `(events so far, first cause)`.
+    /// `(trigger signals so far, first cause)`.
     pub(crate) fn snapshot(&self) -> (u32, u32) {
         split(self.events.load(Ordering::SeqCst))
+    }
+
+    /// True once a trigger signal or a stop has arrived.
+    pub(crate) fn triggered(&self) -> bool {
+        self.snapshot().1 != 0
     }
 
     pub(crate) fn last_signal(&self) -> i32 {
@@ -137,18 +146,23 @@ impl Trigger {
         unsafe { libc::write(self.wake_write.as_raw_fd(), (&byte as *const u8).cast(), 1) };
     }
 
-    /// Blocks until woken or until `until` (forever when `None`), then empties the pipe.
-    pub(crate) fn wait(&self, until: Option<Instant>) {
+    /// Blocks until woken, until `also` is readable (or closed), or until `until` (forever when
+    /// `None`), then empties the pipe.
+    pub(crate) fn wait(&self, until: Option<Instant>, also: Option<RawFd>) {
         let fd: RawFd = self.wake_read.as_raw_fd();
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfds = [
+            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: also.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ];
         let timeout = until.map(|t| {
             let left = t.saturating_duration_since(Instant::now());
             libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as _ }
         });
         let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: one valid pollfd; the timeout is NULL or points to a live timespec; no sigmask.
-        // EINTR simply returns early, and the caller re-checks everything.
-        unsafe { libc::ppoll(&mut pfd, 1, timeout_ptr, std::ptr::null()) };
+        // SAFETY: two valid pollfds (a negative fd is ignored); the timeout is NULL or points to
+        // a live timespec; no sigmask. EINTR simply returns early, and the caller re-checks
+        // everything.
+        unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
         let mut buf = [0u8; 64];
         // SAFETY: reading into a local buffer from an fd this struct owns (non-blocking).
         while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
@@ -175,13 +189,16 @@ mod tests {
         t.on_upgrade_signal(libc::SIGHUP);
         assert_eq!(t.upgrade_snapshot(), (1, libc::SIGHUP));
         assert_eq!(t.snapshot(), (0, 0), "an upgrade signal is not a trigger event");
+        assert!(!t.triggered());
         t.request_stop();
+        assert_eq!(t.snapshot(), (0, CAUSE_STOP));
+        assert!(t.triggered());
+        t.request_stop();
+        assert_eq!(t.snapshot(), (0, CAUSE_STOP), "a second stop is not a repeat");
+        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::None, "stop + signal is one event");
         assert_eq!(t.snapshot(), (1, CAUSE_STOP));
-        t.request_stop();
-        assert_eq!(t.snapshot(), (1, CAUSE_STOP), "a second stop is not a repeat");
-        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::None);
-        assert_eq!(t.snapshot(), (2, CAUSE_STOP));
-        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::Die, "third event with force policy");
+        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::None, "the first repeat forces, never kills");
+        assert_eq!(t.on_signal(libc::SIGTERM), Escalation::Die, "third signal with force policy");
     }
 
     #[test]
@@ -202,9 +219,9 @@ mod tests {
         for _ in 0..100_000 {
             t.wake(); // far more than the pipe holds: never blocks
         }
-        t.wait(None);
+        t.wait(None, None);
         let start = Instant::now();
-        t.wait(Some(start + std::time::Duration::from_millis(20)));
+        t.wait(Some(start + std::time::Duration::from_millis(20)), None);
         assert!(start.elapsed() >= std::time::Duration::from_millis(20));
     }
 }

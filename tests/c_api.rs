@@ -74,6 +74,9 @@ c_tests!(
     upgrade_busy_and_not_running,
     upgrade_failures_leak_nothing,
     upgrade_options,
+    upgrade_needs_a_known_listener,
+    upgrade_ready_then_exit_rolls_back,
+    stop_then_signals,
 );
 
 #[test]

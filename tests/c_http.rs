@@ -86,6 +86,7 @@ fn drain_delay_keeps_serving_but_reports_not_ready() {
     assert!(get(port, "/health").starts_with("HTTP/1.1 200 OK"));
     proc.signal(libc::SIGTERM);
     proc.wait_line(true, "draining for 4s, then entering lame-duck mode for 3s", LIMIT);
+    proc.wait_line(true, "demo: state DRAINING", LIMIT); // the log line comes just before the state
     let health = get(port, "/health"); // still accepting during the drain...
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("DRAINING"), "{health}"); // ...but not ready

@@ -375,16 +375,24 @@ class Runner {
     }
   }
 
-  #callHook(hook, token) {
-    if (hook === 'shutdown') {
-      const left = this.#native.remaining()
-      if (left !== null) {
-        this.#deadlineTimer = setTimeout(() => {
-          if (!this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError())
-        }, left)
-        this.#deadlineTimer.unref()
-      }
+  /**
+   * Aborts ctx.signal once the core says the deadline has passed. Node's timers count whole
+   * milliseconds on their own clock and may fire a little before the core's deadline, so the
+   * timer re-arms until ctx.done reads true: the signal never aborts before ctx.done.
+   */
+  #armDeadline() {
+    const left = this.#native.remaining()
+    if (left === null || this.#controller.signal.aborted) return
+    if (left <= 0 || this.#native.done()) {
+      this.#controller.abort(new DeadlineExceededError())
+      return
     }
+    this.#deadlineTimer = setTimeout(() => this.#armDeadline(), Math.ceil(left))
+    this.#deadlineTimer.unref()
+  }
+
+  #callHook(hook, token) {
+    if (hook === 'shutdown') this.#armDeadline()
     const fail = (err) => {
       const id = this.#nextCause++
       this.#causes.set(id, err)

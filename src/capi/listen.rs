@@ -69,3 +69,20 @@ pub extern "C" fn ld_listen_is_inherited(fd: c_int) -> bool {
 pub extern "C" fn ld_listen_is_shared(fd: c_int) -> bool {
     super::boundary::guard(false, || crate::listener::is_shared(fd))
 }
+
+/// Registers a listening socket this program bound itself (not with `ld_listen`), so that an
+/// upgrade hands it on to the new process like the ones from `ld_listen`. The descriptor stays
+/// the caller's (nothing is duplicated or closed); adopting it again is harmless. `name` may be
+/// NULL; it becomes the socket's `LISTEN_FDNAMES` entry.
+///
+/// Without a listener known to lameduck an upgrade is refused (see
+/// `ld_options_set_upgrade_without_listeners`): the new process could not bind the port.
+/// Errors: `LD_INVALID_ARGUMENT` when `fd` is not a listening socket or `name` is not 1 to 255
+/// printable characters without ':'.
+#[no_mangle]
+pub extern "C" fn ld_listen_adopt(fd: c_int, name: *const c_char, error_out: *mut *mut ld_error) -> ld_status {
+    guard_result(error_out, || {
+        let name = text(name, "name")?;
+        crate::listener::adopt(fd, name)
+    })
+}

@@ -284,6 +284,44 @@ pub extern "C" fn ld_options_set_upgrade_timeout_ms(options: *mut ld_options, ti
     })
 }
 
+/// Sets how long a process started by an upgrade waits, once ready, for `ld_listen` calls to
+/// take every listener the previous generation handed over, before it reports ready. When the
+/// time is up the upgrade fails (the old process goes on serving) with a message naming the
+/// listeners nobody took. Default 10000.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+#[no_mangle]
+pub extern "C" fn ld_options_set_listen_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.listen_timeout = millis(timeout_ms);
+        verdict(options::validate_listen_timeout(o.listen_timeout))
+    })
+}
+
+/// Sets how long the old process keeps serving beside a new one that reported ready before it
+/// hands over and enters lame-duck. A new process that exits within this window fails the
+/// upgrade and the old process simply goes on serving. 0 hands over at once. Default 1000.
+/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
+#[no_mangle]
+pub extern "C" fn ld_options_set_upgrade_confirm_ms(options: *mut ld_options, window_ms: u64) -> ld_status {
+    with_options(options, |o| {
+        o.upgrade_confirm = millis(window_ms);
+        verdict(options::validate_upgrade_confirm(o.upgrade_confirm))
+    })
+}
+
+/// Allows upgrades of a process that has no listener known to lameduck (a worker with no
+/// sockets). Off by default: such an upgrade fails with `LD_UPGRADE_FAILED`, because a server
+/// that binds its own port would start a successor that cannot bind it; bind with `ld_listen`
+/// (or adopt the socket with `ld_listen_adopt`) instead.
+/// Errors: `LD_NULL_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn ld_options_set_upgrade_without_listeners(options: *mut ld_options, allow: bool) -> ld_status {
+    with_options(options, |o| {
+        o.upgrade_without_listeners = allow;
+        ld_status::LD_OK
+    })
+}
+
 /// Sets what an upgrade starts: `program` (a path, relative to the directory the process
 /// started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
 /// `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the

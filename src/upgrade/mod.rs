@@ -105,16 +105,23 @@ fn is_executable_file(path: &Path) -> bool {
 }
 
 impl Candidate {
-    /// Waits until the new process reports ready (`Ok`), exits, runs out of `timeout`, or
-    /// `cancel` becomes readable. In every case but `Ok` it is gone (terminated and reaped)
-    /// when this returns, and the error says what happened.
-    pub(crate) fn watch(&self, timeout: Duration, cancel: RawFd) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+    /// Waits until the new process reports ready and is still running `confirm` later (`Ok`),
+    /// or it exits, reports a failure (`FAILED=…`), runs out of `timeout` before it is ready,
+    /// or `cancel` becomes readable. In every case but `Ok` it is gone (terminated and reaped)
+    /// when this returns, and the error says what happened. During the confirmation window both
+    /// processes serve, so a new process that dies right after READY costs nothing: this one
+    /// never stopped.
+    pub(crate) fn watch(&self, timeout: Duration, confirm: Duration, cancel: RawFd) -> Result<(), Error> {
+        let mut deadline = Instant::now() + timeout;
         let pid = self.pid;
         let mut ready_open = true;
         let mut received: Vec<u8> = Vec::new();
+        let mut confirming = false;
         loop {
             let now = Instant::now();
+            if confirming && now >= deadline {
+                return Ok(());
+            }
             if now >= deadline {
                 let how = self.terminate();
                 return Err(Error::new(
@@ -147,20 +154,34 @@ impl Candidate {
                 let n = unsafe { libc::read(self.spawned.ready.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n > 0 && received.len() < 4096 {
                     received.extend_from_slice(&buf[..n as usize]);
-                } else if n == 0 {
-                    ready_open = false;
+                } else if n <= 0 {
+                    ready_open = false; // EOF (or an error): nothing more will come
                 }
-                if ready_reported(&received, n == 0) {
-                    return Ok(());
+                if let Some(why) = failure_reported(&received) {
+                    let how = self.terminate();
+                    return Err(Error::new(ErrorKind::UpgradeFailed, format!("new process {pid} cannot take over: {why}; {how}")));
+                }
+                if !confirming && ready_reported(&received, !ready_open) {
+                    confirming = true;
+                    deadline = Instant::now() + confirm;
+                    continue;
                 }
             }
             if let Some(status) = self.exited(fds[1].revents != 0) {
-                return Err(Error::new(
-                    ErrorKind::UpgradeFailed,
-                    format!("new process {pid} {} before it was ready", describe_status(status)),
-                ));
+                let when = if confirming {
+                    format!("within {} of reporting ready", go_duration(confirm))
+                } else {
+                    "before it was ready".to_string()
+                };
+                return Err(Error::new(ErrorKind::UpgradeFailed, format!("new process {pid} {} {when}", describe_status(status))));
             }
         }
+    }
+
+    /// Tells a lameduck new process that this one hands over now (it becomes the current
+    /// generation); any other program simply finds the channel closed. Never a SIGPIPE.
+    pub(crate) fn hand_over(&self) {
+        let _ = crate::generation::send_line(self.spawned.ready.as_raw_fd(), "HANDOVER=1\n");
     }
 
     /// Terminates a candidate that will not be watched (see [`Candidate::watch`]'s errors).
@@ -232,6 +253,16 @@ fn ready_reported(received: &[u8], closed: bool) -> bool {
     lines.iter().any(|line| line.strip_suffix(b"\r").unwrap_or(line) == b"READY=1")
 }
 
+/// The reason in a whole line `FAILED=reason`, if the new process sent one.
+fn failure_reported(received: &[u8]) -> Option<String> {
+    let mut lines: Vec<&[u8]> = received.split(|&b| b == b'\n').collect();
+    lines.pop(); // only whole lines count
+    lines.iter().find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.strip_prefix(b"FAILED=").map(|why| String::from_utf8_lossy(why).into_owned())
+    })
+}
+
 /// Waits for our child `pid` to exit and reaps it (retrying on EINTR; ECHILD means someone
 /// else reaped it).
 pub(crate) fn reap(pid: libc::pid_t) {
@@ -299,6 +330,9 @@ mod tests {
         assert!(ready_reported(b"READY=1", true));
         assert!(!ready_reported(b"READY=10\n", false));
         assert!(!ready_reported(b"", true));
+        assert_eq!(failure_reported(b"FAILED=fd 3 untaken\n").as_deref(), Some("fd 3 untaken"));
+        assert_eq!(failure_reported(b"FAILED=half"), None, "not a whole line yet");
+        assert_eq!(failure_reported(b"READY=1\n"), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const FIRST_FD: RawFd = 3;
 /// Width of the `LISTEN_PID=` slot: enough digits for any pid.
 const PID_DIGITS: usize = 20;
 
-/// A started process: its pid, the read end of its readiness channel, and a pidfd to learn of
+/// A started process: its pid, our end of its readiness channel, and a pidfd to learn of
 /// its exit (absent on kernels without `pidfd_open`).
 pub(crate) struct Spawned {
     pub(crate) pid: libc::pid_t,
@@ -61,6 +61,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
+/// The readiness channel: a close-on-exec stream socket pair, so both sides can talk (READY=1
+/// one way, HANDOVER=1 the other), each sees the other's end close, and writes use
+/// `MSG_NOSIGNAL` (a vanished peer is an error, not a SIGPIPE). Never on fds 0-2 either.
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: socketpair fills the two-int array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(Error::new(ErrorKind::System, format!("could not create a socket pair: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: both descriptors were just created and belong to nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(ours)?, above_stdio(theirs)?))
+}
+
 fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, Error> {
     if fd.as_raw_fd() >= FIRST_FD {
         return Ok(fd);
@@ -83,7 +97,7 @@ const EXEC_REPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// [`ErrorKind::UpgradeFailed`] naming the program and the OS error).
 pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     let n = plan.fds.len();
-    let (ready_read, ready_write) = pipe()?;
+    let (ready_read, ready_write) = socket_pair()?;
     let (error_read, error_write) = pipe()?;
 
     // Everything the child needs, allocated now.

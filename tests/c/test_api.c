@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1186,6 +1188,7 @@ static int test_logger_lines(void) {
  * successful upgrade) and freed before returning. */
 static ld_status upgrade_once(const char *const *argv, size_t argc, uint64_t timeout_ms, int *pid, char *message, size_t size) {
     fixture *f = fx_new();
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK); /* no sockets here */
     CHECK_EQ(ld_options_set_upgrade_command(f->o, argv[0], argv, argc), LD_OK);
     CHECK_EQ(ld_options_set_upgrade_timeout_ms(f->o, timeout_ms), LD_OK);
     bg_start_ready(&f->b, f->server, f->o);
@@ -1237,6 +1240,7 @@ static int test_upgrade_one_line_protocol(void) {
     fixture *f = fx_new();
     const char *argv[] = {"sh", "-c", "test -z \"$LISTEN_FDS\" && echo READY=1 >&$LAMEDUCK_READY_FD && exec sleep 30"};
     CHECK_EQ(ld_options_set_upgrade_command(f->o, "/bin/sh", argv, 3), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK);
     CHECK_EQ(ld_options_set_state_observer(f->o, record_state, NULL), LD_OK);
     bg_start_ready(&f->b, f->server, f->o);
     int pid = -1;
@@ -1280,6 +1284,7 @@ static int test_upgrade_busy_and_not_running(void) {
     const char *argv[] = {"sleep", "30"};
     CHECK_EQ(ld_options_set_upgrade_command(f->o, "sleep", argv, 2), LD_OK);
     CHECK_EQ(ld_options_set_upgrade_timeout_ms(f->o, 1500), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK);
     CHECK_EQ(ld_runner_new(f->server, f->o, &f->b.runner, &err), LD_OK);
     CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_NOT_RUNNING);
     CHECK_CONTAINS(ld_error_message(err), "cannot upgrade: the runner is not running (state NOT_STARTED)");
@@ -1316,6 +1321,7 @@ static int test_upgrade_failures_leak_nothing(void) {
     fixture *f = fx_new();
     const char *argv[] = {"false"};
     CHECK_EQ(ld_options_set_upgrade_command(f->o, "false", argv, 1), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK);
     bg_start_ready(&f->b, f->server, f->o);
     /* Warm up once (first-use allocations such as the generation record), then count. */
     CHECK_EQ(ld_runner_upgrade(f->b.runner, NULL, NULL), LD_UPGRADE_FAILED);
@@ -1355,6 +1361,15 @@ static int test_upgrade_options(void) {
     CHECK_EQ(ld_options_set_pid_file(o, ""), LD_INVALID_ARGUMENT);
     CHECK_EQ(ld_options_set_pid_file(o, NULL), LD_OK);
     CHECK_EQ(ld_options_set_pid_file(NULL, "x"), LD_NULL_ARGUMENT);
+    CHECK_EQ(ld_options_set_listen_timeout_ms(o, 0), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_options_set_listen_timeout_ms(o, 86400001), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_options_set_listen_timeout_ms(NULL, 10), LD_NULL_ARGUMENT);
+    CHECK_EQ(ld_options_set_listen_timeout_ms(o, 5000), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_confirm_ms(o, 60001), LD_INVALID_ARGUMENT);
+    CHECK_EQ(ld_options_set_upgrade_confirm_ms(NULL, 0), LD_NULL_ARGUMENT);
+    CHECK_EQ(ld_options_set_upgrade_confirm_ms(o, 0), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(NULL, true), LD_NULL_ARGUMENT);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(o, false), LD_OK);
     /* A trigger signal set after the upgrade signals is caught when the runner is made. */
     CHECK_EQ(ld_options_set_signals(o, &hup, 1), LD_OK);
     test_server t;
@@ -1368,6 +1383,127 @@ static int test_upgrade_options(void) {
     CHECK_EQ(ld_listen_is_shared(-1), false);
     ld_server_free(server);
     ld_options_free(o);
+    return 0;
+}
+
+/* Waits (bounded) until the captured log contains `needle`. */
+static int wait_for_log(const char *needle) {
+    for (int i = 0; i < 20000; i++) {
+        pthread_mutex_lock(&log_mu);
+        int found = strstr(log_buf, needle) != NULL;
+        pthread_mutex_unlock(&log_mu);
+        if (found) return 0;
+        usleep(1000);
+    }
+    fprintf(stderr, "no log line containing \"%s\" in: %s\n", needle, log_buf);
+    return 1;
+}
+
+/* A process with no socket known to lameduck refuses to upgrade (the new process could not
+ * bind its port) and says how to fix it; a socket bound by hand and adopted is handed on. */
+static int test_upgrade_needs_a_known_listener(void) {
+    fixture *f = fx_new();
+    const char *argv[] = {"sh", "-c", "test \"$LISTEN_FDS\" = 1 && echo READY=1 >&$LAMEDUCK_READY_FD && exec sleep 30"};
+    CHECK_EQ(ld_options_set_upgrade_command(f->o, "/bin/sh", argv, 3), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_confirm_ms(f->o, 0), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
+    int pid = -1;
+    ld_error *err = NULL;
+    CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_UPGRADE_FAILED);
+    CHECK_CONTAINS(ld_error_message(err), "no listener known to lameduck");
+    CHECK_CONTAINS(ld_error_message(err), "bind with listen() (ld_listen");
+    ld_error_free(err);
+    err = NULL;
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY); /* refused: nothing was started */
+    CHECK_EQ(waitpid(-1, NULL, WNOHANG), -1);
+
+    /* adopt checks what it is given */
+    CHECK_EQ(ld_listen_adopt(0, NULL, &err), LD_INVALID_ARGUMENT);
+    CHECK_CONTAINS(ld_error_message(err), "fd 0 from adopt is not");
+    ld_error_free(err);
+    err = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CHECK_EQ(ld_listen_adopt(fd, NULL, &err), LD_INVALID_ARGUMENT); /* bound, not listening */
+    ld_error_free(err);
+    err = NULL;
+    CHECK(listen(fd, 16) == 0);
+    CHECK_EQ(ld_listen_adopt(fd, "bad:name", &err), LD_INVALID_ARGUMENT);
+    ld_error_free(err);
+    err = NULL;
+    CHECK_EQ(ld_listen_adopt(fd, "http", &err), LD_OK);
+    CHECK_EQ(ld_listen_adopt(fd, NULL, NULL), LD_OK); /* again: harmless */
+    CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_OK); /* the child saw LISTEN_FDS=1 */
+    CHECK(err == NULL);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK(kill(pid, SIGKILL) == 0);
+    CHECK_EQ(waitpid(pid, NULL, 0), pid);
+    close(fd);
+    fx_free(f);
+    return 0;
+}
+
+/* A new process that reports ready and exits at once (within the confirmation window) is a
+ * failed upgrade: this process never stopped serving, and goes on. */
+static int test_upgrade_ready_then_exit_rolls_back(void) {
+    fixture *f = fx_new();
+    const char *argv[] = {"sh", "-c", "echo READY=1 >&$LAMEDUCK_READY_FD; exit 4"};
+    CHECK_EQ(ld_options_set_upgrade_command(f->o, "/bin/sh", argv, 3), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_confirm_ms(f->o, 5000), LD_OK); /* far longer than sh lives */
+    bg_start_ready(&f->b, f->server, f->o);
+    int pid = -1;
+    ld_error *err = NULL;
+    CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_UPGRADE_FAILED);
+    CHECK_CONTAINS(ld_error_message(err), "exited with status 4 within 5s of reporting ready");
+    ld_error_free(err);
+    err = NULL;
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY);
+    CHECK_EQ(f->t.shutdown_calls, 0);
+    /* A new process that says it cannot take over is stopped, with its reason. */
+    const char *says_no[] = {"sh", "-c", "echo FAILED=fd 3 was not taken >&$LAMEDUCK_READY_FD; exec sleep 30"};
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    fx_free(f);
+    f = fx_new();
+    CHECK_EQ(ld_options_set_upgrade_without_listeners(f->o, true), LD_OK);
+    CHECK_EQ(ld_options_set_upgrade_command(f->o, "/bin/sh", says_no, 3), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
+    CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_UPGRADE_FAILED);
+    CHECK_CONTAINS(ld_error_message(err), "cannot take over: fd 3 was not taken; stopped it with SIGTERM");
+    ld_error_free(err);
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY);
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    fx_free(f);
+    return 0;
+}
+
+/* "The app stops itself, then its supervisor stops it": a stop followed by a signal is one
+ * event; only the signal after that is a repeat (forced), and it does not kill. */
+static int test_stop_then_signals(void) {
+    fixture *f = fx_new();
+    f->t.shutdown_mode = SHUTDOWN_WAIT_DEADLINE;
+    CHECK_EQ(ld_options_set_period_ms(f->o, 60000), LD_OK);
+    bg_start_ready(&f->b, f->server, f->o);
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    ts_wait_for(&f->t, &f->t.shutdown_calls, 1);
+    CHECK(kill(getpid(), SIGTERM) == 0);
+    CHECK_EQ(wait_for_log("Received signal [terminated]"), 0);
+    CHECK_CONTAINS(log_buf, "Received signal [terminated]; already in lame-duck mode since the stop request");
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_SHUTTING_DOWN); /* not forced */
+    CHECK_EQ(f->t.close_calls, 0);
+    CHECK(kill(getpid(), SIGTERM) == 0);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_FORCED); /* the second signal forces; we are alive to see it */
+    CHECK_EQ(f->t.close_calls, 1);
+    CHECK_CONTAINS(log_buf, "Received signal [terminated] again; forcing close now");
+    fx_free(f);
     return 0;
 }
 
@@ -1415,6 +1551,9 @@ static const subtest subtests[] = {
     {"upgrade_busy_and_not_running", test_upgrade_busy_and_not_running},
     {"upgrade_failures_leak_nothing", test_upgrade_failures_leak_nothing},
     {"upgrade_options", test_upgrade_options},
+    {"upgrade_needs_a_known_listener", test_upgrade_needs_a_known_listener},
+    {"upgrade_ready_then_exit_rolls_back", test_upgrade_ready_then_exit_rolls_back},
+    {"stop_then_signals", test_stop_then_signals},
 };
 
 int main(int argc, char **argv) {

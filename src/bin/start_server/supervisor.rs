@@ -7,10 +7,15 @@
 //!   serving meanwhile.
 //! - HUP: the next generation starts; once it counts as started, after `--kill-old-delay`, every
 //!   old worker gets `--signal-on-hup`. Each HUP gives one more generation, in order.
+//! - Each worker gets `--signal-on-hup` once. Perl sends it again to every old worker still alive
+//!   at each new generation; a lameduck worker already in lame-duck takes the second one as a
+//!   repeated signal (forced close: in-flight requests cut) and dies of the third, so a burst of
+//!   HUPs would lose requests.
 //! - The current worker exiting on its own is replaced at once.
-//! - TERM/INT: `--signal-on-term` (TERM for INT) to every worker, wait for all, clean up, exit 0.
+//! - TERM/INT: `--signal-on-term` (TERM for INT) to every worker, except to an old worker that
+//!   already got that very signal as its `--signal-on-hup`; wait for all, clean up, exit 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -48,6 +53,8 @@ pub struct Supervisor {
     generation: u64,
     current: Option<(i32, u64)>,
     old: BTreeMap<i32, u64>,
+    /// Old workers already sent `--signal-on-hup` (and not reaped yet): never sent it again.
+    signalled: BTreeSet<i32>,
     phase: Phase,
     /// HUPs received and not acted on yet: each gives one generation.
     hups: u32,
@@ -81,6 +88,7 @@ impl Supervisor {
             generation: 0,
             current: None,
             old: BTreeMap::new(),
+            signalled: BTreeSet::new(),
             phase: Phase::Idle,
             hups: 0,
             restart_current: false,
@@ -196,11 +204,14 @@ impl Supervisor {
         }
     }
 
+    /// `--signal-on-hup` to the old workers that have not had it yet (see the module doc).
     fn kill_old_workers(&mut self) {
         log!("killing old workers");
         for pid in self.old.keys() {
-            // SAFETY: signalling a worker we started and have not reaped.
-            unsafe { libc::kill(*pid, self.config.signal_on_hup) };
+            if self.signalled.insert(*pid) {
+                // SAFETY: signalling a worker we started and have not reaped.
+                unsafe { libc::kill(*pid, self.config.signal_on_hup) };
+            }
         }
         self.phase = Phase::Idle;
     }
@@ -218,6 +229,10 @@ impl Supervisor {
         log!("received {}, sending {} to all workers:{}", name_of(signal), name_of(send), list.join(","));
         self.tell_systemd("STOPPING=1");
         for pid in &pids {
+            // The same signal twice would count as a repeat (forced close) in a lameduck worker.
+            if send == self.config.signal_on_hup && self.signalled.contains(pid) {
+                continue;
+            }
             // SAFETY: as in kill_old_workers.
             unsafe { libc::kill(*pid, send) };
         }
@@ -233,6 +248,7 @@ impl Supervisor {
                 return;
             }
             self.notify.remove(&pid);
+            self.signalled.remove(&pid); // the pid may be reused
             self.exited(pid, status);
         }
     }
