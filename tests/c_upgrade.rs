@@ -329,3 +329,112 @@ fn worker_under_perl_start_server_hup_loses_no_request() {
     let (status, stderr) = proc.finish(LIMIT);
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+/// The state letter in /proc/PID/stat ('Z' for a zombie), or None when the process is gone.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+/// The pid in the demo's answer, `hello from lameduck (pid N)`, or None when nothing answers.
+fn answering_pid(port: u16) -> Option<i32> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(LIMIT)).ok()?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split("(pid ").nth(1)?.split(')').next()?.parse().ok()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The old process is SIGKILLed (an OOM kill, a careless operator) at each point of the
+/// handshake, 10 times each, under load: when the new process has only just started (the
+/// program is a wrapper that kills its parent and then execs the server), while the new one
+/// starts, and right after it reported ready. Every time the new process carries on as the
+/// current generation: it serves the port, it did not die of SIGPIPE writing READY=1 to a dead
+/// reader, and the pid file names it.
+#[test]
+fn the_old_process_killed_mid_handshake_leaves_the_new_one_serving() {
+    let dir = scratch_dir("sigkill");
+    let (server, pid_file, child_pid_file) = (dir.join("server"), dir.join("server.pid"), dir.join("child.pid"));
+    let real = dir.join("real-server");
+    deploy(demo(), &real);
+    deploy_binary(&server);
+    let mut cmd = common::c_command(&server);
+    cmd.args(["--port", "0", "--period", "3000", "--pid-file"]).arg(&pid_file);
+    let mut proc = Proc::spawn(cmd);
+    let port = port_of(&proc);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let mut generations = Generations::default();
+    let load = Load::start(port, 4);
+    load.wait_for_more(20, LIMIT);
+    let mut current = proc.pid();
+    let (mut started, mut reported, mut carried_on) = (0, 0, 0);
+    for point in ["as the new process starts", "while it starts", "right after it reported ready"] {
+        if point == "as the new process starts" {
+            // bash's exec -a keeps argv[0], so the next upgrade starts this wrapper again.
+            let script = dir.join("wrapper");
+            let body = format!("#!/bin/bash\necho $$ > {}\nkill -9 $PPID\nexec -a \"$0\" {} \"$@\"\n", child_pid_file.display(), real.display());
+            std::fs::write(&script, body).unwrap();
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            deploy(&script, &server);
+        } else {
+            deploy_binary(&server);
+        }
+        for _ in 0..10 {
+            let _ = std::fs::remove_file(&child_pid_file);
+            kill(current, libc::SIGHUP);
+            let new = match point {
+                "as the new process starts" => {
+                    wait_until("the wrapper's pid", || std::fs::read_to_string(&child_pid_file).is_ok_and(|t| t.ends_with('\n')));
+                    started += 1; // the old one may or may not have logged "Started new process"
+                    std::fs::read_to_string(&child_pid_file).unwrap().trim().parse().unwrap()
+                }
+                _ => {
+                    started += 1;
+                    let line = proc.wait_nth_line("lameduck: Started new process ", started, LIMIT);
+                    let new: i32 = line.split("Started new process ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+                    if point == "right after it reported ready" {
+                        reported += 1;
+                        proc.wait_nth_line("lameduck: Reported ready to the previous generation", reported, LIMIT);
+                    }
+                    kill(current, libc::SIGKILL);
+                    new
+                }
+            };
+            generations.0.push(new);
+            carried_on += 1;
+            proc.wait_nth_line("carrying on as the current generation", carried_on, LIMIT);
+            // It may carry on before its run is READY; an upgrade signal needs READY.
+            proc.wait_nth_line("demo: state READY", carried_on + 1, LIMIT);
+            wait_until("the new process to answer", || answering_pid(port) == Some(new));
+            wait_until("the pid file to name the new process", || {
+                std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == new.to_string())
+            });
+            wait_until("the old process to be dead", || matches!(process_state(current), None | Some('Z')));
+            assert!(process_state(new).is_some_and(|s| s != 'Z'), "new process {new} died ({point})");
+            load.wait_for_more(20, LIMIT);
+            current = new;
+        }
+        if point == "as the new process starts" {
+            // The old lines may say "Started new process" or not: count what is there.
+            started = proc.text().1.matches("lameduck: Started new process ").count();
+        }
+    }
+    let (ok, errors) = load.stop();
+    eprintln!("30 SIGKILLs of the old process mid-handshake: {ok} requests answered, {} cut with the killed processes", errors.len());
+    let (_, stderr) = proc.text();
+    assert!(!stderr.contains("signal 13"), "no process died of SIGPIPE:\n{stderr}");
+    kill(current, libc::SIGTERM);
+    wait_until("the last generation to exit", || matches!(process_state(current), None | Some('Z')));
+    assert!(!pid_file.exists(), "the last generation removes the pid file");
+    proc.terminate(LIMIT);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
