@@ -45,7 +45,10 @@ impl Server for Idle {
 
 /// The new generation: take the listeners, serve until SIGTERM.
 fn child() {
-    let _first = lameduck::listener::listen("127.0.0.1:0", None).expect("an inherited listener");
+    // Take every listener handed over, as a real server does: only then is readiness reported.
+    let handed: usize = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let _taken: Vec<OwnedFd> =
+        (0..handed).map(|_| lameduck::listener::listen("127.0.0.1:0", None).expect("an inherited listener")).collect();
     let options = Options { logger: None, upgrade_signals: vec![], ..Options::default() };
     lameduck::run(Arc::new(Idle::default()), options).expect("the child run");
 }
@@ -72,7 +75,7 @@ fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(50);
     let exe = std::env::current_exe().unwrap();
     let command = UpgradeCommand { program: exe.clone(), args: vec![exe.into_os_string(), "--child".into()] };
-    println!("upgrade latency (request -> new process ready -> old process in lame-duck), {rounds} upgrades each");
+    println!("upgrade latency (request -> new process took every listener and is ready -> old process in lame-duck), confirmation window 0, {rounds} upgrades each");
     let mut listeners: Vec<OwnedFd> = Vec::new();
     for size in [4usize, 400, 4000] {
         while listeners.len() < size {
@@ -86,6 +89,8 @@ fn main() {
                 logger: None,
                 upgrade_signals: vec![],
                 upgrade_command: Some(command.clone()),
+                // The confirmation window (1 s by default) is a wait by design; measure the rest.
+                upgrade_confirm: Duration::ZERO,
                 ..Options::default()
             };
             let runner = Arc::new(Runner::new(Arc::new(Idle::default()), options).unwrap());

@@ -548,6 +548,14 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     list
 }
 
+/// True when this process has any listener an upgrade would hand on (taken with [`listen`],
+/// adopted, or inherited and not taken yet). Cheap: nothing is checked with the kernel.
+pub(crate) fn any_known() -> bool {
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pool = guard.get_or_insert_with(read_pool);
+    !pool.handed_out.is_empty() || !pool.available.is_empty()
+}
+
 /// Marks descriptors as handed to a new generation (see [`is_shared`]), from the moment it is
 /// started; unmarked again if it fails and is gone.
 pub(crate) fn set_handed_on(fds: &[RawFd], handed: bool) {

@@ -839,7 +839,7 @@ impl Run {
                 "an upgrade is already in progress: the previous generation has not handed over to this process yet",
             ));
         }
-        if !self.shared.options.upgrade_without_listeners && listener::handoff().is_empty() {
+        if !self.shared.options.upgrade_without_listeners && !listener::any_known() {
             return Some(Error::new(
                 ErrorKind::UpgradeFailed,
                 "this process has no listener known to lameduck, so a new process could not take over its port: \

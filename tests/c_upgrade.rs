@@ -167,10 +167,28 @@ fn failed_upgrades_roll_back_and_the_old_process_keeps_serving() {
     assert!(line.contains("was not ready within 1s; stopped it with SIGTERM"), "{line}");
     load.wait_for_more(20, LIMIT);
 
+    // The new binary reports ready and exits at once: within the confirmation window, so this
+    // process, which never stopped serving, simply goes on.
+    deploy_script(&server, "echo READY=1 >&$LAMEDUCK_READY_FD; exit 0");
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 3, LIMIT);
+    assert!(line.contains("exited with status 0 within 1s of reporting ready; still serving"), "{line}");
+    load.wait_for_more(20, LIMIT);
+
+    // The new binary binds a socket of its own and never takes the one handed over: it does not
+    // report ready, and after its listen timeout says which listener nobody took.
+    let other = dir.join("other.sock");
+    deploy_script(&server, &format!("exec {} \"$@\" --listen unix:{} --listen-timeout 300", demo().display(), other.display()));
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 4, LIMIT);
+    let untaken = format!("cannot take over: no listen() call took fd 3 (127.0.0.1:{port}) within 300ms");
+    assert!(line.contains(&untaken) && line.contains("stopped it with SIGTERM"), "{line}");
+    load.wait_for_more(20, LIMIT);
+
     // The binary is gone.
     std::fs::remove_file(&server).unwrap();
     kill(pid, libc::SIGHUP);
-    let line = proc.wait_nth_line("Upgrade failed: ", 3, LIMIT);
+    let line = proc.wait_nth_line("Upgrade failed: ", 5, LIMIT);
     assert!(line.contains(&format!("cannot start {}: No such file or directory", server.display())), "{line}");
     load.wait_for_more(20, LIMIT);
     load.stop_expecting_no_loss();
@@ -183,13 +201,13 @@ fn failed_upgrades_roll_back_and_the_old_process_keeps_serving() {
         std::thread::sleep(Duration::from_millis(20));
     }
     deploy_script(&server, "exit 1");
-    for n in 4..54 {
+    for n in 6..56 {
         kill(pid, libc::SIGHUP);
         proc.wait_nth_line("Upgrade failed: ", n, LIMIT);
     }
     assert_eq!(count_entries(&fd_dir), fds_before, "descriptors leaked by 50 failed upgrades");
     assert_eq!(count_entries(&task_dir), threads_before, "threads leaked by 50 failed upgrades");
-    assert!(proc.text().1.matches("demo: state UPGRADING").count() >= 53);
+    assert!(proc.text().1.matches("demo: state UPGRADING").count() >= 55);
 
     // A good binary again: the upgrade goes through.
     let load = Load::start(port, 4);
