@@ -3,7 +3,8 @@
 # valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
 # Python package's tests (pytest, mypy --strict) in a project venv (.venv), and the Node
 # package's tests (node --test) with its dependencies in bindings/node/node_modules.
-# Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk) by itself.
+# Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
+# haproxy) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ need nm || missing+=(binutils)
 need make || missing+=(make)
 need wrk || missing+=(wrk)
 need start_server || missing+=(libserver-starter-perl)
+need haproxy || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ] && need apt-get; then

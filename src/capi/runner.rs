@@ -153,17 +153,25 @@ pub extern "C" fn ld_runner_stop(runner: *const ld_runner) -> ld_status {
 
 /// Upgrades now, as an upgrade signal (SIGHUP by default) would, and waits for the outcome:
 /// starts the program again (see `ld_options_set_upgrade_command`) with every listener from
-/// `ld_listen` at fd 3.. (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) and a readiness channel
-/// (`LAMEDUCK_READY_FD`), waits until it reports ready, then this run enters lame-duck exactly
-/// as for a stop signal. On success writes the new process's pid to `pid_out` (may be NULL).
+/// `ld_listen` or `ld_listen_adopt` at fd 3.. (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) and
+/// a readiness channel (`LAMEDUCK_READY_FD`), waits until it reports ready (which a lameduck
+/// program does once its `ld_listen` calls took every listener), keeps serving beside it for
+/// the confirmation window (`ld_options_set_upgrade_confirm_ms`), then hands over: this run
+/// enters lame-duck without its drain delay. On success writes the new process's pid to
+/// `pid_out` (may be NULL).
 ///
 /// Blocks the calling thread for at most the upgrade timeout plus 5 s. Any thread except the
 /// one running `ld_runner_run` (a hook may call it). Not async-signal-safe: from a signal
 /// handler, use an upgrade signal instead.
 /// Errors (with a message in `error_out`):
-/// - `LD_UPGRADE_FAILED`: the program could not start, exited, or was not ready within the
-///   upgrade timeout; it was terminated (SIGTERM, then SIGKILL) and this run goes on serving.
-/// - `LD_BUSY`: an upgrade is already in flight.
+/// - `LD_UPGRADE_FAILED`: the program could not start, exited (before it was ready or within
+///   the confirmation window), reported `FAILED=` (its listeners were not all taken), or was
+///   not ready within the upgrade timeout; it was terminated (SIGTERM, then SIGKILL) and this
+///   run goes on serving. Also when nothing was started: this process has no listener known to
+///   lameduck (see `ld_options_set_upgrade_without_listeners`), or it is a `start_server`
+///   worker (its supervisor upgrades it).
+/// - `LD_BUSY`: an upgrade is already in flight, or this process's own predecessor has not
+///   handed over to it yet.
 /// - `LD_NOT_RUNNING`: the run is not serving (not started, starting, in lame-duck, or over).
 /// - `LD_CANCELED`: lame-duck began before the new process was ready; it was terminated.
 /// - `LD_NULL_ARGUMENT`.
