@@ -167,6 +167,11 @@ enum Source {
 /// the last generation removes them when it stops (comma-separated fd numbers).
 pub const OWNED_FDS_ENV: &str = "LAMEDUCK_OWNED_FDS";
 
+/// Names the inherited descriptors the previous generation had taken with `listen` (comma-
+/// separated fd numbers): a new generation reports ready only once it has taken these too. The
+/// others it merely passes on (sockets systemd gave that nobody used).
+pub const REQUIRED_FDS_ENV: &str = "LAMEDUCK_REQUIRED_FDS";
+
 /// Descriptors this process inherited and has not handed out yet, read from the environment
 /// once (the variables are then removed, so they do not leak into unrelated children), and
 /// every listener handed out since.
@@ -182,6 +187,9 @@ struct Pool {
     inherited: HashSet<RawFd>,
     /// Inherited descriptors whose unix socket path a lameduck generation created.
     owned: HashSet<RawFd>,
+    /// Inherited descriptors that must be taken before readiness is reported; `None` (not
+    /// started by a lameduck upgrade that says) means all of them.
+    required: Option<HashSet<RawFd>>,
     /// Every listener `listen` returned, in order: what an upgrade hands on.
     handed_out: Vec<Listener>,
 }
@@ -205,6 +213,8 @@ pub(crate) struct Handoff {
     pub(crate) name: String,
     /// Its unix socket path was created by us: the new generation owns it now.
     pub(crate) owned: bool,
+    /// This process took it with `listen` (or adopted it): the new one must take it too.
+    pub(crate) taken: bool,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -220,6 +230,7 @@ fn read_pool() -> Pool {
     let (fds, pid, names, starter) =
         (take_env("LISTEN_FDS"), take_env("LISTEN_PID"), take_env("LISTEN_FDNAMES"), take_env("SERVER_STARTER_PORT"));
     let owned_fds = take_env(OWNED_FDS_ENV);
+    let required_fds = take_env(REQUIRED_FDS_ENV);
     let mut pool =
         Pool {
         available: Vec::new(),
@@ -228,6 +239,7 @@ fn read_pool() -> Pool {
         handed_on: HashSet::new(),
         inherited: HashSet::new(),
         owned: HashSet::new(),
+        required: None,
         handed_out: Vec::new(),
     };
     match parse_listen_fds(fds.as_deref(), pid.as_deref(), names.as_deref(), std::process::id()) {
@@ -253,12 +265,15 @@ fn read_pool() -> Pool {
     }
     // Only meaningful next to the descriptors it describes; garbage is simply ignored.
     let inherited: HashSet<RawFd> = pool.available.iter().map(|(fd, _)| *fd).collect();
-    pool.owned = owned_fds
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|n| n.trim().parse::<RawFd>().ok())
-        .filter(|fd| inherited.contains(fd))
-        .collect();
+    let fd_list = |list: Option<String>| -> HashSet<RawFd> {
+        list.unwrap_or_default()
+            .split(',')
+            .filter_map(|n| n.trim().parse::<RawFd>().ok())
+            .filter(|fd| inherited.contains(fd))
+            .collect()
+    };
+    pool.owned = fd_list(owned_fds);
+    pool.required = required_fds.is_some().then(|| fd_list(required_fds));
     pool
 }
 
@@ -443,13 +458,15 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The inherited listeners that no [`listen`] (or [`adopt`]) call has taken yet, described for
-/// a message: `fd 3 (127.0.0.1:8080, "http")`.
+/// The inherited listeners that the previous generation had taken and no [`listen`] (or
+/// [`adopt`]) call has taken yet here, described for a message: `fd 3 (127.0.0.1:8080, "http")`.
 pub(crate) fn untaken() -> Vec<String> {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
+    let required = pool.required.clone();
     pool.available
         .iter()
+        .filter(|(fd, _)| required.as_ref().map_or(true, |r| r.contains(fd)))
         .map(|(fd, source)| {
             let address = bound_address(*fd).map_or_else(|e| e.to_string(), |b| b.to_string());
             match source {
@@ -534,7 +551,7 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     let mut list: Vec<Handoff> = pool
         .handed_out
         .iter()
-        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.is_some() })
+        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.is_some(), taken: true })
         .collect();
     for (fd, source) in &pool.available {
         if validate_inherited(*fd, "").is_ok() {
@@ -542,7 +559,7 @@ pub(crate) fn handoff() -> Vec<Handoff> {
                 Source::Systemd { name: Some(n) } => n.clone(),
                 _ => "unknown".to_string(),
             };
-            list.push(Handoff { fd: *fd, name, owned: pool.owned.contains(fd) });
+            list.push(Handoff { fd: *fd, name, owned: pool.owned.contains(fd), taken: false });
         }
     }
     list

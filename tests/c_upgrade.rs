@@ -306,8 +306,10 @@ fn socket_activated_server_keeps_its_socket_across_upgrades() {
         return;
     };
     let (port, address) = free_address();
+    // A second socket nobody takes is passed on by every generation, but never waited for.
+    let (_, unused) = free_address();
     let mut cmd = Command::new(activate);
-    cmd.args(["-l", &address, "--fdname=http"]).arg(demo()).args(["--listen", &address]);
+    cmd.args(["-l", &address, "-l", &unused, "--fdname=http:spare"]).arg(demo()).args(["--listen", &address]);
     let proc = Proc::spawn(cmd);
     let mut generations = Generations::default();
     proc.wait_line(true, &format!("Listening on {address}"), LIMIT);

@@ -26,13 +26,14 @@ use crate::options::Options;
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Variables that describe this process's inheritance, never passed on as they are.
-const INHERITANCE_ENV: [&str; 6] = [
+const INHERITANCE_ENV: [&str; 7] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "SERVER_STARTER_PORT",
     crate::generation::READY_FD_ENV,
     crate::listener::OWNED_FDS_ENV,
+    crate::listener::REQUIRED_FDS_ENV,
 ];
 
 /// A new generation that has been started (its `execve` succeeded) but is not yet ready.
@@ -72,9 +73,10 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
     let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
     let owned: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.owned).map(|(i, _)| i).collect();
+    let required: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.taken).map(|(i, _)| i).collect();
     let env: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect();
-    let plan = spawn::Plan { program: &program, args: &args, env, fds: &fds, names: &names, owned: &owned, dir };
+    let plan = spawn::Plan { program: &program, args: &args, env, fds: &fds, names: &names, owned: &owned, required: &required, dir };
     let spawned = spawn::spawn(&plan)?;
     Ok(Candidate { pid: spawned.pid as u32, program, handed: fds, spawned })
 }

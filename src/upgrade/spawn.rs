@@ -41,6 +41,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) names: &'a [String],
     /// Positions (in `fds`) whose unix socket path the new process will own.
     pub(crate) owned: &'a [usize],
+    /// Positions (in `fds`) the new process must take before it reports ready.
+    pub(crate) required: &'a [usize],
     pub(crate) dir: Option<&'a Path>,
 }
 
@@ -104,7 +106,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     let program = c_string(plan.program.as_os_str().as_bytes(), "the program path")?;
     let args: Vec<CString> =
         plan.args.iter().map(|a| c_string(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 5);
+    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 6);
     for (key, value) in &plan.env {
         let mut entry = key.as_bytes().to_vec();
         entry.push(b'=');
@@ -122,6 +124,10 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     if !plan.owned.is_empty() {
         let owned: Vec<String> = plan.owned.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect();
         env.push(c_string(format!("{}={}", crate::listener::OWNED_FDS_ENV, owned.join(",")).as_bytes(), "")?);
+    }
+    if n > 0 {
+        let required: Vec<String> = plan.required.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect();
+        env.push(c_string(format!("{}={}", crate::listener::REQUIRED_FDS_ENV, required.join(",")).as_bytes(), "")?);
     }
     // The slot the child fills with its pid: "LISTEN_PID=" + PID_DIGITS bytes + NUL.
     let mut listen_pid = b"LISTEN_PID=".to_vec();
