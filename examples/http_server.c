@@ -13,7 +13,8 @@
  *
  * Routes: GET /             hello
  *         GET /sleep?ms=N   answers after N ms (a slow request to watch lame-duck with)
- *         GET /health       200 while serving (READY or UPGRADING), 503 otherwise; the body is the state
+ *         GET /health       200 while the port is served (READY, UPGRADING, or HANDING_OVER to a
+ *                           new process), 503 otherwise; the body is the state
  *
  * serve    reports ready (ld_context_ready), accepts until shutdown wakes it, then closes
  *          the listening socket (new connections are refused from then on).
@@ -135,7 +136,7 @@ static void handle(demo *d, int fd, const char *path, int keep_alive) {
     } else if (strcmp(path, "/health") == 0) {
         ld_state s = ld_runner_state(d->runner);
         snprintf(body, sizeof body, "%s\n", ld_state_str(s));
-        int serving = s == LD_STATE_READY || s == LD_STATE_UPGRADING;
+        int serving = s == LD_STATE_READY || s == LD_STATE_UPGRADING || s == LD_STATE_HANDING_OVER;
         respond(fd, serving ? 200 : 503, serving ? "OK" : "Service Unavailable", body, keep_alive);
     } else {
         snprintf(body, sizeof body, "hello from lameduck (pid %d)\n", (int)getpid());

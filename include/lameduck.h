@@ -144,7 +144,8 @@ typedef enum ld_log_level {
  * NOT_STARTED → STARTING → SERVING → READY → DRAINING → SHUTTING_DOWN → CLOSING → STOPPED,
  * or FAILED when serve fails. DRAINING appears only with a drain delay, CLOSING only when
  * close is called. READY → UPGRADING → READY while an upgrade starts a new process that then
- * fails; READY → UPGRADING → DRAINING (or SHUTTING_DOWN) when it takes over.
+ * fails; READY → UPGRADING → HANDING_OVER → (CLOSING →) STOPPED when it takes over. A health
+ * check should report READY, UPGRADING and HANDING_OVER as healthy.
  */
 typedef enum ld_state {
   /**
@@ -193,6 +194,12 @@ typedef enum ld_state {
    * should report READY and UPGRADING alike as healthy.
    */
   LD_STATE_UPGRADING = 10,
+  /**
+   * Lame-duck after a hand-over (in place of SHUTTING_DOWN): shutdown is running and this
+   * process no longer accepts, but the new process serves the same sockets, so a health check
+   * should still report healthy.
+   */
+  LD_STATE_HANDING_OVER = 11,
 } ld_state;
 
 /**

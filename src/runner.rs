@@ -10,7 +10,7 @@
 //!     ShuttingDown ─shutdown ok & serve returned→ Stopped
 //!     ShuttingDown ─deadline / DEADLINE_EXCEEDED / forced→ Closing ─close returned→ Stopped
 //!     Serving|Ready ─serve failed→ Failed
-//!     Ready ─upgrade signal / Runner::upgrade→ Upgrading ─new process ready→ Draining|ShuttingDown
+//!     Ready ─upgrade signal / Runner::upgrade→ Upgrading ─new process ready→ HandingOver (as ShuttingDown)
 //!     Upgrading ─new process failed (terminated)→ Ready
 //! ```
 //!
@@ -52,6 +52,10 @@ struct Shared {
     running: AtomicBool,
     readiness: Mutex<Readiness>,
     readiness_changed: Condvar,
+    /// The run's context (a runner runs once), shared so [`Runner::state`] can see readiness.
+    ctx: Context,
+    /// Set by the serve thread just before it calls the hook.
+    serve_called: AtomicBool,
     upgrade_requests: Mutex<UpgradeRequests>,
 }
 
@@ -99,11 +103,14 @@ impl Runner {
         options.validate()?;
         let trigger = Trigger::new(&options.signals, &options.upgrade_signals, options.repeat_signal)
             .map_err(|e| Error::new(ErrorKind::System, format!("could not create the wake pipe: {e}")))?;
+        let trigger = Arc::new(trigger);
         Ok(Runner {
             shared: Arc::new(Shared {
                 server,
                 options,
-                trigger: Arc::new(trigger),
+                ctx: Context::new(Arc::clone(&trigger)),
+                serve_called: AtomicBool::new(false),
+                trigger,
                 state: StateCell::new(),
                 claimed: AtomicBool::new(false),
                 running: AtomicBool::new(false),
@@ -189,8 +196,17 @@ impl Runner {
     }
 
     /// The current state; any thread, any time.
+    ///
+    /// `Ready` as soon as the run is ready, even before the coordinating thread has published
+    /// it: `serve` may accept (and answer a health check) the moment it has said it is ready,
+    /// and a new generation answering "not ready" there would make a balancer pull a port that
+    /// is serving. The observer still sees the transition, in order, a moment later.
     pub fn state(&self) -> State {
-        self.shared.state.get()
+        let state = self.shared.state.get();
+        if state == State::Serving && self.shared.is_ready() && !self.shared.trigger.triggered() {
+            return State::Ready;
+        }
+        state
     }
 
     /// True while `run` is executing.
@@ -231,6 +247,18 @@ impl Runner {
                     shared.readiness_changed.wait_timeout(readiness, until - now).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
+        }
+    }
+}
+
+impl Shared {
+    /// Ready: handlers are installed (before serve was spawned), serve has been called, and
+    /// with explicit readiness serve has said it is accepting.
+    fn is_ready(&self) -> bool {
+        if self.options.explicit_ready {
+            self.ctx.ready_reported()
+        } else {
+            self.serve_called.load(Ordering::SeqCst)
         }
     }
 }
@@ -318,8 +346,6 @@ struct Run {
     abandoned: Vec<&'static str>,
     /// `serve` failed (or could not start): the run ends in `Failed` rather than `Stopped`.
     serve_failed: bool,
-    /// Set by the serve thread just before it calls the hook.
-    serve_called: Arc<AtomicBool>,
     /// The upgrade in flight, if any.
     upgrade: Option<InFlight>,
     /// Upgrade signals already acted on.
@@ -344,7 +370,7 @@ struct InFlight {
 
 impl Run {
     fn new(shared: Arc<Shared>) -> Run {
-        let ctx = Context::new(Arc::clone(&shared.trigger));
+        let ctx = shared.ctx.clone();
         Run {
             shared,
             ctx,
@@ -359,7 +385,6 @@ impl Run {
             close_reason: None,
             abandoned: Vec::new(),
             serve_failed: false,
-            serve_called: Arc::new(AtomicBool::new(false)),
             upgrade: None,
             handled_upgrade_signals: 0,
             handed_off: None,
@@ -425,10 +450,10 @@ impl Run {
         }
         self.log(Level::Info, "Starting server");
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
-        let serve_called = Arc::clone(&self.serve_called);
+        let shared = Arc::clone(&self.shared);
         let trigger = Arc::clone(&self.shared.trigger);
         let result = match HookThread::spawn("serve", Arc::clone(&self.shared.trigger), move || {
-            serve_called.store(true, Ordering::SeqCst);
+            shared.serve_called.store(true, Ordering::SeqCst);
             trigger.wake();
             server.serve(&ctx)
         }) {
@@ -491,14 +516,7 @@ impl Run {
     }
 
     fn step(&mut self, now: Instant) -> Option<Result<(), Error>> {
-        // Ready: handlers are installed (before serve was spawned), serve has been called, and
-        // with explicit readiness serve has said it is accepting.
-        let ready = if self.shared.options.explicit_ready {
-            self.ctx.ready_reported()
-        } else {
-            self.serve_called.load(Ordering::SeqCst)
-        };
-        if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && ready {
+        if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && self.shared.is_ready() {
             self.write_pid_file();
             self.transition(State::Ready);
             self.announce_ready();
@@ -940,7 +958,7 @@ impl Run {
     fn start_shutdown(&mut self, now: Instant) {
         let deadline = now + self.shared.options.period;
         self.ctx.set_deadline(deadline);
-        self.transition(State::ShuttingDown);
+        self.transition(if self.handed_off.is_some() { State::HandingOver } else { State::ShuttingDown });
         self.phase = Phase::ShuttingDown { deadline };
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
         match HookThread::spawn("shutdown", Arc::clone(&self.shared.trigger), move || server.shutdown(&ctx)) {

@@ -1,7 +1,8 @@
 //! The one lifecycle every run goes through, as a single atomic value.
 //!
 //! `NotStarted → Starting → Serving → Ready → Draining → ShuttingDown → Closing → Stopped`,
-//! or `Failed` when `serve` fails; `Ready ⇄ Upgrading` while a new process starts. Any thread may read it at any time; only the thread running
+//! or `Failed` when `serve` fails; `Ready ⇄ Upgrading` while a new process starts, and
+//! `Upgrading → HandingOver` (instead of `Draining`/`ShuttingDown`) once it took over. Any thread may read it at any time; only the thread running
 //! the runner writes it, and it reports every transition to the observer, in order.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -31,6 +32,10 @@ pub enum State {
     /// Still fully serving, as in `Ready`, while a new process (an upgrade) starts. Back to
     /// `Ready` if the upgrade fails; on to lame-duck once the new process is ready.
     Upgrading = 10,
+    /// Lame-duck after a hand-over: `shutdown` is running and this process no longer accepts,
+    /// but the new process serves the same sockets, so the port is fine: a health check should
+    /// still report healthy (a balancer must not pull a port that is serving).
+    HandingOver = 11,
 }
 
 impl State {
@@ -47,13 +52,19 @@ impl State {
             State::Stopped => "STOPPED",
             State::Failed => "FAILED",
             State::Upgrading => "UPGRADING",
+            State::HandingOver => "HANDING_OVER",
         }
     }
 
-    /// True while the server accepts and answers as usual: `Ready`, or `Upgrading` (a health
-    /// check should report both as healthy).
+    /// True while the server accepts and answers as usual: `Ready`, or `Upgrading`.
     pub fn is_serving(self) -> bool {
         matches!(self, State::Ready | State::Upgrading)
+    }
+
+    /// What a health check should report: `Ready`, `Upgrading`, and `HandingOver` (the port
+    /// is served by the new process).
+    pub fn is_healthy(self) -> bool {
+        self.is_serving() || self == State::HandingOver
     }
 
     /// True once the run is over.
@@ -72,6 +83,7 @@ impl State {
             8 => State::Stopped,
             9 => State::Failed,
             10 => State::Upgrading,
+            11 => State::HandingOver,
             _ => State::NotStarted,
         }
     }

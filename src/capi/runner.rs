@@ -17,7 +17,8 @@ use crate::state::State;
 /// NOT_STARTED → STARTING → SERVING → READY → DRAINING → SHUTTING_DOWN → CLOSING → STOPPED,
 /// or FAILED when serve fails. DRAINING appears only with a drain delay, CLOSING only when
 /// close is called. READY → UPGRADING → READY while an upgrade starts a new process that then
-/// fails; READY → UPGRADING → DRAINING (or SHUTTING_DOWN) when it takes over.
+/// fails; READY → UPGRADING → HANDING_OVER → (CLOSING →) STOPPED when it takes over. A health
+/// check should report READY, UPGRADING and HANDING_OVER as healthy.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ld_state {
@@ -45,6 +46,10 @@ pub enum ld_state {
     /// if the upgrade fails, on to lame-duck once the new process is ready. A health check
     /// should report READY and UPGRADING alike as healthy.
     LD_STATE_UPGRADING = 10,
+    /// Lame-duck after a hand-over (in place of SHUTTING_DOWN): shutdown is running and this
+    /// process no longer accepts, but the new process serves the same sockets, so a health check
+    /// should still report healthy.
+    LD_STATE_HANDING_OVER = 11,
 }
 
 impl From<State> for ld_state {
@@ -59,6 +64,7 @@ impl From<State> for ld_state {
             State::Closing => ld_state::LD_STATE_CLOSING,
             State::Stopped => ld_state::LD_STATE_STOPPED,
             State::Failed => ld_state::LD_STATE_FAILED,
+            State::HandingOver => ld_state::LD_STATE_HANDING_OVER,
             State::Upgrading => ld_state::LD_STATE_UPGRADING,
         }
     }
@@ -233,6 +239,7 @@ pub extern "C" fn ld_state_str(state: c_int) -> *const c_char {
         8 => c"STOPPED",
         9 => c"FAILED",
         10 => c"UPGRADING",
+        11 => c"HANDING_OVER",
         _ => c"UNKNOWN",
     };
     name.as_ptr()

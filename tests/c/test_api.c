@@ -465,6 +465,7 @@ static outcome run_case(test_server *t, uint64_t period_ms, uint64_t close_timeo
     memset(&out, 0, sizeof out);
     if (send_signal) {
         CHECK_EQ(ld_runner_wait_ready(b.runner, 10000), LD_OK);
+        ts_wait_for(t, &t->serve_calls, 1); /* ready means serve was called, not that it ran yet */
         out.signal_ms = now_ms();
         CHECK(kill(getpid(), SIGTERM) == 0);
     }
@@ -1252,12 +1253,13 @@ static int test_upgrade_one_line_protocol(void) {
     CHECK_EQ(f->b.status, LD_OK);
     CHECK_EQ(f->t.shutdown_calls, 1);
     ld_state want[] = {LD_STATE_NOT_STARTED, LD_STATE_STARTING, LD_STATE_SERVING, LD_STATE_READY,
-                       LD_STATE_UPGRADING, LD_STATE_SHUTTING_DOWN, LD_STATE_STOPPED};
+                       LD_STATE_UPGRADING, LD_STATE_HANDING_OVER, LD_STATE_STOPPED};
     check_states(want, 7);
     char needle[64];
     snprintf(needle, sizeof needle, "New process %d is ready; entering lame-duck mode for 3s", pid);
     CHECK_CONTAINS(log_buf, needle);
     CHECK_CONTAINS(ld_state_str(LD_STATE_UPGRADING), "UPGRADING");
+    CHECK_CONTAINS(ld_state_str(LD_STATE_HANDING_OVER), "HANDING_OVER");
     /* It is our child and still running: the upgrade does not kill a successor. */
     CHECK(kill(pid, 0) == 0);
     CHECK(kill(pid, SIGKILL) == 0);
