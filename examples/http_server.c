@@ -310,7 +310,7 @@ static void announce(int fd) {
 int main(int argc, char **argv) {
     static demo d;
     const char *host = "127.0.0.1", *listen_address = NULL, *pid_file = NULL;
-    long port = 8080, period_ms = 3000, drain_ms = 0, upgrade_timeout_ms = 60000, listen_timeout_ms = 10000;
+    long port = 8080, period_ms = 3000, drain_ms = 0, upgrade_timeout_ms = 60000, listen_timeout_ms = 10000, upgrade_confirm_ms = 1000;
     for (int i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--host") == 0 && value) host = argv[++i];
@@ -321,10 +321,11 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--pid-file") == 0 && value) pid_file = argv[++i];
         else if (strcmp(argv[i], "--upgrade-timeout") == 0) upgrade_timeout_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--listen-timeout") == 0) listen_timeout_ms = arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--upgrade-confirm") == 0) upgrade_confirm_ms = arg_number(argv[i], value), i++;
         else {
             fprintf(stderr,
                     "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]"
-                    " [--pid-file PATH] [--upgrade-timeout MS] [--listen-timeout MS]\n",
+                    " [--pid-file PATH] [--upgrade-timeout MS] [--listen-timeout MS] [--upgrade-confirm MS]\n",
                     argv[0]);
             return 2;
         }
@@ -358,6 +359,7 @@ int main(int argc, char **argv) {
         ld_options_set_drain_delay_ms(options, (uint64_t)drain_ms) != LD_OK ||
         ld_options_set_upgrade_timeout_ms(options, (uint64_t)upgrade_timeout_ms) != LD_OK ||
         ld_options_set_listen_timeout_ms(options, (uint64_t)listen_timeout_ms) != LD_OK ||
+        ld_options_set_upgrade_confirm_ms(options, (uint64_t)upgrade_confirm_ms) != LD_OK ||
         ld_options_set_pid_file(options, pid_file) != LD_OK) {
         /* ld_runner_new below reports which value is wrong */
     }

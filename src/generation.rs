@@ -36,18 +36,78 @@ pub(crate) struct Generation {
 /// The handshake with the previous generation, on a socket pair whose other end it holds.
 ///
 /// ```text
-/// Pending ─READY=1 sent→ Reported ─HANDOVER=1 or EOF→ Current
-/// Pending ─EOF (the previous generation is gone)→ Current
+/// Pending ─READY=1 sent→ Reported ─HANDOVER=1, EOF, or it exited→ Current
+/// Pending ─EOF, or it exited (the previous generation is gone)→ Current
 /// ```
 enum Handover {
     /// Not started by an upgrade, or the handover is over: this process is the current
     /// generation (it owns the pid file and the unix socket paths).
     Current,
     /// Started by an upgrade and not ready yet.
-    Pending(OwnedFd),
+    Pending(Predecessor),
     /// Ready was reported; the previous generation keeps serving through its confirmation
     /// window, then writes `HANDOVER=1` and closes its end.
-    Reported(OwnedFd),
+    Reported(Predecessor),
+}
+
+/// The previous generation, while the handshake with it goes on.
+struct Predecessor {
+    /// Our end of the readiness channel.
+    channel: OwnedFd,
+    /// A socket pair (this protocol), or a pipe (an older lameduck, another launcher), which
+    /// only carries `READY=1` one way: then reporting ready is the whole handshake.
+    is_socket: bool,
+    /// The previous generation's pidfd, when it is our parent (`LAMEDUCK_PREVIOUS_PID` is
+    /// our parent's pid): readable once it exited. Its death must be seen even when a child it
+    /// forked holds a copy of its end of the channel, which would hide the EOF.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Predecessor {
+    fn open(fd: RawFd) -> Predecessor {
+        // SAFETY: the previous generation placed this descriptor here for us alone.
+        let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+        crate::listener::set_cloexec(fd);
+        // SAFETY: fstat on an open descriptor into a local.
+        let is_socket = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        };
+        let pidfd = std::env::var(PREVIOUS_PID_ENV).ok().and_then(|v| v.trim().parse::<libc::pid_t>().ok()).and_then(|pid| {
+            // SAFETY: getppid cannot fail; pidfd_open on a pid, checked to still be our parent
+            // afterwards (so the pidfd is not of a process that reused the number).
+            unsafe {
+                if pid <= 1 || libc::getppid() != pid {
+                    return None; // a wrapper in between, or it is gone already (EOF tells)
+                }
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+                if pidfd < 0 {
+                    return None;
+                }
+                let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
+                crate::listener::set_cloexec(pidfd.as_raw_fd());
+                (libc::getppid() == pid).then_some(pidfd)
+            }
+        });
+        std::env::remove_var(PREVIOUS_PID_ENV);
+        Predecessor { channel, is_socket, pidfd }
+    }
+
+    /// True once the previous generation has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else { return false };
+        let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+    }
+}
+
+/// The pid of the process that started an upgrade, set for the new process.
+pub(crate) const PREVIOUS_PID_ENV: &str = "LAMEDUCK_PREVIOUS_PID";
+
+/// True for the errors that mean "the other end is gone".
+fn peer_gone(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
 }
 
 /// What [`Generation::report_ready`] did.
@@ -59,6 +119,9 @@ pub(crate) enum Report {
     Reported,
     /// The previous generation is gone (killed mid-handshake): this one is the current one now.
     PredecessorGone,
+    /// The report could not be written (the channel is broken): the previous generation will
+    /// terminate us after its upgrade timeout, and goes on serving.
+    NotSent(String),
 }
 
 /// What [`Generation::poll_handover`] saw.
@@ -96,12 +159,7 @@ fn read() -> Generation {
         Some(value) => {
             std::env::remove_var(READY_FD_ENV);
             match parse_ready_fd(&value.to_string_lossy()) {
-                Ok(fd) => {
-                    // SAFETY: the previous generation placed this descriptor here for us alone.
-                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                    crate::listener::set_cloexec(fd.as_raw_fd());
-                    (Handover::Pending(fd), None)
-                }
+                Ok(fd) => (Handover::Pending(Predecessor::open(fd)), None),
                 Err(problem) => (Handover::Current, Some(problem)),
             }
         }
@@ -137,7 +195,8 @@ fn parse_ready_fd(value: &str) -> Result<RawFd, String> {
 pub(crate) fn send_line(fd: RawFd, line: &str) -> std::io::Result<()> {
     let bytes = line.as_bytes();
     // SAFETY: sending a local buffer on a descriptor we own.
-    let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    // MSG_DONTWAIT: a peer that stopped reading (SIGSTOPped) never blocks our coordinator.
+    let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     if n >= 0 {
         return Ok(());
     }
@@ -189,67 +248,91 @@ impl Generation {
         matches!(*self.handover(), Handover::Pending(_))
     }
 
-    /// The channel to watch (for `HANDOVER=1`, or EOF when the previous generation is gone)
-    /// while the handover is not over.
-    pub(crate) fn channel(&self) -> Option<RawFd> {
+    /// What to watch while the handover is not over: the channel (for `HANDOVER=1`, or EOF)
+    /// and the previous generation's pidfd.
+    pub(crate) fn watch_fds(&self) -> Vec<RawFd> {
         match &*self.handover() {
-            Handover::Current => None,
-            Handover::Pending(fd) | Handover::Reported(fd) => Some(fd.as_raw_fd()),
+            Handover::Current => Vec::new(),
+            Handover::Pending(p) | Handover::Reported(p) => {
+                let channel = p.is_socket.then(|| p.channel.as_raw_fd());
+                channel.into_iter().chain(p.pidfd.as_ref().map(|f| f.as_raw_fd())).collect()
+            }
         }
     }
 
     /// Tells the previous generation (if an upgrade started us) that we are ready, once.
     pub(crate) fn report_ready(&self) -> Report {
         let mut handover = self.handover();
-        let Handover::Pending(fd) = std::mem::replace(&mut *handover, Handover::Current) else {
+        let Handover::Pending(p) = std::mem::replace(&mut *handover, Handover::Current) else {
             return Report::NobodyToTell;
         };
-        match send_line(fd.as_raw_fd(), "READY=1\n") {
+        match send_line(p.channel.as_raw_fd(), "READY=1\n") {
+            // Over a pipe nothing more comes back: reporting was the whole handshake.
+            Ok(()) if !p.is_socket => Report::Reported,
             Ok(()) => {
-                *handover = Handover::Reported(fd);
+                *handover = Handover::Reported(p);
                 Report::Reported
             }
-            Err(_) => Report::PredecessorGone,
+            Err(err) if peer_gone(&err) => Report::PredecessorGone,
+            Err(err) => {
+                *handover = Handover::Reported(p); // never a second current generation
+                Report::NotSent(err.to_string())
+            }
         }
     }
 
     /// Tells the previous generation that this upgrade cannot succeed, and why (one line). It
-    /// then terminates us and goes on serving. False when it is gone (nobody heard).
+    /// then terminates us and goes on serving. False when it is gone (nobody heard): then this
+    /// process is the current generation.
     pub(crate) fn report_failure(&self, why: &str) -> bool {
-        let handover = self.handover();
-        let Handover::Pending(fd) = &*handover else { return false };
+        let mut handover = self.handover();
+        let Handover::Pending(p) = &*handover else { return true };
         let line = format!("FAILED={}\n", why.replace(['\n', '\r'], " "));
-        send_line(fd.as_raw_fd(), &line).is_ok()
+        match send_line(p.channel.as_raw_fd(), &line) {
+            Err(err) if peer_gone(&err) => {
+                *handover = Handover::Current;
+                false
+            }
+            _ => true,
+        }
     }
 
-    /// Reads the channel without blocking: the end of the handover once the previous
-    /// generation wrote `HANDOVER=1` or closed its end. `None` while it is still going on.
+    /// Looks, without blocking, for the end of the handover: the previous generation wrote
+    /// `HANDOVER=1`, closed its end, or exited. `None` while it is still going on.
     pub(crate) fn poll_handover(&self) -> Option<Outcome> {
         let mut handover = self.handover();
-        let fd = match &*handover {
-            Handover::Current => return None,
-            Handover::Pending(fd) | Handover::Reported(fd) => fd.as_raw_fd(),
-        };
-        let mut buf = [0u8; 256];
-        let mut handed_over = false;
-        loop {
-            // SAFETY: reading into a local buffer from a descriptor we own, without blocking.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
-                handed_over |= buf[..n as usize].windows(10).any(|w| w == b"HANDOVER=1");
-                continue;
-            }
-            let err = std::io::Error::last_os_error();
-            if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock && !handed_over {
-                return None;
-            }
-            if n < 0 && err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            break; // EOF, an error, or HANDOVER=1 read
-        }
+        let (Handover::Pending(p) | Handover::Reported(p)) = &*handover else { return None };
+        let outcome = if p.is_socket { read_handover(p.channel.as_raw_fd()) } else { None };
+        let outcome = outcome.or_else(|| p.exited().then_some(Outcome::PredecessorGone))?;
         *handover = Handover::Current;
-        Some(if handed_over { Outcome::HandedOver } else { Outcome::PredecessorGone })
+        Some(outcome)
+    }
+}
+
+/// Reads the channel without blocking: `HandedOver` once `HANDOVER=1` arrived, `PredecessorGone`
+/// at EOF (or an error) without it, `None` while nothing has happened.
+fn read_handover(fd: RawFd) -> Option<Outcome> {
+    let mut received: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        // SAFETY: reading into a local buffer from a descriptor we own, without blocking.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            if received.len() < 4096 {
+                received.extend_from_slice(&buf[..n as usize]);
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if n < 0 && err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        let handed_over = received.windows(10).any(|w| w == b"HANDOVER=1");
+        return match (n, handed_over) {
+            (_, true) => Some(Outcome::HandedOver),
+            (n, false) if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock => None,
+            _ => Some(Outcome::PredecessorGone), // EOF or an error without HANDOVER=1
+        };
     }
 }
 

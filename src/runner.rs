@@ -357,6 +357,9 @@ struct Run {
     listen_deadline: Option<Instant>,
     /// Started by an upgrade: the listeners were not all taken in time (reported as a failure).
     listen_failed: bool,
+    /// Started by an upgrade whose old process died before it handed over: we tell systemd
+    /// our own `MAINPID`.
+    orphaned: bool,
 }
 
 /// An upgrade whose new process has started and is being watched.
@@ -390,6 +393,7 @@ impl Run {
             handed_off: None,
             listen_deadline: None,
             listen_failed: false,
+            orphaned: false,
         }
     }
 
@@ -507,7 +511,7 @@ impl Run {
             let listen_deadline = self.listen_deadline.filter(|_| !self.listen_failed);
             let wake_at = [wake_at, listen_deadline].into_iter().flatten().min();
             // The handover channel: readable when the previous generation hands over or dies.
-            self.shared.trigger.wait(wake_at, generation::get().channel());
+            self.shared.trigger.wait(wake_at, &generation::get().watch_fds());
         }
     }
 
@@ -517,7 +521,9 @@ impl Run {
 
     fn step(&mut self, now: Instant) -> Option<Result<(), Error>> {
         if self.phase == Phase::Serving && self.shared.state.get() == State::Serving && self.shared.is_ready() {
-            self.write_pid_file();
+            if generation::get().is_current() {
+                self.write_pid_file(); // a new generation's is written when the old one hands over
+            }
             self.transition(State::Ready);
             self.announce_ready();
         }
@@ -678,9 +684,12 @@ impl Run {
     }
 
     /// The first time the run is ready: tell systemd, unless an upgrade started us (then the
-    /// previous generation tells it `MAINPID` + `READY=1` when it hands over).
+    /// previous generation tells it `MAINPID` + `READY=1` when it hands over, or, if it died
+    /// first, we do).
     fn announce_ready(&self) {
-        if generation::get().is_current() {
+        if self.orphaned {
+            notify::systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        } else if generation::get().is_current() {
             notify::systemd("READY=1");
         }
     }
@@ -695,6 +704,7 @@ impl Run {
         match generation.poll_handover() {
             Some(Outcome::HandedOver) => {
                 self.log(Level::Info, "The previous generation handed over; this process is the current generation");
+                self.write_pid_file(); // the previous one wrote our pid already; this confirms it
                 return;
             }
             Some(Outcome::PredecessorGone) => return self.carry_on_alone(),
@@ -703,11 +713,26 @@ impl Run {
         if !generation.must_report() || self.listen_failed || self.triggered || self.shared.state.get() != State::Ready {
             return;
         }
-        let untaken = listener::untaken();
+        let mut untaken = listener::untaken();
+        if untaken.len() > 8 {
+            // The report is one line the old process reads: name a few, count the rest.
+            let more = untaken.len() - 8;
+            untaken.truncate(8);
+            untaken.push(format!("and {more} more"));
+        }
         if untaken.is_empty() {
             match generation.report_ready() {
-                Report::Reported => self.log(Level::Info, "Reported ready to the previous generation"),
+                Report::Reported => {
+                    self.log(Level::Info, "Reported ready to the previous generation");
+                    if generation.is_current() {
+                        self.write_pid_file(); // an older generation's pipe: reporting was all
+                    }
+                }
                 Report::PredecessorGone => self.carry_on_alone(),
+                Report::NotSent(err) => self.log(
+                    Level::Warn,
+                    &format!("Could not report ready to the previous generation ({err}); it will stop this process"),
+                ),
                 Report::NobodyToTell => {}
             }
             return;
@@ -745,10 +770,15 @@ impl Run {
 
     /// The previous generation went away (killed, crashed) before it handed over: this process
     /// is all that serves now, so it takes over what the previous one would have handed on.
-    fn carry_on_alone(&self) {
+    fn carry_on_alone(&mut self) {
         self.log(Level::Warn, "The previous generation is gone before it handed over; carrying on as the current generation");
-        self.write_pid_file();
-        notify::systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        self.orphaned = true;
+        // Not ready yet: the first READY writes the pid file and tells systemd (see
+        // announce_ready). In lame-duck already: nothing to announce.
+        if self.shared.state.get() == State::Ready && !self.triggered {
+            self.write_pid_file();
+            notify::systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        }
     }
 
     /// Upgrade signals and [`Runner::upgrade`] calls that arrived since the last look.
@@ -885,6 +915,12 @@ impl Run {
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
         let (pid, handed) = (candidate.pid, candidate.handed.clone());
         if outcome.is_ok() {
+            // The pid file names the new process before anyone hears it took over.
+            if let Some(path) = &self.shared.options.pid_file {
+                if let Err(err) = pidfile::write(path, pid) {
+                    self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
+                }
+            }
             candidate.hand_over();
         }
         drop((candidate, cancel));

@@ -146,23 +146,22 @@ impl Trigger {
         unsafe { libc::write(self.wake_write.as_raw_fd(), (&byte as *const u8).cast(), 1) };
     }
 
-    /// Blocks until woken, until `also` is readable (or closed), or until `until` (forever when
-    /// `None`), then empties the pipe.
-    pub(crate) fn wait(&self, until: Option<Instant>, also: Option<RawFd>) {
+    /// Blocks until woken, until one of `also` is readable (or closed), or until `until`
+    /// (forever when `None`), then empties the pipe.
+    pub(crate) fn wait(&self, until: Option<Instant>, also: &[RawFd]) {
         let fd: RawFd = self.wake_read.as_raw_fd();
-        let mut pfds = [
-            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: also.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
-        ];
+        let mut pfds: Vec<libc::pollfd> = std::iter::once(fd)
+            .chain(also.iter().copied())
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
         let timeout = until.map(|t| {
             let left = t.saturating_duration_since(Instant::now());
             libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as _ }
         });
         let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: two valid pollfds (a negative fd is ignored); the timeout is NULL or points to
-        // a live timespec; no sigmask. EINTR simply returns early, and the caller re-checks
-        // everything.
-        unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
+        // SAFETY: valid pollfds; the timeout is NULL or points to a live timespec; no sigmask.
+        // EINTR simply returns early, and the caller re-checks everything.
+        unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ptr, std::ptr::null()) };
         let mut buf = [0u8; 64];
         // SAFETY: reading into a local buffer from an fd this struct owns (non-blocking).
         while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
@@ -219,9 +218,9 @@ mod tests {
         for _ in 0..100_000 {
             t.wake(); // far more than the pipe holds: never blocks
         }
-        t.wait(None, None);
+        t.wait(None, &[]);
         let start = Instant::now();
-        t.wait(Some(start + std::time::Duration::from_millis(20)), None);
+        t.wait(Some(start + std::time::Duration::from_millis(20)), &[]);
         assert!(start.elapsed() >= std::time::Duration::from_millis(20));
     }
 }

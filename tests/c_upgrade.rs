@@ -388,7 +388,9 @@ fn the_old_process_killed_mid_handshake_leaves_the_new_one_serving() {
     deploy(demo(), &real);
     deploy_binary(&server);
     let mut cmd = common::c_command(&server);
-    cmd.args(["--port", "0", "--period", "3000", "--pid-file"]).arg(&pid_file);
+    // A confirmation window far longer than the test, so each kill surely lands before the
+    // old process hands over, however slow the machine.
+    cmd.args(["--port", "0", "--period", "3000", "--upgrade-confirm", "60000", "--pid-file"]).arg(&pid_file);
     let mut proc = Proc::spawn(cmd);
     let port = port_of(&proc);
     proc.wait_line(true, "demo: state READY", LIMIT);
@@ -456,5 +458,66 @@ fn the_old_process_killed_mid_handshake_leaves_the_new_one_serving() {
     wait_until("the last generation to exit", || matches!(process_state(current), None | Some('Z')));
     assert!(!pid_file.exists(), "the last generation removes the pid file");
     proc.terminate(LIMIT);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stop during the confirmation window cancels the upgrade: the new process (which had
+/// reported ready) is terminated, and the pid file, which never named it, is removed by the
+/// old process as the last generation.
+#[test]
+fn a_stop_during_the_confirmation_window_cancels_and_leaves_no_stale_pid_file() {
+    let dir = scratch_dir("confirm-stop");
+    let pid_file = dir.join("server.pid");
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0", "--upgrade-confirm", "60000", "--pid-file"]).arg(&pid_file);
+    let proc = Proc::spawn(cmd);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let mut generations = Generations::default();
+    kill(proc.pid(), libc::SIGHUP);
+    let line = proc.wait_line(true, "lameduck: Started new process ", LIMIT);
+    generations.0.push(line.split("Started new process ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap());
+    proc.wait_line(true, "lameduck: Reported ready to the previous generation", LIMIT);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), proc.pid().to_string(), "not handed over yet");
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("upgrade canceled: lame-duck began before it took over (new process "), "{stderr}");
+    assert!(!pid_file.exists(), "the pid file is removed, not left naming a dead process");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A process started with a readiness *pipe* (by an older lameduck, or another launcher) reports
+/// ready on it and is then the current generation at once: the pipe carries nothing back.
+#[test]
+fn a_readiness_pipe_from_an_older_generation_still_works() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let dir = scratch_dir("pipe");
+    let pid_file = dir.join("server.pid");
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array; both ends are ours.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: just created, owned by nobody else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0", "--pid-file"]).arg(&pid_file).env("LAMEDUCK_READY_FD", "9");
+    let source = write_end.as_raw_fd();
+    // SAFETY: dup2 in the child before exec puts the pipe at fd 9 (without close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || if libc::dup2(source, 9) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let proc = Proc::spawn(cmd);
+    drop(write_end);
+    let mut reader = std::fs::File::from(read_end);
+    let mut line = String::new();
+    reader.read_to_string(&mut line).unwrap(); // EOF once the report is written and closed
+    assert_eq!(line, "READY=1\n");
+    proc.wait_line(true, "lameduck: Reported ready to the previous generation", LIMIT);
+    wait_until("the pid file", || std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == proc.pid().to_string()));
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("carrying on"), "the pipe's silence is not a dead predecessor:\n{stderr}");
+    assert!(!pid_file.exists(), "as the current generation it removes its pid file");
     std::fs::remove_dir_all(&dir).unwrap();
 }

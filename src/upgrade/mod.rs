@@ -26,7 +26,7 @@ use crate::options::Options;
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Variables that describe this process's inheritance, never passed on as they are.
-const INHERITANCE_ENV: [&str; 7] = [
+const INHERITANCE_ENV: [&str; 8] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -34,6 +34,7 @@ const INHERITANCE_ENV: [&str; 7] = [
     crate::generation::READY_FD_ENV,
     crate::listener::OWNED_FDS_ENV,
     crate::listener::REQUIRED_FDS_ENV,
+    crate::generation::PREVIOUS_PID_ENV,
 ];
 
 /// A new generation that has been started (its `execve` succeeded) but is not yet ready.
@@ -122,6 +123,13 @@ impl Candidate {
         loop {
             let now = Instant::now();
             if confirming && now >= deadline {
+                // One last look: a process that died in the window's last instant is no successor.
+                if let Some(status) = self.exited(true) {
+                    return Err(Error::new(
+                        ErrorKind::UpgradeFailed,
+                        format!("new process {pid} {} within {} of reporting ready", describe_status(status), go_duration(confirm)),
+                    ));
+                }
                 return Ok(());
             }
             if now >= deadline {
@@ -145,9 +153,10 @@ impl Candidate {
             unsafe { libc::poll(fds.as_mut_ptr(), 3, millis) };
             if fds[2].revents != 0 {
                 let how = self.terminate();
+                let when = if confirming { "before it took over" } else { "before it was ready" };
                 return Err(Error::new(
                     ErrorKind::Canceled,
-                    format!("upgrade canceled: lame-duck began before new process {pid} was ready; {how}"),
+                    format!("upgrade canceled: lame-duck began {when} (new process {pid}); {how}"),
                 ));
             }
             if fds[0].revents != 0 {

@@ -106,7 +106,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     let program = c_string(plan.program.as_os_str().as_bytes(), "the program path")?;
     let args: Vec<CString> =
         plan.args.iter().map(|a| c_string(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 6);
+    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 7);
     for (key, value) in &plan.env {
         let mut entry = key.as_bytes().to_vec();
         entry.push(b'=');
@@ -117,6 +117,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     }
     let ready_fd = FIRST_FD + n as RawFd;
     env.push(c_string(format!("{}={ready_fd}", crate::generation::READY_FD_ENV).as_bytes(), "")?);
+    env.push(c_string(format!("{}={}", crate::generation::PREVIOUS_PID_ENV, std::process::id()).as_bytes(), "")?);
     if n > 0 {
         env.push(c_string(format!("LISTEN_FDS={n}").as_bytes(), "")?);
         env.push(c_string(format!("LISTEN_FDNAMES={}", plan.names.join(":")).as_bytes(), "")?);

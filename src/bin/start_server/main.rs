@@ -7,11 +7,13 @@
 
 /// A line on stderr that never panics: a dead `| cmd` logger, a full disk or a closed terminal
 /// must not bring start_server down (and orphan its workers), so write errors are ignored, as
-/// Perl ignores them.
+/// Perl ignores them. The line goes out in one `write`: the workers share this stderr, and
+/// `writeln!` on the unbuffered stderr writes each piece separately, so their lines would land
+/// inside ours.
 macro_rules! log {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let _ = std::io::stderr().write_all(format!("{}\n", format_args!($($arg)*)).as_bytes());
     }};
 }
 
