@@ -184,7 +184,11 @@ fn a_failing_new_worker_keeps_the_old_one_serving() {
         run.line("seems to have failed to start, exit status:256");
         assert!(get(port).starts_with("1:"), "{name}: the old worker still serves");
         wait_until("generation 4 alone", || generations(&status) == [4]);
-        assert_eq!(run.proc.text().1.matches("seems to have failed to start").count(), 2, "{name}");
+        // Each failed attempt is logged. On a busy machine a worker may outlive the interval before
+        // it exits (Python starting slowly): then it counted as started and died unexpectedly.
+        let stderr = run.proc.text().1;
+        let failures = stderr.matches("seems to have failed to start").count() + stderr.matches("died unexpectedly with status:256").count();
+        assert_eq!(failures, 2, "{name}: {stderr}");
         let (code, stderr) = run.finish();
         assert_eq!(code, Some(0), "{name}: {stderr}");
     }
@@ -297,7 +301,7 @@ fn daemonize_with_log_file() {
     let (code, _, _) = common::run_limited(Command::new(ours()).arg("--stop").arg(format!("--pid-file={}", pid_file.display())).to_owned_cmd(), LIMIT);
     assert_eq!(code.code(), Some(0));
     // SAFETY: signal 0 only checks for the process.
-    assert!(unsafe { libc::kill(daemon, 0) } != 0 || read(&format!("/proc/{daemon}/stat").as_ref()).contains(") Z "));
+    assert!(unsafe { libc::kill(daemon, 0) } != 0 || read(format!("/proc/{daemon}/stat").as_ref()).contains(") Z "));
     assert!(read(&log).contains("exiting"));
     assert!(!sock.exists() && !pid_file.exists());
 }
