@@ -441,16 +441,22 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
     let mut owned = false;
+    let mut inherited_name = None;
     if let Some(index) = pool.available.iter().position(|(f, _)| *f == fd) {
         // The host took an inherited descriptor itself: it is shared like one from `listen`.
-        pool.available.remove(index);
+        let (_, source) = pool.available.remove(index);
         pool.shared.insert(fd);
         pool.inherited.insert(fd);
         owned = pool.owned.contains(&fd);
+        if let Source::Systemd { name: Some(n) } = source {
+            inherited_name = Some(n);
+        }
     }
-    let known = pool.handed_out.iter().find(|l| l.fd == fd).map(|l| l.name.clone());
-    if known.is_none() || name.is_some() {
-        let name = name.map(str::to_string).or(known);
+    // A record of this number that no longer describes the socket (the old one was closed and
+    // the number reused) is replaced; a current one keeps its name unless a new one is given.
+    let known = pool.handed_out.iter().find(|l| l.fd == fd && l.still_bound()).map(|l| l.name.clone());
+    if known.is_none() || name.is_some() || inherited_name.is_some() {
+        let name = name.map(str::to_string).or(inherited_name).or(known);
         pool.remember(fd, name.as_deref(), owned);
     }
     drop(guard);
@@ -505,6 +511,14 @@ fn validate_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+impl Listener {
+    /// Still a listening socket bound where it was when it was handed out (not closed, and its
+    /// number not reused for something else).
+    fn still_bound(&self) -> bool {
+        validate_inherited(self.fd, "").is_ok() && bound_address(self.fd).is_ok_and(|b| b.to_string() == self.bound)
+    }
+}
+
 impl Pool {
     /// Records a listener handed out, replacing a stale record of the same descriptor number.
     fn remember(&mut self, fd: RawFd, name: Option<&str>, owns_path: bool) {
@@ -545,9 +559,7 @@ pub fn is_shared(fd: RawFd) -> bool {
 pub(crate) fn handoff() -> Vec<Handoff> {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
-    pool.handed_out.retain(|l| {
-        validate_inherited(l.fd, "").is_ok() && bound_address(l.fd).is_ok_and(|b| b.to_string() == l.bound)
-    });
+    pool.handed_out.retain(Listener::still_bound);
     let mut list: Vec<Handoff> = pool
         .handed_out
         .iter()
@@ -565,12 +577,13 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     list
 }
 
-/// True when this process has any listener an upgrade would hand on (taken with [`listen`],
-/// adopted, or inherited and not taken yet). Cheap: nothing is checked with the kernel.
+/// True when this process has any listener an upgrade would hand on (taken with [`listen`] or
+/// adopted and still open, or inherited and not taken yet). Stops at the first one found, so
+/// it costs a few system calls, not one per listener.
 pub(crate) fn any_known() -> bool {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
-    !pool.handed_out.is_empty() || !pool.available.is_empty()
+    pool.handed_out.iter().any(Listener::still_bound) || pool.available.iter().any(|(fd, _)| validate_inherited(*fd, "").is_ok())
 }
 
 /// Marks descriptors as handed to a new generation (see [`is_shared`]), from the moment it is
@@ -785,6 +798,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let err = validate_inherited(0, "LISTEN_FDS").unwrap_err();
         assert!(err.message().contains("fd 0 from LISTEN_FDS is not"), "{}", err.message());
+    }
+
+    #[test]
+    fn adopt_replaces_a_stale_record_of_a_reused_number() {
+        let first = listen("127.0.0.1:0", None).unwrap();
+        let fd = first.as_raw_fd();
+        // The number now names another socket (closed and reused, in one atomic step here).
+        let second = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = second.local_addr().unwrap().port();
+        // SAFETY: dup2 onto a descriptor this test owns (`first` closes it at the end).
+        assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
+        adopt(fd, Some("web")).unwrap();
+        let record = |fd: RawFd| {
+            let guard = POOL.lock().unwrap();
+            guard.as_ref().unwrap().handed_out.iter().find(|l| l.fd == fd).map(|l| (l.name.clone(), l.bound.clone()))
+        };
+        assert_eq!(record(fd), Some(("web".to_string(), format!("127.0.0.1:{port}"))));
+        assert!(handoff().iter().any(|h| h.fd == fd && h.name == "web" && h.taken));
+        adopt(fd, None).unwrap();
+        assert_eq!(record(fd).unwrap().0, "web", "adopting again keeps the name");
+        assert!(adopt(0, None).unwrap_err().message().contains("fd 0 from adopt"));
+        assert!(any_known());
+        drop(first);
     }
 
     #[test]
