@@ -1,7 +1,7 @@
 /// <reference types="node" />
 // Types for lameduck (Node). The implementation is index.js over the Rust core.
 
-import type { Server as NetServer, ListenOptions } from 'node:net'
+import type { Server as NetServer } from 'node:net'
 
 /** A runner's lifecycle state; the same names in C, Python and Node. */
 export type State =
@@ -11,6 +11,8 @@ export type State =
   | 'READY'
   /** Still fully serving, as in READY, while an upgrade's new process starts. */
   | 'UPGRADING'
+  /** Lame-duck after a hand-over: shutdown runs, the new process serves the same sockets (healthy). */
+  | 'HANDING_OVER'
   | 'DRAINING'
   | 'SHUTTING_DOWN'
   | 'CLOSING'
@@ -42,6 +44,12 @@ export interface Server {
   serve(ctx: Context): unknown
   shutdown(ctx: Context): unknown
   close(): unknown
+  /**
+   * True when serve calls `ctx.ready()` itself once it accepts connections: the run is then
+   * ready only after that call, as with the `explicitReady` option (which, when given, wins).
+   * The http adapter sets it.
+   */
+  readonly explicitReady?: boolean
 }
 
 /** Anything with console-like methods. */
@@ -69,7 +77,7 @@ export interface Options {
   repeatSignal?: 'force' | 'ignore' | 'exit'
   /** Aborting it starts lame-duck, exactly like a trigger signal. */
   signal?: AbortSignal
-  /** Ready only once serve calls `ctx.ready()`. Default false. */
+  /** Ready only once serve calls `ctx.ready()`. Default: the server's own `explicitReady` (true for httpServer), else false. */
   explicitReady?: boolean
   /** Called on every state transition. */
   onStateChange?: (from: State, to: State) => void
@@ -81,6 +89,24 @@ export interface Options {
   upgradeCommand?: string[]
   /** A file holding the current generation's pid: written atomically once ready, removed by the last generation. */
   pidFile?: string
+  /**
+   * In a process started by an upgrade: ms, once the run is ready, for `listen()` (or `adopt()`)
+   * calls to take every listener the previous generation handed over. Only then is readiness
+   * reported to it; after this the upgrade fails, naming the listeners nobody took. Default 10000.
+   */
+  listenTimeout?: number
+  /**
+   * Ms the old process keeps serving beside a new one that reported ready before it hands over
+   * and enters lame-duck; a new process that exits within it is a failed upgrade. 0 to 60000.
+   * Default 1000.
+   */
+  upgradeConfirm?: number
+  /**
+   * Upgrade even though this process has no listener known to lameduck (a worker without
+   * sockets). Default false: such an upgrade is refused with UpgradeFailedError, since a server
+   * that binds its own port would start a successor that cannot bind it.
+   */
+  upgradeWithoutListeners?: boolean
 }
 
 /** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
@@ -122,8 +148,10 @@ export class Runner {
   stop(): void
   /**
    * Upgrades with zero downtime and resolves to the new process's pid: the program is started
-   * again with every listener from listen(), and once it reports ready this run lame-ducks.
-   * Rejects with UpgradeFailedError, BusyError, NotRunningError or CanceledError.
+   * again with every listener from listen() or adopt(), and once it reports ready (and
+   * `upgradeConfirm` has passed) this run lame-ducks. Rejects with UpgradeFailedError (also when
+   * refused: no listener known to lameduck, or a start_server worker), BusyError,
+   * NotRunningError or CanceledError.
    */
   upgrade(): Promise<number>
 }
@@ -135,11 +163,41 @@ export class Runner {
  */
 export function listen(address: string, name?: string): { fd: number }
 
+/**
+ * Registers a listening socket bound by other means (its descriptor, or a net/http/https/http2
+ * server that is listening), so that an upgrade hands it on like one from `listen()`. The socket
+ * stays yours. Throws TypeError for a wrong type, RangeError when it is not a listening socket
+ * (or the server is not listening) or `name` is invalid.
+ */
+export function adopt(target: number | NetServer, name?: string): void
+
 /** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
 export function isShared(fd: number): boolean
 
 /** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
 export function run(server: Server, options?: Options): Promise<void>
+
+/**
+ * Where httpServer listens. `{ port, host }` and `{ path }` are bound through lameduck's
+ * `listen()` (`HOST:PORT`, `[V6]:PORT`, or `PORT`, every IPv4 address, without a host), so an
+ * upgrade hands the socket on; `{ fd }` and `{ handle }` go to `server.listen()` as they are and
+ * the socket is adopted. A number is a port; a string a port or a unix socket path.
+ */
+export type HttpListenOptions =
+  | number
+  | string
+  | {
+      port?: number | string
+      host?: string
+      path?: string
+      backlog?: number
+      exclusive?: boolean
+      readableAll?: boolean
+      writableAll?: boolean
+      signal?: AbortSignal
+    }
+  | { fd: number; backlog?: number; exclusive?: boolean; signal?: AbortSignal }
+  | { handle: object; backlog?: number; exclusive?: boolean; signal?: AbortSignal }
 
 export interface HttpServerAdapterOptions {
   /** Ms an idle keep-alive socket may stay open once lame-duck began (never past the deadline). Default 1000. */
@@ -152,6 +210,8 @@ export interface HttpServerAdapterOptions {
 /** The adapter returned by httpServer: a Server, plus its state. */
 export interface HttpServerAdapter<S extends NetServer> extends Server {
   readonly server: S
+  /** Always true: serve reports ready once the server is listening. */
+  readonly explicitReady: true
   /** True once shutdown began (responses carry Connection: close). */
   readonly lameDuck: boolean
   serve(ctx: Context): Promise<void>
@@ -159,10 +219,14 @@ export interface HttpServerAdapter<S extends NetServer> extends Server {
   close(): void
 }
 
-/** A lameduck server for an http, https or http2 server (Express and Fastify apps included). */
+/**
+ * A lameduck server for an http, https or http2 server (Express and Fastify apps included). It
+ * listens with `listenOptions` (default: a free port on every IPv4 address); a server that is
+ * already listening is adopted as it is (leave `listenOptions` out).
+ */
 export function httpServer<S extends NetServer>(
   server: S,
-  listenOptions?: ListenOptions | { fd: number },
+  listenOptions?: HttpListenOptions,
   adapterOptions?: HttpServerAdapterOptions,
 ): HttpServerAdapter<S>
 

@@ -120,11 +120,14 @@ const DEFAULTS = {
   drainDelay: 0,
   closeTimeout: 5000,
   repeatSignal: 'force',
-  explicitReady: false,
   upgradeSignals: ['SIGHUP'],
   upgradeTimeout: 60000,
+  listenTimeout: 10000,
+  upgradeConfirm: 1000,
+  upgradeWithoutListeners: false,
 }
-const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile'])
+// explicitReady has no default here: left out, the server decides (see Runner).
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile'])
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -165,7 +168,10 @@ function normalizeOptions(options) {
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError(`signal must be an AbortSignal, got ${describeValue(o.signal)}`)
   if (o.onStateChange !== undefined && typeof o.onStateChange !== 'function') throw new TypeError('onStateChange must be a function')
-  if (typeof o.explicitReady !== 'boolean') throw new TypeError(`explicitReady must be a boolean, got ${describeValue(o.explicitReady)}`)
+  if (o.explicitReady !== undefined && typeof o.explicitReady !== 'boolean') throw new TypeError(`explicitReady must be a boolean, got ${describeValue(o.explicitReady)}`)
+  if (typeof o.upgradeWithoutListeners !== 'boolean') {
+    throw new TypeError(`upgradeWithoutListeners must be a boolean, got ${describeValue(o.upgradeWithoutListeners)}`)
+  }
   if (o.upgradeCommand !== undefined && (!Array.isArray(o.upgradeCommand) || !o.upgradeCommand.every((a) => typeof a === 'string'))) {
     throw new TypeError(`upgradeCommand must be an array of strings (an argv), got ${describeValue(o.upgradeCommand)}`)
   }
@@ -184,6 +190,9 @@ function normalizeOptions(options) {
     upgradeTimeout: milliseconds('upgradeTimeout', o.upgradeTimeout),
     upgradeCommand: o.upgradeCommand,
     pidFile: o.pidFile,
+    listenTimeout: milliseconds('listenTimeout', o.listenTimeout),
+    upgradeConfirm: milliseconds('upgradeConfirm', o.upgradeConfirm),
+    upgradeWithoutListeners: o.upgradeWithoutListeners,
   }
 }
 
@@ -244,9 +253,15 @@ class Runner {
     for (const hook of ['serve', 'shutdown', 'close']) {
       if (typeof server[hook] !== 'function') throw new TypeError(`server has no ${hook}() method`)
     }
+    if (server.explicitReady !== undefined && typeof server.explicitReady !== 'boolean') {
+      throw new TypeError(`server.explicitReady must be a boolean, got ${describeValue(server.explicitReady)}`)
+    }
     this.#server = server
     this.#options = normalizeOptions(options)
     const o = this.#options
+    // A server that says it reports readiness itself (the http adapter does, once listening)
+    // gets explicit readiness unless the explicitReady option says otherwise.
+    const explicitReady = o.explicitReady ?? server.explicitReady === true
     try {
       this.#native = new native.NativeRunner(
         o.period,
@@ -254,12 +269,15 @@ class Runner {
         o.drainDelay,
         o.closeTimeout,
         o.repeatSignal,
-        o.explicitReady,
+        explicitReady,
         o.logger !== false,
         o.upgradeSignals.map(([, n]) => n),
         o.upgradeTimeout,
         o.upgradeCommand ?? null,
         o.pidFile ?? null,
+        o.listenTimeout,
+        o.upgradeConfirm,
+        o.upgradeWithoutListeners,
       )
     } catch (err) {
       throw new RangeError(err.message)
@@ -267,7 +285,7 @@ class Runner {
     this.#context = new Context(this.#native, this.#controller)
   }
 
-  /** NOT_STARTED, STARTING, SERVING, READY, UPGRADING, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
+  /** NOT_STARTED, STARTING, SERVING, READY, UPGRADING, HANDING_OVER, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
   get state() {
     return this.#native.state
   }
@@ -284,7 +302,9 @@ class Runner {
    * (a lameduck program does so by itself; any other writes `READY=1\n` to the fd named by
    * LAMEDUCK_READY_FD), then this run enters lame-duck exactly as for a stop signal.
    * Rejects with UpgradeFailedError (the new process failed and was terminated; this one goes on
-   * serving), BusyError (one is in flight), NotRunningError or CanceledError.
+   * serving; or the upgrade was refused: no listener known to lameduck without
+   * upgradeWithoutListeners, or a start_server worker), BusyError (one is in flight),
+   * NotRunningError or CanceledError.
    */
   async upgrade() {
     const outcome = await this.#native.upgrade()
@@ -409,6 +429,17 @@ class Runner {
   }
 }
 
+/** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
+function isShared(fd) {
+  if (typeof fd !== 'number') throw new TypeError(`fd must be a number, got ${describeValue(fd)}`)
+  return native.isShared(fd)
+}
+
+/** The core's errors as JS ones: a RangeError for a bad value, an Error otherwise. */
+function nativeError(err) {
+  return err.code === 'InvalidArg' ? new RangeError(err.message) : new Error(err.message)
+}
+
 /**
  * A listening socket for `address` (`PORT`, `HOST:PORT`, `[V6]:PORT` or a unix socket path),
  * as `{ fd }`, which `server.listen()` accepts. It is the socket this process inherited for that
@@ -418,19 +449,43 @@ class Runner {
  * are read, and removed, on the first call. Throws a TypeError for a non-string, a RangeError
  * naming the value for a bad address or a malformed variable, and an Error when binding fails.
  */
-/** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
-function isShared(fd) {
-  if (typeof fd !== 'number') throw new TypeError(`fd must be a number, got ${describeValue(fd)}`)
-  return native.isShared(fd)
-}
-
 function listen(address, name) {
   if (typeof address !== 'string') throw new TypeError(`address must be a string, got ${describeValue(address)}`)
   if (name !== undefined && typeof name !== 'string') throw new TypeError(`name must be a string, got ${describeValue(name)}`)
   try {
     return { fd: native.listen(address, name ?? null) }
   } catch (err) {
-    throw err.code === 'InvalidArg' ? new RangeError(err.message) : new Error(err.message)
+    throw nativeError(err)
+  }
+}
+
+/** The descriptor of a listening net.Server (http, https, http2 included), or undefined. */
+function serverFd(server) {
+  const fd = server?._handle?.fd
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined
+}
+
+/**
+ * Registers a listening socket bound by other means, so that an upgrade hands it on exactly like
+ * one from `listen()`: `target` is its descriptor, or a `net.Server` (http, https, http2) that is
+ * listening. The socket stays the caller's; adopting it again is harmless. Throws a TypeError for
+ * a wrong type, a RangeError for a descriptor that is not a listening socket (or a server that
+ * is not listening) or a bad `name`.
+ */
+function adopt(target, name) {
+  let fd = target
+  if (target !== null && typeof target === 'object' && typeof target.listen === 'function') {
+    if (!target.listening) throw new RangeError('adopt(server): the server is not listening')
+    fd = serverFd(target)
+    if (fd === undefined) throw new RangeError('adopt(server): the server has no file descriptor')
+  } else if (typeof fd !== 'number' || !Number.isInteger(fd)) {
+    throw new TypeError(`adopt: expected a file descriptor or a listening net.Server, got ${describeValue(target)}`)
+  }
+  if (name !== undefined && typeof name !== 'string') throw new TypeError(`name must be a string, got ${describeValue(name)}`)
+  try {
+    native.adopt(fd, name ?? null)
+  } catch (err) {
+    throw nativeError(err)
   }
 }
 
@@ -448,11 +503,60 @@ function run(server, options) {
 // ---------------------------------------------------------------------------------------------
 // Adapter for http, https and http2 servers
 
+// Node listen options that a socket from the core's listen() cannot honour.
+const UNSUPPORTED_LISTEN_OPTIONS = ['ipv6Only', 'reusePort']
+// Node listen options passed on to server.listen({ fd, … }).
+const PASSED_LISTEN_OPTIONS = ['backlog', 'exclusive', 'signal']
+
+/**
+ * How httpServer listens, decided (and checked) when the adapter is made:
+ * - `{ address }`: the core's listen(address) binds (or takes the inherited socket), then
+ *   server.listen({ fd }); `{ port, host }` is `HOST:PORT` (`[V6]:PORT`), or `PORT` (every IPv4
+ *   address) without a host; `{ path }` is a unix socket;
+ * - `{ raw }`: `{ fd }` or `{ handle }` goes to server.listen() as it is, and the listening
+ *   socket is adopted.
+ */
+function listenPlan(listenOptions) {
+  let o = listenOptions
+  if (o === undefined || o === null) o = {}
+  else if (typeof o === 'number') o = { port: o }
+  else if (typeof o === 'string') o = /^\d+$/.test(o) ? { port: Number(o) } : { path: o }
+  else if (typeof o !== 'object') throw new TypeError(`httpServer(server, listenOptions): listenOptions must be an object, a port or a path, got ${describeValue(o)}`)
+  if (o.fd !== undefined || o.handle !== undefined || o._handle !== undefined) return { raw: o }
+  for (const key of UNSUPPORTED_LISTEN_OPTIONS) {
+    if (o[key]) {
+      throw new TypeError(
+        `httpServer: listen option ${key} is not supported: lameduck binds the socket (so that an upgrade can hand it on); ` +
+          'bind it yourself and pass { fd } or a server that is already listening',
+      )
+    }
+  }
+  const pass = Object.fromEntries(PASSED_LISTEN_OPTIONS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]))
+  if (o.path !== undefined && o.port !== undefined) throw new RangeError('httpServer: give listen options port (and host) or path, not both')
+  if (o.path !== undefined) {
+    if (typeof o.path !== 'string' || o.path === '') throw new TypeError(`httpServer: path must be a non-empty string, got ${describeValue(o.path)}`)
+    if (o.host !== undefined) throw new RangeError('httpServer: a unix socket path takes no host')
+    const mode = (o.readableAll ? 0o444 : 0) | (o.writableAll ? 0o222 : 0)
+    return { address: o.path.startsWith('/') ? o.path : `unix:${o.path}`, path: o.path, mode, pass }
+  }
+  let port = o.port ?? 0
+  if (typeof port === 'string' && /^\d+$/.test(port)) port = Number(port)
+  if (typeof port !== 'number') throw new TypeError(`httpServer: port must be a number, got ${describeValue(o.port)}`)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new RangeError(`httpServer: port=${port} is invalid: it must be an integer from 0 to 65535`)
+  if (o.host !== undefined && (typeof o.host !== 'string' || o.host === '')) throw new TypeError(`httpServer: host must be a non-empty string, got ${describeValue(o.host)}`)
+  const host = o.host?.replace(/^\[(.*)\]$/, '$1')
+  const address = host === undefined ? String(port) : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+  return { address, pass }
+}
+
 /**
  * A lameduck server for a `http`, `https` or `http2` server (Express and Fastify apps included).
  *
- * serve listens (`server.listen(listenOptions)`), reports ready once listening, and resolves
- * when the server has closed. shutdown:
+ * serve listens, reports ready once listening (the adapter has `explicitReady: true`), and
+ * resolves when the server has closed. It binds through lameduck's `listen()`, so that an
+ * upgrade hands the socket on: `{ port, host }` (no host: every IPv4 address, `0.0.0.0`) or
+ * `{ path }`; `{ fd }` is passed to `server.listen()` as it is; a server that is already
+ * listening is adopted (`adopt`). shutdown:
  * - stops accepting at once; connections already queued are still accepted and answered
  *   (`drainListener`);
  * - answers later requests on kept-alive sockets with `Connection: close` (http2: GOAWAY);
@@ -461,11 +565,15 @@ function run(server, options) {
  * close destroys what is left. Node's own `server.close()` closes idle sockets at once, which
  * races with clients reusing them.
  */
-function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListener } = {}) {
+function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } = {}) {
   if (!server || typeof server.listen !== 'function' || typeof server.on !== 'function') {
     throw new TypeError('httpServer(server, …): server must be an http, https or http2 server')
   }
   milliseconds('idleGrace', idleGrace)
+  if (server.listening && listenOptions !== undefined) {
+    throw new TypeError('httpServer(server, listenOptions): the server is already listening (it is adopted as it is); leave listenOptions out')
+  }
+  const plan = listenPlan(listenOptions)
   // Never drain a listener shared with other processes (inherited through listen(), or while the
   // environment says we were given sockets): the drop filter would stop them accepting too.
   // Decided when shutdown comes: by then an upgrade may have handed the socket on.
@@ -514,20 +622,57 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
       }, { once: true })
     })
 
+  /** Binds through the core's listen(); returns what server.listen() takes. */
+  const bind = () => {
+    if (plan.raw) return plan.raw
+    const { fd } = listen(plan.address)
+    try {
+      if (plan.mode) fs.chmodSync(plan.path, (fs.statSync(plan.path).mode & 0o7777) | plan.mode) // readableAll, writableAll
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err
+    }
+    return { fd, ...plan.pass }
+  }
+
   return {
     server,
+    /** serve calls ctx.ready() once the server is listening; the Runner waits for that. */
+    explicitReady: true,
     get lameDuck() {
       return lameDuck
     },
     serve(ctx) {
       return new Promise((resolve, reject) => {
         const onError = (err) => reject(err)
+        let bound = false // by the core's listen()
+        const listening = () => {
+          server.removeListener('error', onError)
+          const fd = serverFd(server)
+          // A socket lameduck did not bind (a server that came listening, { fd }): register it,
+          // so that an upgrade hands it on. Harmless for one it knows already.
+          if (!bound && fd !== undefined) {
+            try {
+              native.adopt(fd, null)
+            } catch (err) {
+              net.Server.prototype.close.call(server)
+              return reject(nativeError(err))
+            }
+          }
+          ctx.ready()
+        }
         server.once('error', onError)
         server.once('close', () => resolve())
-        server.listen(listenOptions, () => {
+        if (server.listening) return listening()
+        let options
+        try {
+          options = bind()
+          bound = !plan.raw
+        } catch (err) {
           server.removeListener('error', onError)
-          ctx.ready()
-        })
+          return reject(err)
+        }
+        server.listen(options, listening)
       })
     },
     async shutdown(ctx) {
@@ -561,6 +706,7 @@ function httpServer(server, listenOptions = {}, { idleGrace = 1000, drainListene
 module.exports = {
   run,
   listen,
+  adopt,
   isShared,
   Runner,
   Context,

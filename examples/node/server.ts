@@ -1,17 +1,18 @@
 // A node:http server under lame-duck, in TypeScript (checked with tsc --strict in the tests).
 // Try: curl 'http://127.0.0.1:3000/sleep' and press Ctrl-C while it runs; kill -HUP upgrades.
 import * as http from 'node:http'
-import { run, httpServer, listen, ExpiredError, type Context } from 'lameduck'
+import { run, httpServer, ExpiredError, type Context } from 'lameduck'
 
 const server = http.createServer((req, res) => {
   const delay = req.url === '/sleep' ? 5000 : 0
-  const timer = setTimeout(() => res.end('hello from lameduck\n'), delay)
+  const timer = setTimeout(() => res.end(`hello from lameduck (pid ${process.pid})\n`), delay)
   res.once('close', () => clearTimeout(timer))
 })
 
 async function main(): Promise<number> {
-  // listen(): the socket an upgrade (SIGHUP) hands to the next generation.
-  const adapter = httpServer(server, listen('127.0.0.1:3000'))
+  // httpServer binds through lameduck's listen(): an upgrade (SIGHUP) hands the socket to the
+  // next generation, which gets it back from the same call.
+  const adapter = httpServer(server, { port: Number(process.env.PORT ?? 3000), host: '127.0.0.1' })
   try {
     await run(adapter, { period: 5000, drainDelay: 0, onStateChange: (from, to) => console.log(`${from} -> ${to}`) })
     return 0

@@ -152,6 +152,9 @@ impl NativeRunner {
         upgrade_timeout_ms: f64,
         upgrade_command: Option<Vec<String>>,
         pid_file: Option<String>,
+        listen_timeout_ms: f64,
+        upgrade_confirm_ms: f64,
+        upgrade_without_listeners: bool,
     ) -> Result<Self> {
         let period = millis("period", period_ms)?;
         lameduck::validate_period(period).map_err(|e| invalid("period", period_ms, e))?;
@@ -170,6 +173,10 @@ impl NativeRunner {
         let upgrade_command = upgrade_command
             .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", format!("{argv:?}"), e)))
             .transpose()?;
+        let listen_timeout = millis("listenTimeout", listen_timeout_ms)?;
+        lameduck::validate_listen_timeout(listen_timeout).map_err(|e| invalid("listenTimeout", listen_timeout_ms, e))?;
+        let upgrade_confirm = millis("upgradeConfirm", upgrade_confirm_ms)?;
+        lameduck::validate_upgrade_confirm(upgrade_confirm).map_err(|e| invalid("upgradeConfirm", upgrade_confirm_ms, e))?;
         if pid_file.as_deref() == Some("") {
             return Err(Error::new(Status::InvalidArg, "pidFile=\"\" is invalid: give a path, or leave it out"));
         }
@@ -206,6 +213,9 @@ impl NativeRunner {
             upgrade_timeout,
             upgrade_command,
             pid_file: pid_file.map(Into::into),
+            listen_timeout,
+            upgrade_confirm,
+            upgrade_without_listeners,
         };
         let server = Arc::new(JsServer { bridge: Arc::clone(&bridge) });
         let runner = Runner::new(server, options).map_err(|e| Error::new(Status::InvalidArg, e.message().to_string()))?;
@@ -350,6 +360,16 @@ pub fn listen(address: String, name: Option<String>) -> Result<i32> {
             let status = if e.kind() == lameduck::ErrorKind::InvalidArgument { Status::InvalidArg } else { Status::GenericFailure };
             Error::new(status, e.message().to_string())
         })
+}
+
+/// Registers the listening socket `fd`, bound by other means, so that an upgrade hands it on
+/// like one from `listen`. The descriptor stays JS's (the server that listens on it).
+#[napi]
+pub fn adopt(fd: i32, name: Option<String>) -> Result<()> {
+    lameduck::listener::adopt(fd, name.as_deref()).map_err(|e| {
+        let status = if e.kind() == lameduck::ErrorKind::InvalidArgument { Status::InvalidArg } else { Status::GenericFailure };
+        Error::new(status, e.message().to_string())
+    })
 }
 
 /// True when `fd` was inherited through `listen` (shared with other processes).

@@ -214,3 +214,30 @@ test('ESM import gives the same objects', async () => {
   assert.equal(esm.default.run, lameduck.run)
   assert.equal(typeof esm.httpServer, 'function')
 })
+
+test('the http adapter reports ready itself, once listening; the explicitReady option overrides it', async () => {
+  const http = require('node:http')
+  const net = require('node:net')
+  /** A server whose listen() takes 300 ms to get going, so "called" and "listening" differ. */
+  const slowServer = () => {
+    const server = http.createServer((req, res) => res.end())
+    server.listen = (...args) => (setTimeout(() => net.Server.prototype.listen.apply(server, args), 300), server)
+    return server
+  }
+  for (const [explicitReady, listeningWhenReady] of [[undefined, true], [false, false]]) {
+    const server = slowServer()
+    const adapter = lameduck.httpServer(server, { port: 0, host: '127.0.0.1' }, { idleGrace: 0 })
+    assert.equal(adapter.explicitReady, true)
+    const runner = new lameduck.Runner(adapter, { ...quiet, signals: [], explicitReady })
+    const running = runner.run()
+    await runner.ready()
+    assert.equal(server.listening, listeningWhenReady, `explicitReady: ${explicitReady}`)
+    for (const until = Date.now() + 10000; !server.listening; ) {
+      assert.ok(Date.now() < until, 'the server never listened')
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    runner.stop()
+    await running
+  }
+  assert.throws(() => new lameduck.Runner({ ...server(), explicitReady: 'yes' }), /server.explicitReady must be a boolean/)
+})

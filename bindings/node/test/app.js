@@ -1,9 +1,12 @@
 'use strict'
 // A test server run in a child process:
 //   node app.js --app http|express|fastify|plain [--period ms] [--drain ms] [--repeat p]
-//               [--close-timeout ms] [--fail-serve] [--hang-close]
-// Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY or UPGRADING / 503 + state).
-// SIGHUP upgrades (the app is started again; with --listen it takes the listener over).
+//               [--close-timeout ms] [--fail-serve] [--hang-close] [--listen ADDRESS]
+//               [--listen-timeout ms] [--upgrade-confirm ms] [--upgrade-without-listeners]
+// Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY, UPGRADING or HANDING_OVER / 503 + state),
+// GET /stop (runner.stop()).
+// SIGHUP upgrades (the app is started again; the adapters bind through lameduck.listen, so the
+// new process takes the listener over). `plain` binds its own socket: lameduck does not know it.
 // Prints `port N` and `state NEW` on stdout, lameduck's log lines too (console). It never calls
 // process.exit: after the run settles the process must exit by itself.
 const http = require('node:http')
@@ -24,8 +27,11 @@ function handler(req, res) {
     process.stderr.write(`app: request GET ${req.url}\n`)
     const timer = setTimeout(() => res.end(`slept ${ms} ms\n`), ms)
     res.once('close', () => clearTimeout(timer)) // the client (or close) went away: stop working
+  } else if (req.url === '/stop') {
+    runner.stop()
+    res.end('stopping\n')
   } else if (req.url === '/health') {
-    res.statusCode = ['READY', 'UPGRADING'].includes(runner.state) ? 200 : 503
+    res.statusCode = ['READY', 'UPGRADING', 'HANDING_OVER'].includes(runner.state) ? 200 : 503
     res.end(`${runner.state}\n`)
   } else {
     res.end('hello\n')
@@ -78,6 +84,9 @@ async function main() {
     repeatSignal: args.repeat ?? 'force',
     explicitReady: true,
     pidFile: args['pid-file'],
+    listenTimeout: args['listen-timeout'] === undefined ? undefined : Number(args['listen-timeout']),
+    upgradeConfirm: args['upgrade-confirm'] === undefined ? undefined : Number(args['upgrade-confirm']),
+    upgradeWithoutListeners: !!args['upgrade-without-listeners'],
     onStateChange: (from, to) => {
       if (to === 'READY') console.log(`port ${adapter.server.address().port}`)
       console.log(`state ${to}`)

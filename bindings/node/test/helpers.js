@@ -7,8 +7,9 @@ const path = require('node:path')
 const LIMIT = 30000
 
 class App {
-  constructor(args) {
-    this.child = spawn(process.execPath, [path.join(__dirname, 'app.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  /** `script` defaults to test/app.js; `env` is added to this process's environment. */
+  constructor(args, { script = path.join(__dirname, 'app.js'), env } = {}) {
+    this.child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
     this.lines = []
     this.waiters = []
     this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })))

@@ -143,3 +143,35 @@ for (const kind of ADAPTERS) {
     assert.doesNotMatch(out, /Non-2xx/, out)
   })
 }
+
+test('a stop followed by a SIGTERM is one event: not forced, the in-flight request completes', async (t) => {
+  const [app, port] = await start(t, '--app', 'http', '--period', '10000')
+  const slow = send(port, '/sleep?ms=1500')
+  await app.waitFor('app: request GET /sleep\\?ms=1500')
+  assert.match(await get(port, '/stop'), /^HTTP\/1.1 200/) // runner.stop() from a request handler
+  await app.waitFor('^out: state SHUTTING_DOWN')
+  app.signal('SIGTERM') // the supervisor's ordinary stop, after the application stopped itself
+  await app.waitFor('lameduck: Received signal \\[terminated\\]; already in lame-duck mode since the stop request')
+  const answer = await slow.ended
+  assert.match(answer, /^HTTP\/1.1 200/)
+  assert.match(answer, /slept 1500 ms/)
+  const { code, signal } = await app.finish()
+  assert.deepEqual({ code, signal }, { code: 0, signal: null }, app.text())
+  assert.doesNotMatch(app.text(), /forcing close|ForcedError/, app.text())
+  assert.match(app.text(), /out: clean exit/)
+})
+
+test('a stop followed by two SIGTERMs forces close (ForcedError); the process is not killed', async (t) => {
+  const [app, port] = await start(t, '--app', 'http', '--period', '60000')
+  const slow = send(port, '/sleep?ms=60000')
+  await app.waitFor('app: request GET /sleep')
+  assert.match(await get(port, '/stop'), /^HTTP\/1.1 200/)
+  await app.waitFor('^out: state SHUTTING_DOWN')
+  app.signal('SIGTERM')
+  await app.waitFor('already in lame-duck mode since the stop request')
+  app.signal('SIGTERM') // the first repeat: forces close, never kills
+  assert.equal(await slow.ended, '') // close destroyed it
+  const { code, signal } = await app.finish()
+  assert.deepEqual({ code, signal }, { code: 1, signal: null }, app.text())
+  assert.match(app.text(), /out: error ForcedError LD_FORCED: Lame-duck period was cut short by a repeated signal/)
+})
