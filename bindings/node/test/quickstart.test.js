@@ -17,6 +17,12 @@ const UPGRADES = 8
 const LIMIT = 30000
 const hasWrk = spawnSync('wrk', ['--version']).error === undefined
 
+test('the README prints test/readme_quickstart.js exactly', () => {
+  const readme = fs.readFileSync(path.join(REPO, 'README.md'), 'utf8')
+  const code = fs.readFileSync(path.join(__dirname, 'readme_quickstart.js'), 'utf8')
+  assert.ok(readme.includes('```js\n' + code + '```\n'), 'README.md must show test/readme_quickstart.js as its Node quick start')
+})
+
 function freePort() {
   return new Promise((resolve) => {
     const s = net.createServer().listen(0, '127.0.0.1', () => {
