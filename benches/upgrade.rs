@@ -101,7 +101,7 @@ fn main() {
             runner.wait_ready(Some(Duration::from_secs(10))).unwrap();
             let start = Instant::now();
             let pid = runner.upgrade().expect("upgrade");
-            while !matches!(runner.state(), State::ShuttingDown | State::Closing | State::Stopped) {
+            while !matches!(runner.state(), State::HandingOver | State::ShuttingDown | State::Closing | State::Stopped) {
                 std::hint::spin_loop();
             }
             samples.push(start.elapsed());
