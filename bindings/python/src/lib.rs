@@ -148,7 +148,8 @@ type RunFailure = (&'static str, i32, String, bool, Option<Py<PyAny>>);
 impl PyRunner {
     #[new]
     #[pyo3(signature = (bridge, *, period, signals, drain_delay, close_timeout, logger, repeat_signal, on_state_change, explicit_ready,
-                        upgrade_signals, upgrade_timeout, upgrade_command, pid_file))]
+                        upgrade_signals, upgrade_timeout, upgrade_command, pid_file, listen_timeout, upgrade_confirm,
+                        upgrade_without_listeners))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         bridge: Py<PyAny>,
@@ -164,6 +165,9 @@ impl PyRunner {
         upgrade_timeout: f64,
         upgrade_command: Option<Vec<std::path::PathBuf>>,
         pid_file: Option<std::path::PathBuf>,
+        listen_timeout: f64,
+        upgrade_confirm: f64,
+        upgrade_without_listeners: bool,
     ) -> PyResult<Self> {
         let logger = logger.map(|logger| {
             Arc::new(move |level: Level, message: &str| {
@@ -195,6 +199,10 @@ impl PyRunner {
         lameduck::validate_upgrade_signals(&upgrade_signals, &signals).map_err(|e| invalid("upgrade_signals", &upgrade_signals, e))?;
         let upgrade_s = seconds("upgrade_timeout", upgrade_timeout)?;
         lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid("upgrade_timeout", upgrade_timeout, e))?;
+        let listen_s = seconds("listen_timeout", listen_timeout)?;
+        lameduck::validate_listen_timeout(listen_s).map_err(|e| invalid("listen_timeout", listen_timeout, e))?;
+        let confirm_s = seconds("upgrade_confirm", upgrade_confirm)?;
+        lameduck::validate_upgrade_confirm(confirm_s).map_err(|e| invalid("upgrade_confirm", upgrade_confirm, e))?;
         let upgrade_command = upgrade_command
             .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgrade_command", &argv, e)))
             .transpose()?;
@@ -215,6 +223,9 @@ impl PyRunner {
             upgrade_timeout: upgrade_s,
             upgrade_command,
             pid_file,
+            listen_timeout: listen_s,
+            upgrade_confirm: confirm_s,
+            upgrade_without_listeners,
         };
         let runner = Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
         Ok(PyRunner { runner })
@@ -301,6 +312,18 @@ fn listen(address: &str, name: Option<&str>) -> PyResult<i32> {
     }
 }
 
+/// Registers the listening socket `fd`, bound by other means, so that an upgrade hands it on
+/// like one from `listen`. The fd stays the caller's. ValueError for bad input (naming it).
+#[pyfunction]
+#[pyo3(signature = (fd, name=None))]
+fn adopt(fd: i32, name: Option<&str>) -> PyResult<()> {
+    match lameduck::listener::adopt(fd, name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == lameduck::ErrorKind::InvalidArgument => Err(PyValueError::new_err(e.message().to_string())),
+        Err(e) => Err(pyo3::exceptions::PyOSError::new_err(e.message().to_string())),
+    }
+}
+
 /// True when `fd` was inherited through `listen` (shared with other processes).
 #[pyfunction]
 fn is_inherited(fd: i32) -> bool {
@@ -326,6 +349,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
+    m.add_function(wrap_pyfunction!(adopt, m)?)?;
     m.add_function(wrap_pyfunction!(is_inherited, m)?)?;
     m.add_function(wrap_pyfunction!(is_shared, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

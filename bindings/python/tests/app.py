@@ -1,7 +1,8 @@
 """A test server run in a subprocess: `python app.py --app http|asyncio|aiohttp|plain [options]`.
 
-Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY or UPGRADING / 503 + state).
-SIGHUP upgrades (the app is started again with its listener, when it uses --listen).
+Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY, UPGRADING or HANDING_OVER / 503 + state).
+SIGHUP upgrades (the app is started again with its listener, when it uses --listen); with
+--commands, the stdin line `upgrade` calls Runner.upgrade().
 Prints `port N` and `state NEW` lines on stdout; lameduck logs go to stderr.
 Exit 0 after a clean lame-duck; 1 with `error <Class>: <message> cause=<repr>` otherwise.
 """
@@ -54,7 +55,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = f"slept {ms} ms\n".encode()
         elif self.path == "/health":
             state = state_name()
-            status, body = (200 if state in ("READY", "UPGRADING") else 503), f"{state}\n".encode()
+            status, body = (200 if state in ("READY", "UPGRADING", "HANDING_OVER") else 503), f"{state}\n".encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -98,7 +99,7 @@ def asyncio_app(args: argparse.Namespace) -> Any:
                 body = f"slept {ms} ms\n".encode()
             elif path == "/health":
                 state = state_name()
-                status = "200 OK" if state in ("READY", "UPGRADING") else "503 Service Unavailable"
+                status = "200 OK" if state in ("READY", "UPGRADING", "HANDING_OVER") else "503 Service Unavailable"
                 body = f"{state}\n".encode()
             closing = adapter.lame_duck or client_closes
             writer.write(
@@ -127,7 +128,7 @@ def aiohttp_app(args: argparse.Namespace) -> Any:
 
     async def health(request: web.Request) -> web.Response:
         state = state_name()
-        return web.Response(text=f"{state}\n", status=200 if state in ("READY", "UPGRADING") else 503)
+        return web.Response(text=f"{state}\n", status=200 if state in ("READY", "UPGRADING", "HANDING_OVER") else 503)
 
     app = web.Application(handler_args={"access_log": None})
     app.add_routes([web.get("/", hello), web.get("/sleep", slow), web.get("/health", health)])
@@ -159,6 +160,16 @@ class PlainServer:
         self.srv.server_close()
 
 
+def commands(runner: lameduck.Runner) -> None:
+    """Reads commands from stdin: `upgrade` prints `upgraded PID` or `upgrade error ...`."""
+    for line in sys.stdin:
+        if line.strip() == "upgrade":
+            try:
+                out(f"upgraded {runner.upgrade()}")
+            except lameduck.LameDuckError as e:
+                out(f"upgrade error {type(e).__name__}: {e}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--app", choices=["http", "asyncio", "aiohttp", "plain"], required=True)
@@ -171,6 +182,8 @@ def main() -> int:
     parser.add_argument("--listen")
     parser.add_argument("--close-timeout", type=float, default=5.0)
     parser.add_argument("--pid-file")
+    parser.add_argument("--upgrade-without-listeners", action="store_true")
+    parser.add_argument("--commands", action="store_true", help="stdin line 'upgrade': Runner.upgrade()")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
@@ -188,10 +201,13 @@ def main() -> int:
         drain_delay=args.drain,
         close_timeout=args.close_timeout,
         repeat_signal=args.repeat,
-        explicit_ready=True if args.app in ("asyncio", "aiohttp") else False,
+        # explicit_ready is left to the server: the adapters' explicit_ready attribute is True
         on_state_change=on_state,
         pid_file=args.pid_file,
+        upgrade_without_listeners=args.upgrade_without_listeners,
     )
+    if args.commands:
+        threading.Thread(target=commands, args=(RUNNER,), daemon=True).start()
     try:
         if args.app in ("asyncio", "aiohttp"):
             asyncio.run(RUNNER.run_async())

@@ -20,27 +20,48 @@ APP = Path(__file__).with_name("app.py")
 LIMIT = 30.0
 
 
-class App:
-    """A test server process; stdout and stderr lines are collected as they arrive."""
+class Process:
+    """A test process; its stdout and stderr lines are collected as they arrive, tagged `out: `
+    and `err: `. Both pipes reach EOF (see `wait_closed`) once every process holding them has
+    exited, the new generations that upgrades started (they inherit them) included."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, argv: List[str], stdin: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(APP), *args],
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: List[str] = []
         self._cv = threading.Condition()
+        self._open = 2
         for stream, tag in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
             threading.Thread(target=self._pump, args=(stream, tag), daemon=True).start()
-        self.port = int(self.wait_for(r"^out: port (\d+)").group(1))
 
     def _pump(self, stream: object, tag: str) -> None:
         for line in stream:  # type: ignore[attr-defined]
             with self._cv:
                 self.lines.append(f"{tag}: {line.rstrip()}")
                 self._cv.notify_all()
+        with self._cv:
+            self._open -= 1
+            self._cv.notify_all()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_closed(self, timeout: float = LIMIT) -> None:
+        """Waits until the output pipes are closed: every process holding them is gone."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._open:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the output pipes are still open; got {self.lines}")
+                self._cv.wait(left)
 
     def wait_for(self, pattern: str, timeout: float = LIMIT) -> "re.Match[str]":
         rx = re.compile(pattern)
@@ -86,6 +107,14 @@ class App:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class App(Process):
+    """tests/app.py in a subprocess; `port` is the one it printed."""
+
+    def __init__(self, *args: str, stdin: bool = False) -> None:
+        super().__init__([sys.executable, str(APP), *args], stdin=stdin)
+        self.port = int(self.wait_for(r"^out: port (\d+)").group(1))
 
 
 @pytest.fixture
@@ -139,7 +168,28 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return True  # queued as the listener closed (a server that does not drain): closed too
     return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kill_ours(pids: List[int], marker: str) -> None:
+    """SIGKILLs each pid that is still one of ours: alive, and `marker` in its command line (so
+    a pid reused since by another program is left alone)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
 
 
 def wrk_path() -> Optional[str]:

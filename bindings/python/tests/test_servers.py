@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import get, refused, response, send, wrk_path
+from conftest import Process, get, refused, response, send, wrk_path
 
 ADAPTERS = ["http", "asyncio", "aiohttp"]
 ALL = ADAPTERS + ["plain"]
@@ -169,3 +170,67 @@ def test_sigterm_under_keep_alive_load_loses_nothing(start, kind):
     # errors (it has a "connect" bucket only for TLS), so those are expected.
     assert (read_errors, timeouts) == (0, 0), out
     assert "Non-2xx" not in out, out
+
+
+# A run stopped by the program itself (runner.stop(), on the stdin line "stop"), whose shutdown
+# holds on until the stdin line "release" (or close). A supervisor's SIGTERM after the stop is
+# the same event; only the signal after that one forces.
+STOPPER = r"""
+import logging, sys, threading, lameduck
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+release, stopped = threading.Event(), threading.Event()
+class Server:
+    def serve(self, ctx): stopped.wait()
+    def shutdown(self, ctx):
+        print("shutdown called", flush=True)
+        release.wait()
+        stopped.set()
+    def close(self):
+        print("close called", flush=True)
+        release.set()
+        stopped.set()
+runner = lameduck.Runner(Server(), period=60, on_state_change=lambda old, new: print("state", new, flush=True))
+def commands():
+    for line in sys.stdin:
+        {"stop": runner.stop, "release": release.set}[line.strip()]()
+threading.Thread(target=commands, daemon=True).start()
+try:
+    runner.run()
+except lameduck.LameDuckError as e:
+    print(f"error {type(e).__name__}: {e}", flush=True)
+    sys.exit(1)
+print("clean exit", flush=True)
+"""
+
+
+def start_stopped_run() -> Process:
+    proc = Process([sys.executable, "-c", STOPPER], stdin=True)
+    proc.wait_for(r"^out: state READY")
+    proc.send("stop")
+    proc.wait_for(r"^out: shutdown called")
+    proc.signal(signal.SIGTERM)
+    proc.wait_for(r"Received signal \[terminated\]; already in lame-duck mode since the stop request")
+    return proc
+
+
+def test_stop_then_sigterm_is_one_event_not_a_forced_close() -> None:
+    proc = start_stopped_run()
+    try:
+        proc.send("release")
+        assert proc.finish() == 0, proc.text()
+        assert "out: clean exit" in proc.text()
+        assert "forcing close" not in proc.text() and "close called" not in proc.text()
+    finally:
+        proc.kill()
+
+
+def test_stop_then_two_sigterms_forces_the_close_and_does_not_kill() -> None:
+    proc = start_stopped_run()
+    try:
+        proc.signal(signal.SIGTERM)  # the first repeat: forces, never kills
+        proc.wait_for(r"Received signal \[terminated\] again; forcing close now")
+        assert proc.finish() == 1, proc.text()  # exited by itself (not -SIGTERM)
+        assert "out: close called" in proc.text()
+        assert "out: error ForcedError: Lame-duck period was cut short by a repeated signal" in proc.text()
+    finally:
+        proc.kill()

@@ -8,11 +8,12 @@ deadline of now + ``period``; if it runs out of time, call ``close()``.
     lameduck.run(lameduck.adapters.http_server(my_threading_http_server))
 
 SIGHUP (or :meth:`Runner.upgrade`) upgrades with zero downtime: the program is started again
-with every listener from :func:`listen`, and once it is ready this process lame-ducks.
+with every listener from :func:`listen` (or registered with :func:`adopt`), and once it is
+ready this process lame-ducks.
 """
 
 from ._lameduck import VERSION, __version__
-from ._listen import is_shared, listen
+from ._listen import adopt, is_shared, listen
 from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
 from .errors import (
     BusyError,
@@ -37,6 +38,7 @@ __all__ = [
     "run",
     "run_async",
     "listen",
+    "adopt",
     "is_shared",
     "LameDuckError",
     "ExpiredError",

@@ -51,6 +51,10 @@ class State(str, enum.Enum):
     READY = "READY"
     #: Still fully serving, as in READY, while an upgrade's new process starts.
     UPGRADING = "UPGRADING"
+    #: Lame-duck after a hand-over: no longer accepting, finishing what is in flight, while the
+    #: new process serves the same sockets. Health checks should report it healthy, like READY
+    #: and UPGRADING.
+    HANDING_OVER = "HANDING_OVER"
     DRAINING = "DRAINING"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     CLOSING = "CLOSING"
@@ -172,6 +176,14 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def _explicit_ready(server: Any, explicit_ready: Optional[bool]) -> bool:
+    """``explicit_ready=None`` lets the server decide: an ``explicit_ready = True`` attribute
+    (every adapter has one) means it calls ``ctx.ready()`` itself once it is listening."""
+    if explicit_ready is None:
+        return getattr(server, "explicit_ready", False) is True
+    return bool(explicit_ready)
+
+
 def _native_logger(logger: LoggerOption) -> Any:
     if logger is None or logger is True:
         return logging.getLogger("lameduck")
@@ -201,7 +213,9 @@ class Runner:
     - ``logger``: see :data:`LoggerOption`.
     - ``repeat_signal``: ``"force"`` (a second signal closes now, a third kills the process),
       ``"ignore"`` or ``"exit"`` (a second signal kills the process).
-    - ``explicit_ready``: ready only once ``serve`` calls ``ctx.ready()``.
+    - ``explicit_ready``: ready only once ``serve`` calls ``ctx.ready()``. Default ``None``:
+      the server's own ``explicit_ready`` attribute if it is ``True`` (the adapters' is, and
+      they call ``ctx.ready()`` once they are listening), else ready as soon as ``serve`` runs.
     - ``on_state_change``: called with ``(old, new)`` state names on every transition.
     - ``upgrade_signals``: signals that start a zero-downtime upgrade (see :meth:`upgrade`).
       Default SIGHUP; ``()`` turns upgrades by signal off. Taken on the main thread only.
@@ -210,6 +224,17 @@ class Runner:
       ``PATH``). Default: the command line this process was started with.
     - ``pid_file``: a file that holds the pid of the current generation, written atomically
       once ready, removed when the last generation stops.
+    - ``listen_timeout``: in a process started by an upgrade, seconds (from READY) that
+      :func:`lameduck.listen` calls have to take every listener the old process handed over.
+      Only then is readiness reported to it; after that the upgrade fails with a message
+      naming the listeners nobody took. Default 10.0.
+    - ``upgrade_confirm``: seconds the old process keeps serving beside a new one that reported
+      ready, before it hands over and enters lame-duck; a new process that exits within them
+      is a failed upgrade. 0 to 60; default 1.0.
+    - ``upgrade_without_listeners``: upgrade although this process has no listener known to
+      lameduck (a worker without sockets). Default False: such an upgrade is refused with
+      :class:`UpgradeFailedError`, because the new process could not bind the port; bind with
+      :func:`lameduck.listen` or register the socket with :func:`lameduck.adopt`.
 
     Invalid options raise ``ValueError`` or ``TypeError`` here, before anything starts.
     """
@@ -224,12 +249,15 @@ class Runner:
         close_timeout: float = 5.0,
         logger: LoggerOption = None,
         repeat_signal: str = "force",
-        explicit_ready: bool = False,
+        explicit_ready: Optional[bool] = None,
         on_state_change: Optional[Callable[[str, str], Any]] = None,
         upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
         upgrade_timeout: float = 60.0,
         upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
         pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        listen_timeout: float = 10.0,
+        upgrade_confirm: float = 1.0,
+        upgrade_without_listeners: bool = False,
     ) -> None:
         for hook in ("serve", "shutdown", "close"):
             if not callable(getattr(server, hook, None)):
@@ -249,6 +277,8 @@ class Runner:
             upgrade_argv = [os.fspath(a) for a in upgrade_command]
         if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
             raise TypeError(f"pid_file={pid_file!r} must be a path")
+        if not isinstance(upgrade_without_listeners, bool):
+            raise TypeError(f"upgrade_without_listeners={upgrade_without_listeners!r} must be True or False")
         self._bridge = _Bridge(server)
         self._native = _lameduck.NativeRunner(
             self._bridge,
@@ -259,11 +289,14 @@ class Runner:
             logger=_native_logger(logger),
             repeat_signal=repeat_signal,
             on_state_change=on_state_change,
-            explicit_ready=bool(explicit_ready),
+            explicit_ready=_explicit_ready(server, explicit_ready),
             upgrade_signals=list(self._upgrade_signals),
             upgrade_timeout=_seconds("upgrade_timeout", upgrade_timeout),
             upgrade_command=upgrade_argv,
             pid_file=None if pid_file is None else os.fspath(pid_file),
+            listen_timeout=_seconds("listen_timeout", listen_timeout),
+            upgrade_confirm=_seconds("upgrade_confirm", upgrade_confirm),
+            upgrade_without_listeners=upgrade_without_listeners,
         )
 
     @property
@@ -280,14 +313,17 @@ class Runner:
         """Upgrades with zero downtime and returns the new process's pid.
 
         Starts the program again (``upgrade_command``, by default this process's own command
-        line) with every listener from :func:`lameduck.listen` at fd 3.. (``LISTEN_FDS``,
-        ``LISTEN_PID``, ``LISTEN_FDNAMES``), waits until it reports ready (a lameduck program
-        does so by itself; any other writes ``READY=1\\n`` to the fd in ``LAMEDUCK_READY_FD``),
-        then this run enters lame-duck exactly as for a stop signal. Blocks (without the GIL)
-        for at most ``upgrade_timeout`` plus 5 s; thread-safe.
+        line) with every listener from :func:`lameduck.listen` (or :func:`lameduck.adopt`) at
+        fd 3.. (``LISTEN_FDS``, ``LISTEN_PID``, ``LISTEN_FDNAMES``), waits until it reports ready
+        (a lameduck program does so by itself once its ``listen`` calls took those listeners;
+        any other writes ``READY=1\\n`` to the fd in ``LAMEDUCK_READY_FD``) and, for
+        ``upgrade_confirm`` seconds, that it keeps running; then this run hands over and enters
+        lame-duck (without the drain delay). Blocks (without the GIL) for at most
+        ``upgrade_timeout`` plus ``upgrade_confirm`` plus 5 s; thread-safe.
 
-        Raises :class:`UpgradeFailedError` (the new process failed and was terminated; this one
-        goes on serving), :class:`BusyError` (an upgrade is in flight),
+        Raises :class:`UpgradeFailedError` (the new process failed and was terminated, or this
+        process has no listener known to lameduck and ``upgrade_without_listeners`` is off;
+        this one goes on serving), :class:`BusyError` (an upgrade is in flight),
         :class:`NotRunningError` (not serving) or :class:`CanceledError` (lame-duck began first).
         """
         pid, failure = self._native.upgrade()
@@ -432,12 +468,15 @@ def run(
     close_timeout: float = 5.0,
     logger: LoggerOption = None,
     repeat_signal: str = "force",
-    explicit_ready: bool = False,
+    explicit_ready: Optional[bool] = None,
     on_state_change: Optional[Callable[[str, str], Any]] = None,
     upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
     upgrade_timeout: float = 60.0,
     upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
     pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+    listen_timeout: float = 10.0,
+    upgrade_confirm: float = 1.0,
+    upgrade_without_listeners: bool = False,
 ) -> None:
     """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
     See :class:`Runner` for the options and errors."""
@@ -455,6 +494,9 @@ def run(
         upgrade_timeout=upgrade_timeout,
         upgrade_command=upgrade_command,
         pid_file=pid_file,
+        listen_timeout=listen_timeout,
+        upgrade_confirm=upgrade_confirm,
+        upgrade_without_listeners=upgrade_without_listeners,
     ).run()
 
 
@@ -467,12 +509,15 @@ async def run_async(
     close_timeout: float = 5.0,
     logger: LoggerOption = None,
     repeat_signal: str = "force",
-    explicit_ready: bool = False,
+    explicit_ready: Optional[bool] = None,
     on_state_change: Optional[Callable[[str, str], Any]] = None,
     upgrade_signals: Iterable[int] = DEFAULT_UPGRADE_SIGNALS,
     upgrade_timeout: float = 60.0,
     upgrade_command: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
     pid_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+    listen_timeout: float = 10.0,
+    upgrade_confirm: float = 1.0,
+    upgrade_without_listeners: bool = False,
 ) -> None:
     """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
     await Runner(
@@ -489,4 +534,7 @@ async def run_async(
         upgrade_timeout=upgrade_timeout,
         upgrade_command=upgrade_command,
         pid_file=pid_file,
+        listen_timeout=listen_timeout,
+        upgrade_confirm=upgrade_confirm,
+        upgrade_without_listeners=upgrade_without_listeners,
     ).run_async()

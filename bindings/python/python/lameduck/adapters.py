@@ -17,6 +17,12 @@ They all handle keep-alive so that nothing is lost. Once lame-duck begins:
 
 Closing idle connections at once instead loses requests: Go's ``http.Server.Shutdown`` loses
 59–133 requests per 8 restarts under keep-alive load.
+
+Every adapter binds through :func:`lameduck.listen` (or registers a socket that arrived bound
+with :func:`lameduck.adopt`), so an upgrade (SIGHUP, :meth:`lameduck.Runner.upgrade`) hands
+its socket to the new process, which gets it back from the same adapter call. Every adapter
+also has ``explicit_ready = True``: the runner counts it ready only once it is listening (its
+``serve`` calls ``ctx.ready()``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, TypeVar
 
 from . import _lameduck
+from ._listen import _address, adopt, listen
 from ._runner import Context
 
 __all__ = ["http_server", "asyncio_server", "aiohttp_app", "HTTPServerAdapter", "AsyncioServerAdapter", "AiohttpAdapter"]
@@ -89,7 +96,26 @@ class HTTPServerAdapter:
     It wraps the server's ``RequestHandlerClass`` to track connections and, for
     ``BaseHTTPRequestHandler`` subclasses, to add ``Connection: close`` during lame-duck. It
     makes handler threads daemon threads, so an abandoned request cannot keep the process alive.
+
+    The listening socket, so that upgrades work:
+
+    - A server built with ``bind_and_activate=False`` gets its socket here, from
+      :func:`lameduck.listen` with its ``server_address``: ``server.socket`` is replaced (already
+      listening, with a backlog of ``SOMAXCONN``; ``server_activate`` is not called) and
+      ``server_address`` (and an ``HTTPServer``'s ``server_name``/``server_port``) updated. In
+      a process started by an upgrade this is the socket the old process handed over.
+      **Build servers this way**::
+
+          srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler, bind_and_activate=False)
+
+    - A server that arrived bound (``bind_and_activate=True``, the default) has its socket
+      registered with :func:`lameduck.adopt`, so an upgrade hands it on, but it **cannot be
+      upgraded in place**: the new process's constructor binds the port again while the old
+      process still holds it, and fails with ``EADDRINUSE``.
     """
+
+    #: Ready once serving (``serve`` calls ``ctx.ready()``); see :class:`lameduck.Runner`.
+    explicit_ready = True
 
     def __init__(
         self, server: socketserver.TCPServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
@@ -102,6 +128,7 @@ class HTTPServerAdapter:
         self._serving = False
         self._lame_duck = False
         self._closing_idle = False
+        _take_listener(server)
         if isinstance(server, socketserver.ThreadingMixIn):
             server.daemon_threads = True
         server.RequestHandlerClass = self._wrap(server.RequestHandlerClass)
@@ -183,12 +210,16 @@ class HTTPServerAdapter:
             self._lame_duck = True
             serving = self._serving
         if serving:
-            if self.drain_listener is not False:
-                # No new connections, but accept (and answer) every one already queued.
-                fds = _stop_accepting([self.server.socket], self.drain_listener)
-                while _pending(fds) and not ctx.done:
-                    time.sleep(0.002)
-            self.server.shutdown()  # the accept loop has stopped when this returns
+            try:
+                if self.drain_listener is not False:
+                    # No new connections, but accept (and answer) every one already queued.
+                    fds = _stop_accepting([self.server.socket], self.drain_listener)
+                    while _pending(fds) and not ctx.done:
+                        time.sleep(0.002)
+            except OSError:
+                pass  # a forced close() closed the listener meanwhile
+            finally:
+                self.server.shutdown()  # the accept loop has stopped when this returns
         self.server.socket.close()  # new connections are refused from here on
         ctx.wait(self.idle_grace)  # idle keep-alive connections get a grace (never past the deadline)
         self._closing_idle = True
@@ -207,9 +238,53 @@ class HTTPServerAdapter:
         with self._lock:
             self._lame_duck = self._closing_idle = True
             connections = list(self._connections)
+            serving = self._serving
         for conn in connections:
             _shutdown_socket(conn, socket.SHUT_RDWR)
+        if serving:
+            # serve_forever returns even if a forced close overtook shutdown() before it got
+            # there (it waits at most one poll interval).
+            self.server.shutdown()
         self.server.server_close()
+
+
+def _listening(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+def _bound(sock: socket.socket) -> bool:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    if isinstance(name, tuple):
+        return bool(name[1])  # port 0: never bound
+    return bool(name)  # a unix socket's path ('' or b'' unbound)
+
+
+def _take_listener(server: socketserver.TCPServer) -> None:
+    """Makes the server's listening socket one that lameduck knows, so an upgrade hands it on:
+    adopts one that arrived listening, else takes one from listen() for its address."""
+    if server.socket_type != socket.SOCK_STREAM:
+        return  # a datagram server has no listener to hand on
+    sock = server.socket
+    if sock.fileno() >= 0 and not _listening(sock) and _bound(sock):
+        server.server_activate()  # bound by hand (server_bind() without server_activate())
+    if sock.fileno() >= 0 and _listening(sock):
+        adopt(sock)
+        return
+    fresh = listen(_address(server.server_address, server.address_family))
+    server.socket = fresh
+    sock.close()
+    bound = fresh.getsockname()
+    server.server_address = bound
+    if isinstance(server, http.server.HTTPServer) and isinstance(bound, tuple):
+        host, port = bound[0], bound[1]
+        server.server_name = socket.getfqdn(host)  # as HTTPServer.server_bind does
+        server.server_port = port
 
 
 def _shutdown_socket(conn: socket.socket, how: int) -> None:
@@ -224,8 +299,14 @@ def http_server(
 ) -> HTTPServerAdapter:
     """A lameduck server for a ``socketserver``/``http.server`` server::
 
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler)
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler, bind_and_activate=False)
         lameduck.run(lameduck.adapters.http_server(srv))
+
+    With ``bind_and_activate=False`` the socket comes from :func:`lameduck.listen` (here), so a
+    SIGHUP upgrades the server with zero downtime. A server built with
+    ``bind_and_activate=True`` (the default) arrives bound; its socket is adopted
+    (:func:`lameduck.adopt`), but it cannot be upgraded in place: the new process's
+    constructor would fail with ``EADDRINUSE``. See :class:`HTTPServerAdapter`.
     """
     return HTTPServerAdapter(server, idle_grace=idle_grace, drain_listener=drain_listener)
 
@@ -247,7 +328,15 @@ class AsyncioServerAdapter:
     ``await adapter.next_request(reader.readline())``. It returns ``None`` when an idle
     connection must close, which happens ``idle_grace`` seconds into lame-duck.
     Use with :func:`lameduck.run_async`.
+
+    The listening socket comes from :func:`lameduck.listen` with ``host:port`` (``[host]:port``
+    for IPv6; every IPv4 interface for ``host=None``; port 0 or None for any free port) and
+    is passed as ``sock=``, so an upgrade hands it on; a ``sock=`` of yours is adopted
+    (:func:`lameduck.adopt`) instead. Ready (``ctx.ready()``) once it listens.
     """
+
+    #: Ready once listening (``serve`` calls ``ctx.ready()``); see :class:`lameduck.Runner`.
+    explicit_ready = True
 
     def __init__(
         self,
@@ -259,6 +348,10 @@ class AsyncioServerAdapter:
         drain_listener: Optional[bool] = None,
         **start_server_kwargs: Any,
     ) -> None:
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host={host!r} must be a string or None (one listening socket per adapter)")
+        if "sock" in start_server_kwargs and (host is not None or port is not None):
+            raise ValueError("give host and port, or sock=, not both")
         self.client_connected_cb = client_connected_cb
         self.host = host
         self.port = port
@@ -316,7 +409,19 @@ class AsyncioServerAdapter:
 
     async def serve(self, ctx: Context) -> None:
         self._stopped = asyncio.Event()
-        self.server = await asyncio.start_server(self._handle, self.host, self.port, **self.start_server_kwargs)
+        kwargs = dict(self.start_server_kwargs)
+        sock = kwargs.pop("sock", None)
+        if sock is not None:
+            adopt(sock)
+            ours = None
+        else:
+            sock = ours = listen(_address((self.host or "", self.port or 0)))
+        try:
+            self.server = await asyncio.start_server(self._handle, sock=sock, **kwargs)
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            raise
         ctx.ready()
         await self._stopped.wait()
 
@@ -356,7 +461,9 @@ def asyncio_server(
     drain_listener: Optional[bool] = None,
     **start_server_kwargs: Any,
 ) -> AsyncioServerAdapter:
-    """A lameduck server for ``asyncio.start_server``; run it with :func:`lameduck.run_async`."""
+    """A lameduck server for ``asyncio.start_server``; run it with :func:`lameduck.run_async`.
+    Its socket comes from :func:`lameduck.listen` (``f"{host}:{port}"``), so upgrades hand it
+    on; see :class:`AsyncioServerAdapter`."""
     return AsyncioServerAdapter(
         client_connected_cb, host, port, idle_grace=idle_grace, drain_listener=drain_listener, **start_server_kwargs
     )
@@ -364,12 +471,32 @@ def asyncio_server(
 
 async def _drain_async(sockets: Iterable[Any], drain: Optional[bool], ctx: Context) -> None:
     """The asyncio form of the drain in HTTPServerAdapter.shutdown: the loop's accept handler
-    takes what is queued while we wait."""
-    if drain is False:
-        return
-    fds = _stop_accepting(sockets, drain)
-    while _pending(fds) and not ctx.done:
-        await asyncio.sleep(0.002)
+    takes what is queued while we wait. Then the loop stops accepting, and the connections it
+    accepted last get their transports, so the caller can close the server without losing any
+    (see _settle_accepted)."""
+    sockets = list(sockets)
+    if drain is not False:
+        fds = _stop_accepting(sockets, drain)
+        while _pending(fds) and not ctx.done:
+            await asyncio.sleep(0.002)
+    await _settle_accepted(sockets)
+
+
+async def _settle_accepted(sockets: List[Any]) -> None:
+    """Stops this loop accepting on ``sockets``, then lets the connections it already accepted
+    become transports. asyncio accepts a batch of connections in one callback and makes each
+    one's transport in a task that runs a tick later; a ``Server.close()`` in between makes
+    that task fail (``Server._attach`` asserts the server is open) and the connection is
+    dropped with its request. On a socket shared with a new generation (after an upgrade's
+    hand-over) the loop accepts right up to the close, so this matters most there."""
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        try:
+            loop.remove_reader(sock.fileno())  # what Server.close() does first, minus the close
+        except (NotImplementedError, RuntimeError, ValueError, OSError):
+            pass  # a loop without reader callbacks (e.g. Windows' proactor)
+    for _ in range(2):
+        await asyncio.sleep(0)  # the transport tasks run on the next tick
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,13 +513,20 @@ class AiohttpAdapter:
       ``on_shutdown``/``on_cleanup`` run).
     - close: force-close what is left, then clean up.
 
-    Use with :func:`lameduck.run_async`.
+    Use with :func:`lameduck.run_async`. The listening socket comes from
+    :func:`lameduck.listen` with ``host:port`` (``[host]:port`` for IPv6, every IPv4 interface
+    for ``host=None``) and is served with ``aiohttp.web.SockSite`` (``site_kwargs`` go there:
+    ``ssl_context``, ``backlog``, ``shutdown_timeout``), so an upgrade hands it on. Ready
+    (``ctx.ready()``) once the site listens.
     """
+
+    #: Ready once listening (``serve`` calls ``ctx.ready()``); see :class:`lameduck.Runner`.
+    explicit_ready = True
 
     def __init__(
         self,
         app: Any,
-        host: str = "127.0.0.1",
+        host: Optional[str] = "127.0.0.1",
         port: int = 8080,
         *,
         idle_grace: float = 1.0,
@@ -401,6 +535,11 @@ class AiohttpAdapter:
     ) -> None:
         from aiohttp import web  # imported here: aiohttp is optional
 
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host={host!r} must be a string or None (one listening socket per adapter)")
+        unsupported = sorted({"reuse_address", "reuse_port"} & set(site_kwargs))
+        if unsupported:
+            raise TypeError(f"{', '.join(unsupported)}: not supported; the socket comes from lameduck.listen()")
         self.app = app
         self.host = host
         self.port = port
@@ -457,8 +596,13 @@ class AiohttpAdapter:
         self._stopped = asyncio.Event()
         self.runner = self._web.AppRunner(self.app, handle_signals=False)
         await self.runner.setup()
-        self.site = self._web.TCPSite(self.runner, self.host, self.port, **self.site_kwargs)
-        await self.site.start()
+        sock = listen(_address((self.host or "", self.port or 0)))
+        try:
+            self.site = self._web.SockSite(self.runner, sock, **self.site_kwargs)
+            await self.site.start()
+        except BaseException:
+            sock.close()
+            raise
         ctx.ready()
         await self._stopped.wait()
 
@@ -493,7 +637,7 @@ class AiohttpAdapter:
 
 def aiohttp_app(
     app: Any,
-    host: str = "127.0.0.1",
+    host: Optional[str] = "127.0.0.1",
     port: int = 8080,
     *,
     idle_grace: float = 1.0,
@@ -501,5 +645,6 @@ def aiohttp_app(
     **site_kwargs: Any,
 ) -> AiohttpAdapter:
     """A lameduck server for an ``aiohttp.web.Application``; run it with
-    :func:`lameduck.run_async`."""
+    :func:`lameduck.run_async`. Its socket comes from :func:`lameduck.listen`
+    (``f"{host}:{port}"``), so upgrades hand it on; see :class:`AiohttpAdapter`."""
     return AiohttpAdapter(app, host, port, idle_grace=idle_grace, drain_listener=drain_listener, **site_kwargs)
