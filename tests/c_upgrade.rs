@@ -23,10 +23,7 @@ fn demo() -> &'static PathBuf {
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("upgrade-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("upgrade-{name}"))
 }
 
 fn kill(pid: i32, signal: i32) {

@@ -33,15 +33,8 @@ fn worker() -> Vec<String> {
     vec!["python3".into(), common::repo().join("tests/start_server/worker.py").display().to_string()]
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("start-server-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("start-server-{name}"))
 }
 
 /// A running start_server, stopped with SIGTERM (so it stops its workers) when dropped.
@@ -118,7 +111,7 @@ fn worker_environment_matches_perl() {
     let mut seen = Vec::new();
     for (name, bin) in implementations() {
         let dir = scratch(&format!("env-{name}"));
-        let (p1, p2, p3) = (free_port(), free_port(), free_port());
+        let (p1, p2, p3) = (common::free_port(), common::free_port(), common::free_port());
         let sock = dir.join("s.sock");
         let args = vec![
             format!("--port={p1}"),
@@ -152,7 +145,7 @@ fn worker_environment_matches_perl() {
 fn hup_status_file_and_signal_on_hup_match_perl() {
     for (name, bin) in implementations() {
         let dir = scratch(&format!("hup-{name}"));
-        let (port, status) = (free_port(), dir.join("status"));
+        let (port, status) = (common::free_port(), dir.join("status"));
         let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--signal-on-hup=usr1".into()];
         let run = Running::start(&bin, &args, &[("REPORT_DIR", dir.display().to_string()), ("SLEEP_ON_SIGNAL", "1".into())]);
         wait_until("generation 1", || generations(&status) == [1]);
@@ -176,7 +169,7 @@ fn hup_status_file_and_signal_on_hup_match_perl() {
 fn a_failing_new_worker_keeps_the_old_one_serving() {
     for (name, bin) in implementations() {
         let dir = scratch(&format!("fail-{name}"));
-        let (port, status) = (free_port(), dir.join("status"));
+        let (port, status) = (common::free_port(), dir.join("status"));
         let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display())];
         let run = Running::start(&bin, &args, &[("FAIL_GENERATIONS", "2,3".into())]);
         wait_until("generation 1", || generations(&status) == [1]);
@@ -201,7 +194,7 @@ fn envdir_is_reread_on_every_hup() {
         let envdir = dir.join("env");
         std::fs::create_dir_all(&envdir).unwrap();
         std::fs::write(envdir.join("FOO"), "value1\nignored\n").unwrap();
-        let args = vec![format!("--port=127.0.0.1:{}", free_port()), format!("--envdir={}", envdir.display())];
+        let args = vec![format!("--port=127.0.0.1:{}", common::free_port()), format!("--envdir={}", envdir.display())];
         let run = Running::start(&bin, &args, &[("REPORT_DIR", dir.display().to_string())]);
         assert!(env_report(&dir, 1).contains("FOO=value1\n"), "{name}");
         std::fs::write(envdir.join("FOO"), "value2\n").unwrap();
@@ -218,7 +211,7 @@ fn envdir_is_reread_on_every_hup() {
 #[test]
 fn kill_old_delay_unexpected_exit_and_queued_hups() {
     let dir = scratch("delay");
-    let (port, status) = (free_port(), dir.join("status"));
+    let (port, status) = (common::free_port(), dir.join("status"));
     let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--kill-old-delay=2".into()];
     let run = Running::start(&ours(), &args, &[]);
     wait_until("generation 1", || generations(&status) == [1]);
@@ -248,7 +241,7 @@ fn stop_and_restart_through_the_pid_file() {
     let dir = scratch("stop");
     let (pid_file, status) = (dir.join("pid"), dir.join("status"));
     let files = vec![format!("--pid-file={}", pid_file.display()), format!("--status-file={}", status.display())];
-    let mut args = vec![format!("--port=127.0.0.1:{}", free_port())];
+    let mut args = vec![format!("--port=127.0.0.1:{}", common::free_port())];
     args.extend(files.clone());
     let run = Running::start(&ours(), &args, &[]);
     wait_until("generation 1", || generations(&status) == [1]);
@@ -309,7 +302,7 @@ fn daemonize_with_log_file() {
 #[test]
 fn explicit_fds_udp_ipv6_and_dir() {
     let dir = scratch("fds");
-    let (tcp, udp, v6) = (free_port(), free_port(), free_port());
+    let (tcp, udp, v6) = (common::free_port(), common::free_port(), common::free_port());
     let args = vec![format!("--port=127.0.0.1:{tcp}=5"), format!("--port=127.0.0.1:u{udp}"), format!("--dir={}", dir.display())];
     let run = Running::start(&ours(), &args, &[("REPORT_DIR", dir.display().to_string())]);
     let report = env_report(&dir, 1);
@@ -387,7 +380,7 @@ fn auto_restart() {
     let dir = scratch("auto");
     let status = dir.join("status");
     let args = vec![
-        format!("--port=127.0.0.1:{}", free_port()),
+        format!("--port=127.0.0.1:{}", common::free_port()),
         format!("--status-file={}", status.display()),
         "--enable-auto-restart".into(),
         "--auto-restart-interval=2".into(),
@@ -404,7 +397,7 @@ fn demo() -> PathBuf {
 
 #[test]
 fn lameduck_worker_counts_as_started_when_ready_and_hups_lose_no_request() {
-    let port = free_port();
+    let port = common::free_port();
     let address = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(ours());
     // An interval far longer than the test: only READY=1 can make a worker count as started.
@@ -430,7 +423,7 @@ fn log_file_pipe_and_systemd_notify_relay() {
     let (log, notify_path) = (dir.join("log"), dir.join("notify"));
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(LIMIT)).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let address = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(ours());
     cmd.args([&format!("--port={address}"), &format!("--log-file=| cat > {}", log.display()), "--"])
@@ -459,7 +452,7 @@ fn a_dead_logger_does_not_take_start_server_down() {
     let dir = scratch("deadlog");
     let status = dir.join("status");
     let args = vec![
-        format!("--port=127.0.0.1:{}", free_port()),
+        format!("--port=127.0.0.1:{}", common::free_port()),
         format!("--status-file={}", status.display()),
         format!("--log-file=| head -c 1 > {}", dir.join("log").display()),
     ];
@@ -481,7 +474,7 @@ fn a_worker_that_reports_ready_and_dies_is_not_respawned_faster_than_the_interva
     )
     .unwrap();
     let mut cmd = Command::new(ours());
-    cmd.args(["--interval=1", &format!("--port=127.0.0.1:{}", free_port()), "--", "sh"]).arg(&script);
+    cmd.args(["--interval=1", &format!("--port=127.0.0.1:{}", common::free_port()), "--", "sh"]).arg(&script);
     let mut proc = Proc::spawn(cmd);
     proc.wait_nth_line("died unexpectedly with status:256, restarting", 1, LIMIT);
     let start = Instant::now();

@@ -19,7 +19,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -57,15 +57,8 @@ fn demo() -> PathBuf {
     common::build_c("http_server_storm", &["examples/http_server.c"])
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("start-server-storm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("start-server-storm-{name}"))
 }
 
 fn read(path: &Path) -> String {
@@ -207,7 +200,7 @@ struct StormResult {
 /// workers"), old workers all gone (one generation in the status file). Then stops start_server.
 fn hup_storm(bin: &Path, extra: &[&str]) -> StormResult {
     let dir = scratch("hup");
-    let (port, status) = (free_port(), dir.join("status"));
+    let (port, status) = (common::free_port(), dir.join("status"));
     let address = format!("127.0.0.1:{port}");
     let mut args = vec![format!("--port={address}"), format!("--status-file={}", status.display())];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -286,7 +279,7 @@ fn a_hup_storm_loses_nothing_and_signals_each_old_worker_once() {
 fn a_group_sighup_gives_one_generation_and_stop_leaves_nothing() {
     let _serial = serial();
     let dir = scratch("group");
-    let (port, status, pid_file) = (free_port(), dir.join("status"), dir.join("pid"));
+    let (port, status, pid_file) = (common::free_port(), dir.join("status"), dir.join("pid"));
     let address = format!("127.0.0.1:{port}");
     let args = vec![
         format!("--port={address}"),
@@ -341,7 +334,7 @@ fn a_group_sighup_gives_one_generation_and_stop_leaves_nothing() {
 #[test]
 fn term_during_an_old_workers_lame_duck_is_not_a_repeat() {
     let _serial = serial();
-    let port = free_port();
+    let port = common::free_port();
     let address = format!("127.0.0.1:{port}");
     let demo = demo();
     let worker = [demo.as_os_str(), "--listen".as_ref(), address.as_ref(), "--period".as_ref(), "3000".as_ref()];

@@ -1184,6 +1184,17 @@ static int test_logger_lines(void) {
 /* ---------------------------------------------------------------------------------------- */
 /* Upgrades started with ld_runner_upgrade. (SIGHUP upgrades of a real server: c_upgrade.rs.) */
 
+/* The run is still serving (an upgrade failed and rolled back): stop it, expect a clean end,
+ * free the fixture. */
+static int still_serving_then_stop(fixture *f) {
+    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY);
+    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
+    bg_join(&f->b);
+    CHECK_EQ(f->b.status, LD_OK);
+    fx_free(f);
+    return 0;
+}
+
 /* Runs a fixture whose upgrade command is argv[0..argc], calls ld_runner_upgrade once, and
  * returns its status; the message goes to `message`. The run is stopped (or has ended after a
  * successful upgrade) and freed before returning. */
@@ -1334,12 +1345,7 @@ static int test_upgrade_failures_leak_nothing(void) {
     CHECK_EQ(count_dir("/proc/self/fd"), fds_before);
     CHECK_EQ(waitpid(-1, NULL, WNOHANG), -1); /* no child left, not even a zombie */
     CHECK_EQ(errno, ECHILD);
-    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY);
-    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
-    bg_join(&f->b);
-    CHECK_EQ(f->b.status, LD_OK);
-    fx_free(f);
-    return 0;
+    return still_serving_then_stop(f);
 }
 
 static int test_upgrade_options(void) {
@@ -1478,12 +1484,7 @@ static int test_upgrade_ready_then_exit_rolls_back(void) {
     CHECK_EQ(ld_runner_upgrade(f->b.runner, &pid, &err), LD_UPGRADE_FAILED);
     CHECK_CONTAINS(ld_error_message(err), "cannot take over: fd 3 was not taken; stopped it with SIGTERM");
     ld_error_free(err);
-    CHECK_EQ(ld_runner_state(f->b.runner), LD_STATE_READY);
-    CHECK_EQ(ld_runner_stop(f->b.runner), LD_OK);
-    bg_join(&f->b);
-    CHECK_EQ(f->b.status, LD_OK);
-    fx_free(f);
-    return 0;
+    return still_serving_then_stop(f);
 }
 
 /* "The app stops itself, then its supervisor stops it": a stop followed by a signal is one

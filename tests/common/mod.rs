@@ -249,3 +249,17 @@ impl Drop for Proc {
         }
     }
 }
+
+/// A free 127.0.0.1 TCP port (free when asked; tests bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An empty scratch directory for one test, under cargo's target tmp dir, named after the test
+/// and this process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -80,18 +80,7 @@ def start_runner(**options: Any) -> "tuple[lameduck.Runner, Idle, threading.Thre
     server = Idle()
     options.setdefault("upgrade_without_listeners", True)
     runner = lameduck.Runner(server, signals=(), logger=False, **options)
-    outcome: List[Optional[BaseException]] = []
-
-    def target() -> None:
-        try:
-            runner.run()
-            outcome.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            outcome.append(e)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    assert runner.wait_ready(10)
+    thread, outcome = run_in_thread(runner)
     return runner, server, thread, outcome
 
 
