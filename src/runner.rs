@@ -676,8 +676,13 @@ impl Run {
     /// Just before the run is first ready: whoever sees READY (the observer, the previous
     /// generation, systemd) finds the pid file already naming us.
     fn write_pid_file(&self) {
+        self.write_pid_file_naming(std::process::id());
+    }
+
+    /// Points the pid file (if any) at `pid`: this process, or the new one it hands over to.
+    fn write_pid_file_naming(&self, pid: u32) {
         if let Some(path) = &self.shared.options.pid_file {
-            if let Err(err) = pidfile::write(path, std::process::id()) {
+            if let Err(err) = pidfile::write(path, pid) {
                 self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
             }
         }
@@ -777,7 +782,7 @@ impl Run {
         // announce_ready). In lame-duck already: nothing to announce.
         if self.shared.state.get() == State::Ready && !self.triggered {
             self.write_pid_file();
-            notify::systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            self.announce_ready(); // MAINPID + READY=1, now that we are orphaned
         }
     }
 
@@ -915,12 +920,7 @@ impl Run {
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
         let (pid, handed) = (candidate.pid, candidate.handed.clone());
         if outcome.is_ok() {
-            // The pid file names the new process before anyone hears it took over.
-            if let Some(path) = &self.shared.options.pid_file {
-                if let Err(err) = pidfile::write(path, pid) {
-                    self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
-                }
-            }
+            self.write_pid_file_naming(pid); // before anyone hears the new process took over
             candidate.hand_over();
         }
         drop((candidate, cancel));

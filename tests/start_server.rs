@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,12 +91,7 @@ fn generations(status: &Path) -> Vec<u64> {
 }
 
 fn get(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string()
+    common::get_body(port, LIMIT)
 }
 
 fn env_report(dir: &Path, generation: u64) -> String {

@@ -360,10 +360,5 @@ fn term_during_an_old_workers_lame_duck_is_not_a_repeat() {
 
 /// `GET /` on a new connection; the body's first line.
 fn hello(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string()
+    common::get_body(port, LIMIT)
 }

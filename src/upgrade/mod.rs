@@ -120,17 +120,22 @@ impl Candidate {
         let mut ready_open = true;
         let mut received: Vec<u8> = Vec::new();
         let mut confirming = false;
+        let died = |status: libc::c_int, confirming: bool| {
+            let when = if confirming {
+                format!("within {} of reporting ready", go_duration(confirm))
+            } else {
+                "before it was ready".to_string()
+            };
+            Error::new(ErrorKind::UpgradeFailed, format!("new process {pid} {} {when}", describe_status(status)))
+        };
         loop {
             let now = Instant::now();
             if confirming && now >= deadline {
                 // One last look: a process that died in the window's last instant is no successor.
-                if let Some(status) = self.exited(true) {
-                    return Err(Error::new(
-                        ErrorKind::UpgradeFailed,
-                        format!("new process {pid} {} within {} of reporting ready", describe_status(status), go_duration(confirm)),
-                    ));
-                }
-                return Ok(());
+                return match self.exited(true) {
+                    Some(status) => Err(died(status, true)),
+                    None => Ok(()),
+                };
             }
             if now >= deadline {
                 let how = self.terminate();
@@ -179,12 +184,7 @@ impl Candidate {
                 }
             }
             if let Some(status) = self.exited(fds[1].revents != 0) {
-                let when = if confirming {
-                    format!("within {} of reporting ready", go_duration(confirm))
-                } else {
-                    "before it was ready".to_string()
-                };
-                return Err(Error::new(ErrorKind::UpgradeFailed, format!("new process {pid} {} {when}", describe_status(status))));
+                return Err(died(status, confirming));
             }
         }
     }

@@ -263,3 +263,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `GET /` over HTTP/1.0 on a new connection to 127.0.0.1:`port`; the body, trimmed ("" when
+/// the connection failed mid-answer). Panics when it cannot connect.
+pub fn get_body(port: u16, limit: Duration) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string()
+}
