@@ -50,6 +50,7 @@ typedef struct {
     pthread_cond_t changed;
     int active; /* connection threads alive */
     int draining, closing;
+    int accepting; /* serve's accept loop runs: a connection it just accepted is not counted yet */
     int conns[MAX_CONNS];
     ld_runner *runner;
 } demo;
@@ -185,6 +186,9 @@ static void *conn_main(void *arg) {
 
 static int demo_serve(void *ud, const ld_context *ctx) {
     demo *d = ud;
+    pthread_mutex_lock(&d->mu);
+    d->accepting = 1;
+    pthread_mutex_unlock(&d->mu);
     ld_context_ready(ctx); /* the socket is bound and listening since main: ready */
 
     for (;;) {
@@ -227,6 +231,10 @@ static int demo_serve(void *ud, const ld_context *ctx) {
         pthread_attr_destroy(&attr);
     }
     close(d->listen_fd);
+    pthread_mutex_lock(&d->mu);
+    d->accepting = 0;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
     fprintf(stderr, "demo: stopped accepting new connections\n");
     return 0;
 }
@@ -240,7 +248,9 @@ static int demo_shutdown(void *ud, const ld_context *ctx) {
     char byte = 1;
     if (write(d->wake[1], &byte, 1) < 0) return errno;
     pthread_mutex_lock(&d->mu);
-    while (d->active > 0) {
+    /* Wait for the accept loop to end first: a connection it accepted just now is counted only
+     * a moment later, and would otherwise be answered after the run ended (or not at all). */
+    while (d->accepting || d->active > 0) {
         int64_t left = ld_context_remaining_ms(ctx);
         if (left == 0) break;
         struct timespec until;
