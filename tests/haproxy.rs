@@ -128,7 +128,9 @@ impl Fleet {
     fn start_demo(&mut self, name: &'static str) {
         let pid_file = self.dir.join(format!("{name}.pid"));
         let mut cmd = common::c_command(&self.binary);
-        cmd.args(["--port", "0", "--drain", &DRAIN_MS.to_string(), "--pid-file"]).arg(&pid_file);
+        // A 10 s lame-duck period: on a loaded machine an old process may need more than the default
+        // 3 s to finish the keep-alive connections haproxy holds to it.
+        cmd.args(["--port", "0", "--period", "10000", "--drain", &DRAIN_MS.to_string(), "--pid-file"]).arg(&pid_file);
         let proc = Proc::spawn(cmd);
         self.generations.push(proc.pid());
         let line = proc.wait_line(false, "listening on http://127.0.0.1:", LIMIT);
