@@ -56,6 +56,9 @@ struct Shared {
     ctx: Context,
     /// Set by the serve thread just before it calls the hook.
     serve_called: AtomicBool,
+    /// Set when `run` has returned (it may still have abandoned hooks running).
+    finished: AtomicBool,
+    live_hooks: Arc<LiveHooks>,
     upgrade_requests: Mutex<UpgradeRequests>,
 }
 
@@ -110,6 +113,8 @@ impl Runner {
                 options,
                 ctx: Context::new(Arc::clone(&trigger)),
                 serve_called: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
+                live_hooks: Arc::default(),
                 trigger,
                 state: StateCell::new(),
                 claimed: AtomicBool::new(false),
@@ -137,6 +142,7 @@ impl Runner {
         shared.running.store(true, Ordering::SeqCst);
         let result = Run::new(Arc::clone(shared)).execute();
         shared.running.store(false, Ordering::SeqCst);
+        shared.finished.store(true, Ordering::SeqCst);
         result
     }
 
@@ -209,9 +215,15 @@ impl Runner {
         state
     }
 
-    /// True while `run` is executing.
+    /// True from the moment `run` is called until it returns.
     pub fn is_running(&self) -> bool {
-        self.shared.running.load(Ordering::SeqCst)
+        self.shared.claimed.load(Ordering::SeqCst) && !self.shared.finished.load(Ordering::SeqCst)
+    }
+
+    /// The count of this runner's hook threads still running, including hooks the run
+    /// abandoned: for handles a hook may still use after the run (the C `ld_runner`).
+    pub(crate) fn live_hooks(&self) -> Arc<LiveHooks> {
+        Arc::clone(&self.shared.live_hooks)
     }
 
     /// The options this runner was made with.
@@ -279,6 +291,51 @@ enum Phase {
     Closing { give_up: Instant },
 }
 
+/// Work deferred until no hook of the runner is running any more.
+type AfterHooks = Box<dyn FnOnce() + Send>;
+
+/// Counts the hook threads still running, including hooks the run abandoned (a shutdown that
+/// ignored its deadline is still running after `run` returned), so that what such a hook may
+/// still use (the C handle it was given) is freed only once it has returned.
+#[derive(Default)]
+pub(crate) struct LiveHooks {
+    state: Mutex<(usize, Vec<AfterHooks>)>,
+}
+
+impl LiveHooks {
+    fn started(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
+    }
+
+    /// The last hook to return runs the deferred work.
+    fn ended(&self) {
+        let deferred = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.0 = state.0.saturating_sub(1);
+            if state.0 > 0 {
+                return;
+            }
+            std::mem::take(&mut state.1)
+        };
+        for work in deferred {
+            let _ = catch_unwind(AssertUnwindSafe(work));
+        }
+    }
+
+    /// Runs `work` now if no hook is running, otherwise once the last one returns (never, if
+    /// that hook never returns).
+    pub(crate) fn after(&self, work: AfterHooks) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.0 > 0 {
+                state.1.push(work);
+                return;
+            }
+        }
+        work();
+    }
+}
+
 /// A hook running on its own thread, and its result once it returned.
 struct HookThread {
     name: &'static str,
@@ -289,20 +346,25 @@ struct HookThread {
 }
 
 impl HookThread {
-    fn spawn<F>(name: &'static str, trigger: Arc<Trigger>, hook: F) -> Result<HookThread, Error>
+    fn spawn<F>(name: &'static str, shared: &Shared, hook: F) -> Result<HookThread, Error>
     where
         F: FnOnce() -> Result<(), HookError> + Send + 'static,
     {
         let slot = Arc::new(Mutex::new(None));
         let slot_in_thread = Arc::clone(&slot);
-        let handle = std::thread::Builder::new()
-            .name(format!("lameduck-{name}"))
-            .spawn(move || {
-                let result = catch_unwind(AssertUnwindSafe(hook)).unwrap_or_else(|p| Err(HookError::panic(panic_text(&*p))));
-                *slot_in_thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-                trigger.wake();
-            })
-            .map_err(|e| Error::new(ErrorKind::System, format!("could not start the {name} thread: {e}")))?;
+        let (trigger, live) = (Arc::clone(&shared.trigger), Arc::clone(&shared.live_hooks));
+        live.started();
+        let spawned = std::thread::Builder::new().name(format!("lameduck-{name}")).spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(hook)).unwrap_or_else(|p| Err(HookError::panic(panic_text(&*p))));
+            *slot_in_thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            trigger.wake();
+            drop(trigger);
+            live.ended();
+        });
+        let handle = spawned.map_err(|e| {
+            shared.live_hooks.ended();
+            Error::new(ErrorKind::System, format!("could not start the {name} thread: {e}"))
+        })?;
         Ok(HookThread { name, slot, handle: Some(handle), result: None, returned: false })
     }
 
@@ -456,7 +518,7 @@ impl Run {
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
         let shared = Arc::clone(&self.shared);
         let trigger = Arc::clone(&self.shared.trigger);
-        let result = match HookThread::spawn("serve", Arc::clone(&self.shared.trigger), move || {
+        let result = match HookThread::spawn("serve", &self.shared, move || {
             shared.serve_called.store(true, Ordering::SeqCst);
             trigger.wake();
             server.serve(&ctx)
@@ -673,18 +735,20 @@ impl Run {
         }
     }
 
-    /// Just before the run is first ready: whoever sees READY (the observer, the previous
-    /// generation, systemd) finds the pid file already naming us.
+    /// Points the pid file at this process, just before the run is first ready: whoever sees
+    /// READY (the observer, the previous generation, systemd) finds it naming us. A failure is a
+    /// warning: the run goes on.
     fn write_pid_file(&self) {
-        self.write_pid_file_naming(std::process::id());
+        if let Err(err) = self.point_pid_file_at(std::process::id()) {
+            self.log(Level::Warn, &err);
+        }
     }
 
     /// Points the pid file (if any) at `pid`: this process, or the new one it hands over to.
-    fn write_pid_file_naming(&self, pid: u32) {
-        if let Some(path) = &self.shared.options.pid_file {
-            if let Err(err) = pidfile::write(path, pid) {
-                self.log(Level::Warn, &format!("could not write the pid file {}: {err}", path.display()));
-            }
+    fn point_pid_file_at(&self, pid: u32) -> Result<(), String> {
+        match &self.shared.options.pid_file {
+            Some(path) => pidfile::write(path, pid).map_err(|err| format!("could not write the pid file {}: {err}", path.display())),
+            None => Ok(()),
         }
     }
 
@@ -919,10 +983,17 @@ impl Run {
         // counts descriptors right after `upgrade` returns sees none of ours.
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
         let (pid, handed) = (candidate.pid, candidate.handed.clone());
-        if outcome.is_ok() {
-            self.write_pid_file_naming(pid); // before anyone hears the new process took over
+        let outcome = outcome.and_then(|()| {
+            // Before anyone hears the new process took over. A pid file that cannot name it
+            // would name this process for ever after it exits (a supervisor would think the
+            // service dead, or signal a reused pid): that upgrade fails instead.
+            if let Err(err) = self.point_pid_file_at(pid) {
+                let how = candidate.abort();
+                return Err(Error::new(ErrorKind::UpgradeFailed, format!("{err}; new process {pid} not used: {how}")));
+            }
             candidate.hand_over();
-        }
+            Ok(())
+        });
         drop((candidate, cancel));
         match outcome {
             Ok(()) => {
@@ -997,7 +1068,7 @@ impl Run {
         self.transition(if self.handed_off.is_some() { State::HandingOver } else { State::ShuttingDown });
         self.phase = Phase::ShuttingDown { deadline };
         let (server, ctx) = (Arc::clone(&self.shared.server), self.ctx.clone());
-        match HookThread::spawn("shutdown", Arc::clone(&self.shared.trigger), move || server.shutdown(&ctx)) {
+        match HookThread::spawn("shutdown", &self.shared, move || server.shutdown(&ctx)) {
             Ok(thread) => self.shutdown = Some(thread),
             Err(err) => {
                 self.log(Level::Error, err.message());
@@ -1029,7 +1100,7 @@ impl Run {
         self.transition(State::Closing);
         self.phase = Phase::Closing { give_up: now + self.shared.options.close_timeout };
         let server = Arc::clone(&self.shared.server);
-        match HookThread::spawn("close", Arc::clone(&self.shared.trigger), move || server.close()) {
+        match HookThread::spawn("close", &self.shared, move || server.close()) {
             Ok(thread) => self.close = Some(thread),
             Err(err) => {
                 // Without a close thread there is nothing left to wait for but the deadline.

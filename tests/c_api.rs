@@ -62,6 +62,8 @@ c_tests!(
     stop_from_signal_handler,
     stop_before_run,
     run_twice_and_free_while_running,
+    abandoned_hook_outlives_free,
+    free_during_run_is_busy,
     chaining_and_restore,
     no_leaks_across_runs,
     user_data_destructor,

@@ -66,6 +66,8 @@ enum shutdown_mode {
     SHUTDOWN_FAIL_KEEP_SERVING,
     SHUTDOWN_HANG,            /* never return */
     SHUTDOWN_SLOW_OK,         /* take 300 ms, then stop serve and return 0 */
+    SHUTDOWN_LATE_USE,        /* outlive the run (abandoned), then use the runner and context */
+    SHUTDOWN_WAIT_RELEASE,    /* wait until the test lets go, then stop serve and return 0 */
 };
 enum close_mode { CLOSE_OK, CLOSE_HANG };
 
@@ -82,6 +84,10 @@ typedef struct {
     int64_t shutdown_remaining_ms, shutdown_entry_ms, close_entry_ms;
     ld_runner *runner; /* for hooks that stop or free their own runner */
     ld_status stop_status, free_status;
+    int released, late_done; /* SHUTDOWN_LATE_USE: let go by the test; its calls are made */
+    ld_state late_state;
+    int64_t late_remaining_ms;
+    bool late_is_done;
 } test_server;
 
 static void ts_init(test_server *t) {
@@ -163,6 +169,22 @@ static int t_shutdown(void *ud, const ld_context *ctx) {
         CHECK(!ld_context_wait(ctx, 300));
         ts_stop_serving(t);
         return 0;
+    case SHUTDOWN_WAIT_RELEASE:
+        ts_wait_for(t, &t->released, 1);
+        ts_stop_serving(t);
+        return 0;
+    case SHUTDOWN_LATE_USE:
+        ts_wait_for(t, &t->released, 1);
+        t->late_state = ld_runner_state(t->runner);
+        t->stop_status = ld_runner_stop(t->runner);
+        t->free_status = ld_runner_free(t->runner); /* freed already: must not double-free */
+        t->late_remaining_ms = ld_context_remaining_ms(ctx);
+        t->late_is_done = ld_context_done(ctx);
+        pthread_mutex_lock(&t->mu);
+        t->late_done = 1;
+        pthread_cond_broadcast(&t->cv);
+        pthread_mutex_unlock(&t->mu);
+        return 0;
     }
     return 0;
 }
@@ -183,6 +205,7 @@ static void t_free(void *ud) {
     test_server *t = ud;
     pthread_mutex_lock(&t->mu);
     t->frees++;
+    pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
 }
 
@@ -970,6 +993,102 @@ static int test_run_twice_and_free_while_running(void) {
     return 0;
 }
 
+/* A shutdown hook that ignores its deadline is abandoned: the run returns LD_EXPIRED while it
+ * still runs. The program frees the runner and the server, as it may; the hook then calls what
+ * the header lets it call. All of that must still be valid (ASan and valgrind would see a read
+ * of freed memory), and the runner's memory and user_data go only once the hook returned. */
+static int test_abandoned_hook_outlives_free(void) {
+    test_server *t = calloc(1, sizeof *t);
+    CHECK(t != NULL);
+    ts_init(t);
+    t->shutdown_mode = SHUTDOWN_LATE_USE;
+    ld_server *server = make_server(t);
+    ld_options *o = quiet_options();
+    CHECK_EQ(ld_options_set_period_ms(o, 100), LD_OK);
+    CHECK_EQ(ld_options_set_close_timeout_ms(o, 100), LD_OK);
+    bg_run b;
+    bg_start(&b, server, o);
+    t->runner = b.runner;
+    CHECK_EQ(ld_runner_wait_ready(b.runner, 10000), LD_OK);
+    ts_wait_for(t, &t->serve_calls, 1);
+    CHECK(kill(getpid(), SIGTERM) == 0);
+    bg_join(&b);
+    CHECK_EQ(b.status, LD_EXPIRED);
+    CHECK(ld_error_abandoned(b.error));
+    ld_error_free(b.error);
+    CHECK_EQ(ld_runner_free(b.runner), LD_OK); /* the run is over: freeing is allowed */
+    ld_server_free(server);
+    ld_options_free(o);
+    CHECK_EQ(t->frees, 0); /* the abandoned hook still holds user_data */
+    pthread_mutex_lock(&t->mu);
+    t->released = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    ts_wait_for(t, &t->late_done, 1);
+    CHECK_EQ(t->late_state, LD_STATE_STOPPED);
+    CHECK_EQ(t->stop_status, LD_OK);
+    CHECK_EQ(t->late_remaining_ms, 0);
+    CHECK(t->late_is_done);
+    ts_wait_for(t, &t->frees, 1); /* released by the hook's own thread once it returned */
+    CHECK_EQ(t->frees, 1);
+    free(t);
+    return 0;
+}
+
+/* ld_runner_free during every phase of ld_runner_run, from the state observer (which runs
+ * inside the run, on its threads) and from a thread polling as fast as it can: always LD_BUSY. */
+static ld_runner *phase_runner;
+static int phase_frees, phase_not_busy;
+static void free_in_observer(void *ud, ld_state old_state, ld_state new_state) {
+    (void)ud;
+    (void)old_state;
+    (void)new_state;
+    if (phase_runner == NULL) return; /* NOT_STARTED, reported inside ld_runner_new */
+    phase_frees++;
+    if (ld_runner_free(phase_runner) != LD_BUSY) phase_not_busy++;
+}
+
+static volatile int poller_stop;
+static void *free_poller(void *arg) {
+    long busy = 0;
+    while (!poller_stop) {
+        CHECK_EQ(ld_runner_free(arg), LD_BUSY);
+        busy++;
+    }
+    return (void *)busy;
+}
+
+static int test_free_during_run_is_busy(void) {
+    fixture *f = fx_new();
+    f->t.shutdown_mode = SHUTDOWN_WAIT_RELEASE;
+    CHECK_EQ(ld_options_set_period_ms(f->o, 60000), LD_OK);
+    CHECK_EQ(ld_options_set_state_observer(f->o, free_in_observer, NULL), LD_OK);
+    CHECK_EQ(ld_runner_new(f->server, f->o, &f->b.runner, NULL), LD_OK);
+    phase_runner = f->b.runner;
+    CHECK(pthread_create(&f->b.thread, NULL, bg_main, &f->b) == 0);
+    CHECK_EQ(ld_runner_wait_ready(f->b.runner, 10000), LD_OK);
+    pthread_t poller;
+    CHECK(pthread_create(&poller, NULL, free_poller, f->b.runner) == 0);
+    CHECK(kill(getpid(), SIGTERM) == 0);
+    ts_wait_for(&f->t, &f->t.shutdown_calls, 1);
+    ld_status in_shutdown = ld_runner_free(f->b.runner);
+    poller_stop = 1;
+    void *polls = NULL;
+    pthread_join(poller, &polls);
+    CHECK((long)polls > 0);
+    pthread_mutex_lock(&f->t.mu);
+    f->t.released = 1;
+    pthread_cond_broadcast(&f->t.cv);
+    pthread_mutex_unlock(&f->t.mu);
+    bg_join(&f->b);
+    CHECK_EQ(in_shutdown, LD_BUSY);
+    CHECK_EQ(f->b.status, LD_OK);
+    CHECK(phase_frees >= 4); /* STARTING, (SERVING,) READY, SHUTTING_DOWN, STOPPED */
+    CHECK_EQ(phase_not_busy, 0);
+    fx_free(f); /* and now it frees */
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* 15. Chaining, restoring, no leaks.                                                       */
 
@@ -1541,6 +1660,8 @@ static const subtest subtests[] = {
     {"stop_from_signal_handler", test_stop_from_signal_handler},
     {"stop_before_run", test_stop_before_run},
     {"run_twice_and_free_while_running", test_run_twice_and_free_while_running},
+    {"abandoned_hook_outlives_free", test_abandoned_hook_outlives_free},
+    {"free_during_run_is_busy", test_free_during_run_is_busy},
     {"chaining_and_restore", test_chaining_and_restore},
     {"no_leaks_across_runs", test_no_leaks_across_runs},
     {"user_data_destructor", test_user_data_destructor},
