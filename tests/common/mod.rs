@@ -275,3 +275,53 @@ pub fn get_body(port: u16, limit: Duration) -> String {
     let _ = s.read_to_string(&mut out);
     out.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string()
 }
+
+/// The name of the unprivileged user the hardening tests play an attacker as.
+pub const ATTACKER: &str = "lameduck-attacker";
+
+/// The uid and gid of [`ATTACKER`], created (`useradd -M -r`, no home, no login) when absent;
+/// None when not running as root (the caller skips). Safe when several tests, or several test
+/// processes, get here at once: whoever creates the user first wins, the others find it.
+pub fn attacker_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    static USER: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *USER.get_or_init(|| {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, ATTACKER]).stderr(Stdio::null()).output().ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|_| out.status.success())
+        };
+        for _ in 0..50 {
+            if let (Some(uid), Some(gid)) = (id("-u"), id("-g")) {
+                return Some((uid, gid));
+            }
+            // Fails harmlessly when another process just created it, or holds /etc/passwd's lock.
+            let _ = Command::new("useradd")
+                .args(["-M", "-r", "-s", "/usr/sbin/nologin", ATTACKER])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if id("-u").is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        eprintln!("could not create the user {ATTACKER}");
+        None
+    })
+}
+
+/// Makes `cmd` run as `uid`/`gid` with no supplementary groups (set in the child before exec).
+pub fn run_as(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setgroups/setgid/setuid are async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}

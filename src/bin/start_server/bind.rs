@@ -19,12 +19,17 @@ pub struct PortSpec {
     pub fd: Option<RawFd>,
 }
 
+/// The highest `=FD` accepted: the kernel's own ceiling (`fs.nr_open`'s default), so the
+/// descriptor arithmetic start_server does with it cannot overflow; above the process's
+/// descriptor limit `dup2` fails with a clear error.
+pub const MAX_FD: RawFd = 1 << 20;
+
 impl PortSpec {
     pub fn parse(text: &str) -> Result<PortSpec, String> {
         let bad = || format!("invalid ``port'' value:{text}");
         let trimmed = text.trim();
         let (address, fd) = match trimmed.split_once('=') {
-            Some((a, fd)) => (a, Some(fd.parse::<RawFd>().ok().filter(|fd| *fd >= 0).ok_or_else(bad)?)),
+            Some((a, fd)) => (a, Some(fd.parse::<RawFd>().ok().filter(|fd| (0..=MAX_FD).contains(fd)).ok_or_else(bad)?)),
             None => (trimmed, None),
         };
         let (host, port_text) = if let Some(rest) = address.strip_prefix('[') {
@@ -259,6 +264,60 @@ mod tests {
         assert_eq!(p("127.0.0.1:8080=9").fd, Some(9));
         for bad in ["abc", "", "80x", "::1:80", "[::1]80", "host:", "70000", "80=-1", "80=x", ":80"] {
             assert!(PortSpec::parse(bad).unwrap_err().starts_with("invalid ``port'' value:"), "{bad}");
+        }
+        for bad in ["80=1048577", "80=2147483647", "80=99999999999"] {
+            assert!(PortSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(p("80=1048576").fd, Some(MAX_FD));
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_parses_or_fails_without_panicking(text in any::<String>()) {
+                if let Ok(spec) = PortSpec::parse(&text) {
+                    prop_assert!(spec.fd.map_or(true, |fd| (0..=MAX_FD).contains(&fd)));
+                }
+            }
+
+            #[test]
+            fn port_like_text_never_panics(text in "\\[?[0-9a-z.:]{0,12}\\]?:?u?[0-9]{0,7}(=[-0-9]{0,12})?") {
+                let _ = PortSpec::parse(&text);
+            }
+
+            #[test]
+            fn valid_specs_round_trip(
+                host in proptest::option::of(prop_oneof![
+                    any::<[u8; 4]>().prop_map(|o| Ipv4Addr::from(o).to_string()),
+                    any::<[u16; 8]>().prop_map(|s| Ipv6Addr::from(s).to_string()),
+                    "[a-z][a-z0-9-]{0,10}(\\.[a-z][a-z0-9-]{0,10}){0,2}",
+                ]),
+                port in any::<u16>(),
+                udp in any::<bool>(),
+                fd in proptest::option::of(0..=MAX_FD),
+            ) {
+                let u = if udp { "u" } else { "" };
+                let address = match &host {
+                    Some(h) if h.contains(':') => format!("[{h}]:{u}{port}"),
+                    Some(h) => format!("{h}:{u}{port}"),
+                    None => format!("{u}{port}"),
+                };
+                let text = match fd { Some(fd) => format!("{address}={fd}"), None => address };
+                let spec = PortSpec::parse(&text).unwrap();
+                prop_assert_eq!(&spec.host, &host);
+                prop_assert_eq!((spec.port, spec.udp, spec.fd), (port, udp, fd));
+                let key = match &host {
+                    Some(h) if h.contains(':') => format!("[{h}]:{port}"),
+                    Some(h) => format!("{h}:{port}"),
+                    None => port.to_string(),
+                };
+                prop_assert_eq!(spec.key, key);
+            }
         }
     }
 }

@@ -66,13 +66,10 @@ fn full_name(given: &str) -> Result<&'static str, Usage> {
     }
 }
 
+/// `--interval` and the other durations: 0 to a year (see `settings`), or a usage error.
 fn seconds(name: &str, value: &str) -> Result<Duration, Usage> {
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| Usage(format!("Value \"{value}\" invalid for option {name} (number expected)")))
+    crate::settings::parse_seconds(value)
+        .map_err(|e| Usage(format!("Value \"{value}\" invalid for option {name} ({e})")))
 }
 
 impl Cli {
@@ -206,9 +203,25 @@ Options:
     --version
         printd the version number
 
-Beyond Perl's Server::Starter: a worker that speaks systemd's notify protocol (every lameduck
-worker does) counts as started as soon as it sends READY=1 on the private NOTIFY_SOCKET it is
-given, instead of after --interval.
+Beyond Perl's Server::Starter:
+- A worker that speaks systemd's notify protocol (every lameduck worker does) counts as
+  started as soon as it sends READY=1 on the private NOTIFY_SOCKET it is given, instead of
+  after --interval. That socket has a random name, and only datagrams sent by the worker
+  itself or by a process it started (a shell wrapper's systemd-notify; one that has exited
+  before start_server could trace it counts if it ran as start_server's or the worker's
+  user); others are ignored and logged once per worker.
+- If start_server dies, even by SIGKILL, each worker is sent --signal-on-term (default TERM;
+  a lameduck worker then finishes its requests) by the kernel (PR_SET_PDEATHSIG), instead of
+  serving on as an orphan. The kernel clears this when a worker execs a set-user-ID or
+  set-capability program, and a worker's own children are not covered.
+- Numbers (--interval, --kill-old-delay, --auto-restart-interval, KILL_OLD_DELAY and
+  AUTO_RESTART_INTERVAL from the environment or the envdir) are seconds from 0 to 31536000
+  (a year); anything else is an error at startup, and a warning that keeps the old value
+  when the envdir changes at run time. An envdir file with a NUL byte or an '=' in its name
+  is skipped with a warning.
+- The pid file and the status file are never written through a symlink; an existing pid
+  file must be a regular file of start_server's user.
+- Workers never inherit the lameduck library's private LAMEDUCK_* variables.
 ";
 
 #[cfg(test)]
@@ -232,5 +245,105 @@ mod tests {
         assert!(parse(&["--interval=abc"]).unwrap_err().0.contains("invalid for option interval"));
         assert!(parse(&["--port"]).unwrap_err().0.contains("requires an argument"));
         assert_eq!(parse(&["prog", "--stop"]).unwrap().command, ["prog", "--stop"]);
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_usage_errors() {
+        for (option, value) in [("interval", "1e20"), ("interval", "NaN"), ("interval", "-1"), ("interval", "inf"), ("kill-old-delay", "1e20"), ("auto-restart-interval", "99999999999999999999"), ("backlog", "99999999999")] {
+            let e = parse(&[&format!("--{option}={value}"), "--", "true"]).unwrap_err().0;
+            assert!(e.contains(&format!("Value \"{value}\" invalid for option {option}")), "{e}");
+        }
+        assert_eq!(parse(&["--interval=31536000"]).unwrap().interval, Some(Duration::from_secs(31_536_000)));
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+        use std::os::unix::ffi::OsStringExt;
+
+        const NAMES: [&str; 19] = [
+            "port", "path", "dir", "interval", "signal-on-hup", "signal-on-term", "pid-file", "status-file", "envdir", "log-file",
+            "backlog", "kill-old-delay", "auto-restart-interval", "daemonize", "enable-auto-restart", "restart", "stop", "help", "version",
+        ];
+
+        /// Arguments that look like options (a name or a prefix, maybe `=value`) or anything.
+        fn argument() -> impl Strategy<Value = OsString> {
+            prop_oneof![
+                any::<Vec<u8>>().prop_map(OsString::from_vec),
+                (proptest::sample::select(NAMES.to_vec()), 0usize..8, proptest::option::of(any::<String>()))
+                    .prop_map(|(name, cut, value)| {
+                        let name = &name[..name.len().min(cut.max(1))];
+                        OsString::from(match value {
+                            Some(v) => format!("--{name}={v}"),
+                            None => format!("--{name}"),
+                        })
+                    }),
+                any::<String>().prop_map(|s| OsString::from(format!("-{s}"))),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9/._:=-]{0,16}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_arguments_parse_or_fail_without_panicking(args in proptest::collection::vec(argument(), 0..8)) {
+                if let Ok(cli) = Cli::parse(args) {
+                    if let Some(d) = cli.interval {
+                        prop_assert!(d <= Duration::from_secs(u64::from(crate::settings::MAX_SECONDS)));
+                    }
+                    for v in cli.kill_old_delay.iter().chain(&cli.auto_restart_interval) {
+                        prop_assert!(crate::settings::parse_seconds(v).is_ok());
+                    }
+                }
+            }
+
+            #[test]
+            fn valid_command_lines_round_trip(
+                ports in proptest::collection::vec(value(), 0..3),
+                paths in proptest::collection::vec(value(), 0..2),
+                pid_file in proptest::option::of(value()),
+                status_file in proptest::option::of(value()),
+                interval_ms in proptest::option::of(0u64..=u64::from(crate::settings::MAX_SECONDS) * 1000),
+                delay in proptest::option::of(0u32..=crate::settings::MAX_SECONDS),
+                backlog in proptest::option::of(1i32..=i32::MAX),
+                daemonize in any::<bool>(),
+                separate in any::<bool>(),
+                command in proptest::collection::vec(any::<String>(), 0..4),
+            ) {
+                let mut args: Vec<String> = Vec::new();
+                let mut option = |name: &str, v: &str| {
+                    if separate {
+                        args.push(format!("--{name}"));
+                        args.push(v.to_string());
+                    } else {
+                        args.push(format!("--{name}={v}"));
+                    }
+                };
+                for p in &ports { option("port", p); }
+                for p in &paths { option("path", p); }
+                if let Some(f) = &pid_file { option("pid-file", f); }
+                if let Some(f) = &status_file { option("status-file", f); }
+                if let Some(ms) = interval_ms { option("interval", &format!("{}.{:03}", ms / 1000, ms % 1000)); }
+                if let Some(d) = delay { option("kill-old-delay", &d.to_string()); }
+                if let Some(b) = backlog { option("backlog", &b.to_string()); }
+                if daemonize { args.push("--daemonize".into()); }
+                args.push("--".into());
+                args.extend(command.iter().cloned());
+                let cli = Cli::parse(args.iter().map(OsString::from)).unwrap();
+                prop_assert_eq!(&cli.ports, &ports);
+                prop_assert_eq!(&cli.paths, &paths);
+                prop_assert_eq!(&cli.pid_file, &pid_file);
+                prop_assert_eq!(&cli.status_file, &status_file);
+                prop_assert_eq!(cli.interval.map(|d| (d.as_secs_f64() * 1000.0).round() as u64), interval_ms);
+                prop_assert_eq!(cli.kill_old_delay, delay.map(|d| d.to_string()));
+                prop_assert_eq!(cli.backlog, backlog);
+                prop_assert_eq!(cli.daemonize, daemonize);
+                prop_assert_eq!(cli.command, command.iter().map(OsString::from).collect::<Vec<_>>());
+            }
+        }
     }
 }

@@ -1,11 +1,36 @@
 //! The files start_server keeps: the pid file (locked while running), the status file
 //! (`GEN:PID` lines, replaced atomically), the envdir, and the log file or command.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+
+/// Why an existing file is not one start_server will write its pid into, or None.
+fn refuse_pid_file(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() {
+        Some("not a regular file".into())
+    } else if meta.nlink() != 1 {
+        Some(format!("it has {} hard links (refusing to write through a planted link)", meta.nlink()))
+    } else if meta.uid() != me {
+        Some(format!("owned by uid {}, not by uid {me} that start_server runs as", meta.uid()))
+    } else {
+        None
+    }
+}
+
+/// The error text for opening `path`: a symlink (ELOOP under O_NOFOLLOW) says so.
+fn open_error(path: &str, e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        format!("failed to open file:{path}:it is a symbolic link (refusing to follow it)")
+    } else {
+        format!("failed to open file:{path}:{e}")
+    }
+}
 
 /// The pid file, open and exclusively locked (flock) for as long as start_server runs, so
 /// `--stop` can wait for the lock to learn that it exited.
@@ -17,14 +42,27 @@ pub struct PidFile {
 impl PidFile {
     /// Opens and locks the pid file on a descriptor at or above `min_fd` (below it the
     /// sockets are placed for the workers). The pid is written later by `write_pid`.
+    ///
+    /// Never through a symlink (`O_NOFOLLOW`), and an existing file must be a regular file of
+    /// ours with one link: someone who can write the directory must not make start_server
+    /// (often root) truncate another file. Nothing is written before these checks. Created
+    /// 0644 (less the umask); `O_NONBLOCK`/`O_NOCTTY` so a planted FIFO or terminal cannot
+    /// block or adopt us before it is refused.
     pub fn lock(path: &str, min_fd: i32) -> Result<PidFile, String> {
         use std::os::fd::FromRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let opened = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
-            .map_err(|e| format!("failed to open file:{path}:{e}"))?;
+            .map_err(|e| open_error(path, &e))?;
+        let meta = opened.metadata().map_err(|e| format!("failed to open file:{path}:{e}"))?;
+        if let Some(why) = refuse_pid_file(&meta) {
+            return Err(format!("failed to open file:{path}:{why}"));
+        }
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the copy becomes the file we keep.
         let moved = unsafe { libc::fcntl(opened.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min_fd) };
         if moved < 0 {
@@ -50,7 +88,6 @@ impl PidFile {
             .and_then(|_| self.file.write_all(pid.as_bytes()))
             .map_err(|e| format!("failed to write file:{}:{e}", self.path))
     }
-
 }
 
 /// Removed when start_server exits, on every path out of `serve` (the daemonizing parents
@@ -63,70 +100,158 @@ impl Drop for PidFile {
     }
 }
 
-/// Writes the status file: one `GEN:PID` line per worker, by generation (numerically), to
-/// `F.<our pid>` and then renamed over `F`.
+/// `--stop`/`--restart`: the pid in the pid file, and the open file (whose lock tells whether
+/// start_server still runs). A symlink or a non-regular file is refused.
+pub fn read_pid(path: &str) -> Result<(std::fs::File, i32), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| open_error(path, &e))?;
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        return Err(format!("failed to open file:{path}:not a regular file"));
+    }
+    let mut text = String::new();
+    // At most a line's worth: a pid file is never large.
+    (&mut file).take(64).read_to_string(&mut text).map_err(|e| format!("failed to read file:{path}:{e}"))?;
+    let pid = text.trim().parse().ok().filter(|p: &i32| *p > 0).ok_or_else(|| format!("failed to read pid from file:{path}"))?;
+    Ok((file, pid))
+}
+
+/// Writes the status file: one `GEN:PID` line per worker, by generation (numerically), to a
+/// new temporary file beside it, then renamed over it (so readers see one or the other).
+///
+/// The temporary is `F.<our pid>` (Perl's name), created with `O_CREAT|O_EXCL|O_NOFOLLOW`: it
+/// is never an existing file or a symlink someone planted there. If that name exists, a
+/// random suffix is tried instead, so a planted name can neither be followed nor block us.
 pub fn write_status(path: &str, workers: &BTreeMap<u64, i32>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
     let text: String = workers.iter().map(|(generation, pid)| format!("{generation}:{pid}\n")).collect();
-    let temporary = format!("{path}.{}", std::process::id());
-    let result = std::fs::write(&temporary, text).and_then(|_| std::fs::rename(&temporary, path));
-    if let Err(e) = result {
-        log!("failed to write status file:{path}:{e}");
-        let _ = std::fs::remove_file(&temporary);
+    let mut temporary = format!("{path}.{}", std::process::id());
+    for attempt in 0.. {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temporary);
+        match created {
+            Ok(mut file) => {
+                let result = file.write_all(text.as_bytes()).and_then(|_| std::fs::rename(&temporary, path));
+                if let Err(e) = result {
+                    log!("failed to write status file:{path}:{e}");
+                    let _ = std::fs::remove_file(&temporary);
+                }
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => {
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    log!("{temporary} already exists (not ours): writing the status file through another name");
+                }
+                match crate::notify::random_hex(8) {
+                    Ok(suffix) => temporary = format!("{path}.{}.{suffix}", std::process::id()),
+                    Err(e) => return log!("failed to write status file:{path}:{e}"),
+                }
+            }
+            Err(e) => return log!("failed to write status file:{path}:{e}"),
+        }
     }
 }
 
-/// The generations listed in a status file.
-pub fn read_generations(path: &str) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+/// The generations listed in a status file (an error when it cannot be read: start_server
+/// removes it when it exits).
+pub fn read_generations(path: &str) -> io::Result<Vec<u64>> {
+    Ok(std::fs::read_to_string(path)?
         .lines()
         .filter_map(|line| line.split_once(':').and_then(|(g, _)| g.trim().parse().ok()))
-        .collect()
+        .collect())
+}
+
+/// The longest envdir value passed on: execve refuses a longer `NAME=value` string
+/// (MAX_ARG_STRLEN, 128 KiB) with E2BIG, which would make every worker fail to start.
+pub const MAX_ENV_VALUE: usize = 128 * 1024 - 256;
+
+/// One envdir file: its variable's value (its first line), None when the file is empty (Perl
+/// reads no line from it, so it sets nothing), or why it is skipped.
+pub fn envdir_value(name: &OsStr, content: &[u8]) -> Result<Option<OsString>, String> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name_bytes = name.as_bytes();
+    if name_bytes.is_empty() || name_bytes.contains(&b'=') || name_bytes.contains(&0) {
+        return Err("its name contains '=' or a NUL byte".into());
+    }
+    if content.is_empty() {
+        return Ok(None);
+    }
+    // The first line, as Rust's `lines()` cuts it (a trailing "\r" goes too).
+    let line = content.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.contains(&0) {
+        return Err("its value contains a NUL byte".into());
+    }
+    if line.len() > MAX_ENV_VALUE {
+        return Err(format!("its value is longer than {MAX_ENV_VALUE} bytes"));
+    }
+    Ok(Some(OsString::from_vec(line.to_vec())))
 }
 
 /// envdir: every non-dot file in the directory is a variable, its first line the value.
-/// Re-read before every new worker; a variable whose file was removed goes back to what the
-/// environment had before any envdir was applied (Perl keeps the first envdir value instead).
+/// Re-read on every wake-up (Perl); start_server's own environment is never changed (each
+/// worker gets these values through its `Command`), so a variable whose file was removed goes
+/// back to what the environment had (Perl keeps the first envdir value instead).
 #[derive(Default)]
 pub struct EnvDir {
-    /// The value each variable had before envdir touched it.
-    original: HashMap<OsString, Option<OsString>>,
+    dir: Option<OsString>,
+    values: BTreeMap<OsString, OsString>,
+    /// Skipped files already warned about (name and reason), so a bad file is logged once,
+    /// not at every wake-up.
+    warned: HashSet<(OsString, String)>,
 }
 
 impl EnvDir {
-    /// Applies `ENVDIR` (if set) to this process's environment, which workers inherit.
-    /// start_server is single-threaded, so changing the environment is safe here.
-    pub fn apply(&mut self) {
-        let mut current: HashMap<OsString, OsString> = HashMap::new();
-        if let Some(dir) = std::env::var_os("ENVDIR") {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    if name.to_string_lossy().starts_with('.') || name.to_string_lossy().contains('=') {
-                        continue;
-                    }
-                    let mut text = String::new();
-                    if std::fs::File::open(entry.path()).and_then(|mut f| f.read_to_string(&mut text)).is_ok() {
-                        // An empty file sets nothing (Perl reads no line from it).
-                        if let Some(first) = text.lines().next() {
-                            current.insert(name, first.into());
-                        }
+    pub fn new(dir: Option<OsString>) -> EnvDir {
+        EnvDir { dir, ..EnvDir::default() }
+    }
+
+    /// Reads the directory again. A file that cannot be a variable (a NUL byte, `=` in its
+    /// name, a value too long to exec) is skipped with one warning.
+    pub fn reload(&mut self) {
+        let mut values = BTreeMap::new();
+        let entries = self.dir.as_ref().and_then(|dir| std::fs::read_dir(dir).ok());
+        for entry in entries.into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if name.as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let mut content = Vec::new();
+            let read = std::fs::File::open(entry.path())
+                .and_then(|f| f.take(MAX_ENV_VALUE as u64 + 2).read_to_end(&mut content));
+            if read.is_err() {
+                continue; // unreadable (or a directory): skipped, as Perl does
+            }
+            match envdir_value(&name, &content) {
+                Ok(Some(value)) => {
+                    values.insert(name, value);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    if self.warned.insert((name.clone(), why.clone())) {
+                        log!("skipping envdir file {}: {why}", entry.path().display());
                     }
                 }
             }
         }
-        for (name, original) in &self.original {
-            if !current.contains_key(name) {
-                match original {
-                    Some(value) => std::env::set_var(name, value),
-                    None => std::env::remove_var(name),
-                }
-            }
-        }
-        for (name, value) in current {
-            self.original.entry(name.clone()).or_insert_with(|| std::env::var_os(&name));
-            std::env::set_var(&name, value);
-        }
+        self.values = values;
+    }
+
+    pub fn get(&self, name: &str) -> Option<&OsStr> {
+        self.values.get(OsStr::new(name)).map(OsString::as_os_str)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = (&OsString, &OsString)> {
+        self.values.iter()
     }
 }
 
@@ -195,4 +320,61 @@ pub fn program_exists(program: &Path, dir: Option<&str>) -> bool {
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path).any(|d| executable(&d.join(program)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn envdir_values() {
+        let v = |name: &str, content: &[u8]| envdir_value(OsStr::new(name), content);
+        assert_eq!(v("FOO", b"value1\nignored\n"), Ok(Some("value1".into())));
+        assert_eq!(v("FOO", b"a=b\r\n"), Ok(Some("a=b".into())));
+        assert_eq!(v("FOO", b"\n"), Ok(Some("".into())));
+        assert_eq!(v("FOO", b""), Ok(None));
+        assert_eq!(v("FOO", b"ok\nnul \0 on a later line"), Ok(Some("ok".into())));
+        assert!(v("FOO", b"a\0b\n").unwrap_err().contains("NUL"));
+        assert!(v("A=B", b"x").unwrap_err().contains("'='"));
+        assert!(v("FOO", &vec![b'x'; MAX_ENV_VALUE + 1]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_file_reads_or_is_skipped_without_panicking(name in any::<Vec<u8>>(), content in any::<Vec<u8>>()) {
+            if let Ok(Some(value)) = envdir_value(&OsString::from_vec(name.clone()), &content) {
+                // Whatever is accepted can be put in an environment without panicking.
+                let mut command = std::process::Command::new("true");
+                command.env(OsString::from_vec(name), &value);
+                prop_assert!(!value.as_encoded_bytes().contains(&0) && !value.as_encoded_bytes().contains(&b'\n'));
+            }
+        }
+
+        #[test]
+        fn valid_values_round_trip(value in "[^\\x00\\n\\r]{0,64}", rest in any::<Vec<u8>>()) {
+            let mut content = format!("{value}\n").into_bytes();
+            content.extend(rest);
+            prop_assert_eq!(envdir_value(OsStr::new("NAME"), &content), Ok(Some(OsString::from(value))));
+        }
+    }
+
+    #[test]
+    fn an_envdir_with_bad_files_keeps_the_good_ones() {
+        let dir = std::env::temp_dir().join(format!("start-server-envdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("GOOD"), "yes\n").unwrap();
+        std::fs::write(dir.join("BAD"), "a\0b\n").unwrap();
+        std::fs::write(dir.join(".hidden"), "no\n").unwrap();
+        let mut envdir = EnvDir::new(Some(dir.clone().into()));
+        envdir.reload();
+        envdir.reload();
+        assert_eq!(envdir.values().collect::<Vec<_>>(), [(&OsString::from("GOOD"), &OsString::from("yes"))]);
+        assert_eq!(envdir.warned.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -20,9 +20,12 @@ macro_rules! log {
 mod bind;
 mod cli;
 mod files;
+mod notify;
+mod settings;
 mod signals;
 mod supervisor;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -76,7 +79,7 @@ fn stop(cli: &Cli) -> ExitCode {
     let Some(pid_file) = &cli.pid_file else {
         return die("--stop option requires --pid-file to be set as well");
     };
-    let (file, pid) = match read_pid(pid_file) {
+    let (file, pid) = match files::read_pid(pid_file) {
         Ok(found) => found,
         Err(message) => {
             log!("{message}");
@@ -94,26 +97,33 @@ fn stop(cli: &Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn read_pid(path: &str) -> Result<(std::fs::File, i32), String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| format!("failed to open file:{path}:{e}"))?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| format!("failed to read file:{path}:{e}"))?;
-    let pid = text.trim().parse().map_err(|_| format!("failed to read pid from file:{path}"))?;
-    Ok((file, pid))
+/// Whether the start_server with `pid`, holding the lock on the pid file `file`, is gone: no
+/// such process, or nobody holds the lock (it exited, or it is a zombie not reaped yet).
+fn server_gone(pid: i32, file: &std::fs::File) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let no_process = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    // SAFETY: a non-blocking flock on a descriptor we own; it succeeds only when start_server
+    // no longer holds its lock (and then it is released at once when we exit).
+    no_process || unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), libc::LOCK_EX | libc::LOCK_NB) } == 0
 }
 
 /// `--restart`: HUP, then wait until the status file lists exactly one generation, a newer
 /// one than before (Perl waits for exactly max+1 and never returns if that attempt failed).
+/// If start_server goes away meanwhile, it fails at once; while it waits it says so every
+/// 10 seconds, so a new generation that keeps failing to start is not a silent hang.
 fn restart(cli: &Cli) -> ExitCode {
     let (Some(pid_file), Some(status_file)) = (&cli.pid_file, &cli.status_file) else {
         return die("--restart option requires --pid-file and --status-file to be set as well");
     };
-    let pid = match read_pid(pid_file) {
-        Ok((_, pid)) => pid,
+    let (file, pid) = match files::read_pid(pid_file) {
+        Ok(found) => found,
         Err(message) => return die_with(2, message),
     };
-    let Some(&newest) = files::read_generations(status_file).iter().max() else {
+    let generations = match files::read_generations(status_file) {
+        Ok(g) => g,
+        Err(e) => return die(format!("failed to open file:{status_file}:{e}")),
+    };
+    let Some(&newest) = generations.iter().max() else {
         return die("no active process found in the status file");
     };
     // SAFETY: kill(2) on the pid the pid file names.
@@ -121,14 +131,29 @@ fn restart(cli: &Cli) -> ExitCode {
         let err = std::io::Error::last_os_error();
         return die_with(errno_code(&err), format!("failed to send SIGHUP to the server process:{err}"));
     }
-    let limit = Instant::now() + Duration::from_secs(600);
+    let start = Instant::now();
+    let mut next_report = Duration::from_secs(10);
     loop {
-        let generations = files::read_generations(status_file);
+        if server_gone(pid, &file) {
+            return die(format!("start_server (pid:{pid}) exited before a new generation took over"));
+        }
+        let generations = match files::read_generations(status_file) {
+            Ok(g) => g,
+            Err(e) => return die(format!("failed to open file:{status_file}:{e}")),
+        };
         if generations.len() == 1 && generations[0] > newest {
             return ExitCode::SUCCESS;
         }
-        if Instant::now() > limit {
+        let waited = start.elapsed();
+        if waited > Duration::from_secs(600) {
             return die(format!("the new generation did not take over within 600 seconds (status: {generations:?})"));
+        }
+        if waited >= next_report {
+            next_report += Duration::from_secs(10);
+            log!(
+                "still waiting for a generation after {newest} to take over ({} s; status file lists {generations:?}; a new worker that fails to start is retried every --interval)",
+                waited.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -156,9 +181,12 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(specs) => specs,
         Err(e) => return die(e),
     };
-    // The options only set variables; the loop reads them (and the envdir may change them).
+    // The options only set variables (as Perl puts them in %ENV): workers get them, and the
+    // supervisor reads them (the envdir over them over the environment). start_server's own
+    // environment is never changed.
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
     if cli.enable_auto_restart {
-        std::env::set_var("ENABLE_AUTO_RESTART", "1");
+        env.push(("ENABLE_AUTO_RESTART".into(), "1".into()));
     }
     for (name, value) in [
         ("AUTO_RESTART_INTERVAL", &cli.auto_restart_interval),
@@ -166,13 +194,20 @@ fn serve(cli: Cli) -> ExitCode {
         ("ENVDIR", &cli.envdir),
     ] {
         if let Some(value) = value {
-            std::env::set_var(name, value);
+            env.push((name.into(), value.into()));
         }
     }
+    let mut envdir = files::EnvDir::new(cli.envdir.clone().map(OsString::from).or_else(|| std::env::var_os("ENVDIR")));
+    envdir.reload();
+    let settings = match settings::Settings::at_startup(|name| supervisor::lookup(&envdir, &env, name)) {
+        Ok(s) => s,
+        Err(e) => return die(e),
+    };
 
     // Locked first, so a second instance fails here rather than on a busy port; the lock
     // survives --daemonize's forks (it belongs to the open file).
     // Above every descriptor a socket may be placed on (3.., or an explicit =FD).
+    // (=FD is at most bind::MAX_FD, so this cannot overflow.)
     let highest_socket_fd = 3 + (specs.len() + cli.paths.len()) as i32 + specs.iter().filter_map(|s| s.fd).max().unwrap_or(0);
     let mut pid_file = match cli.pid_file.as_deref().map(|p| files::PidFile::lock(p, highest_socket_fd + 1)).transpose() {
         Ok(p) => p,
@@ -203,13 +238,9 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(fds) => fds,
         Err(e) => return cleanup_and_die(&sockets, e),
     };
-    std::env::set_var("SERVER_STARTER_PORT", bind::server_starter_port(&sockets, &fds));
-    std::env::set_var("SERVER_STARTER_GENERATION", "0");
+    env.push(("SERVER_STARTER_PORT".into(), bind::server_starter_port(&sockets, &fds).into()));
     // systemd-style workers: LISTEN_FDS only describes descriptors 3, 4, … in order.
     let contiguous = !fds.is_empty() && fds.iter().enumerate().all(|(i, fd)| *fd == 3 + i as i32);
-    for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        std::env::remove_var(name);
-    }
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
 
     if cli.daemonize {
@@ -227,8 +258,6 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(p) => p,
         Err(e) => return cleanup_and_die(&sockets, format!("failed to install signal handlers:{e}")),
     };
-    let mut envdir = files::EnvDir::default();
-    envdir.apply();
     let config = supervisor::Config {
         command: cli.command.clone(),
         dir: cli.dir.clone(),
@@ -238,8 +267,9 @@ fn serve(cli: Cli) -> ExitCode {
         status_file: cli.status_file.clone(),
         listen_fds: contiguous.then_some(fds.len()),
         notify_socket,
+        env,
     };
-    supervisor::Supervisor::new(config, signal_pipe, envdir).run();
+    supervisor::Supervisor::new(config, signal_pipe, envdir, settings).run();
 
     if let Some(path) = &cli.status_file {
         let _ = std::fs::remove_file(path);

@@ -16,14 +16,15 @@
 //!   already got that very signal as its `--signal-on-hup`; wait for all, clean up, exit 0.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::files::{self, EnvDir};
+use crate::notify;
+use crate::settings::Settings;
 use crate::signals::{name_of, SignalPipe};
 
 pub struct Config {
@@ -37,7 +38,48 @@ pub struct Config {
     pub listen_fds: Option<usize>,
     /// systemd's notify socket, if start_server runs under systemd.
     pub notify_socket: Option<String>,
+    /// Variables every worker gets before the envdir's: `SERVER_STARTER_PORT` and what the
+    /// options set (Perl puts them in its `%ENV`). start_server's own environment is never
+    /// changed: each worker's is built on its `Command`.
+    pub env: Vec<(OsString, OsString)>,
 }
+
+/// A variable as the supervisor reads it: the envdir's value, else the one the options set,
+/// else start_server's environment at startup.
+pub fn lookup(envdir: &EnvDir, env: &[(OsString, OsString)], name: &str) -> Option<OsString> {
+    envdir
+        .get(name)
+        .map(OsStr::to_os_string)
+        .or_else(|| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
+        .or_else(|| std::env::var_os(name))
+}
+
+/// The lameduck library's private variables (`LAMEDUCK_OWNED_FDS`, `LAMEDUCK_READY_FD`, …)
+/// describe start_server's own descriptors when it was itself started by a lameduck
+/// process: passed on, a worker would take them for its own (and generation 1 would unlink
+/// start_server's `--path` socket at HUP). No worker gets any of them.
+fn is_lameduck_private(name: &OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"LAMEDUCK_")
+}
+
+/// `now + d`, never panicking (every duration is bounded, see `settings`; this is the belt
+/// to those braces): an unrepresentable instant becomes a year from now.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600))).unwrap_or(now)
+}
+
+/// A worker's private notify socket (see `notify`).
+struct NotifySocket {
+    socket: UnixDatagram,
+    /// An ignored datagram has been logged for this worker (once per worker, so an attacker
+    /// cannot flood the log).
+    warned: bool,
+}
+
+/// The most datagrams read from one notify socket per wake-up: a sender flooding it cannot
+/// keep the loop from signals and child exits.
+const DATAGRAMS_PER_WAKE: usize = 64;
 
 enum Phase {
     Idle,
@@ -50,6 +92,7 @@ pub struct Supervisor {
     config: Config,
     signals: SignalPipe,
     envdir: EnvDir,
+    settings: Settings,
     generation: u64,
     current: Option<(i32, u64)>,
     old: BTreeMap<i32, u64>,
@@ -59,7 +102,7 @@ pub struct Supervisor {
     /// HUPs received and not acted on yet: each gives one generation.
     hups: u32,
     restart_current: bool,
-    notify: BTreeMap<i32, UnixDatagram>,
+    notify: BTreeMap<i32, NotifySocket>,
     last_restart: Instant,
     /// No crash replacement starts before this: `--interval` after the previous spawn, so a
     /// worker that reports ready and then dies cannot make us spin (Perl's interval sleep).
@@ -71,20 +114,14 @@ fn status_text(status: libc::c_int) -> String {
     status.to_string()
 }
 
-fn env_number(name: &str) -> Option<f64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
-}
-
-fn truthy(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 impl Supervisor {
-    pub fn new(config: Config, signals: SignalPipe, envdir: EnvDir) -> Supervisor {
+    /// `envdir` was read and `settings` checked at startup.
+    pub fn new(config: Config, signals: SignalPipe, envdir: EnvDir, settings: Settings) -> Supervisor {
         Supervisor {
             config,
             signals,
             envdir,
+            settings,
             generation: 0,
             current: None,
             old: BTreeMap::new(),
@@ -104,15 +141,14 @@ impl Supervisor {
         }
     }
 
-    /// Perl: `AUTO_RESTART_INTERVAL ||= 360`, so 0 (or garbage) means 360.
-    fn auto_restart_interval(&self) -> Option<Duration> {
-        let seconds = env_number("AUTO_RESTART_INTERVAL").filter(|s| *s > 0.0).unwrap_or(360.0);
-        truthy("ENABLE_AUTO_RESTART").then(|| Duration::from_secs_f64(seconds))
-    }
-
-    fn kill_old_delay(&self) -> Duration {
-        let default = if truthy("ENABLE_AUTO_RESTART") { 5.0 } else { 0.0 };
-        Duration::from_secs_f64(env_number("KILL_OLD_DELAY").unwrap_or(default))
+    /// Reads the envdir again (Perl does at every wake-up: it may switch auto-restart or the
+    /// kill-old delay on and off). A bad number there is logged once and the old value kept.
+    fn reload_envdir(&mut self) {
+        self.envdir.reload();
+        let (envdir, env) = (&self.envdir, &self.config.env);
+        for warning in self.settings.update(|name| lookup(envdir, env, name)) {
+            log!("{warning}");
+        }
     }
 
     fn update_status(&self) {
@@ -126,47 +162,52 @@ impl Supervisor {
 
     /// One attempt at a new worker (a new generation, even if it fails).
     fn start_worker(&mut self, after_hup: bool) {
-        self.envdir.apply();
+        self.reload_envdir();
         self.generation += 1;
         let generation = self.generation;
-        std::env::set_var("SERVER_STARTER_GENERATION", generation.to_string());
-        // A private notify socket per worker: READY=1 on it means "started".
-        let name = format!("start_server/{}/{generation}", std::process::id());
-        let notify = SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixDatagram::bind_addr(&a));
-        match &notify {
-            Ok(socket) => {
-                let _ = socket.set_nonblocking(true);
-                std::env::set_var("NOTIFY_SOCKET", format!("@{name}"));
-            }
-            Err(_) => std::env::remove_var("NOTIFY_SOCKET"),
+        // A private notify socket per worker: READY=1 on it (from the worker) means "started".
+        let notify = notify::bind(notify::random_name);
+        if let Err(e) = &notify {
+            log!("failed to create a notify socket for generation {generation} ({e}): it counts as started after --interval");
         }
         let mut command = std::process::Command::new(&self.config.command[0]);
         command.args(&self.config.command[1..]);
         if let Some(dir) = &self.config.dir {
             command.current_dir(dir);
         }
-        if let Some(n) = self.config.listen_fds {
-            std::env::set_var("LISTEN_FDS", n.to_string());
-            // LISTEN_PID is the worker's own pid, known only after fork. start_server is
-            // single-threaded, so setting it in the child before exec is safe; the command
-            // inherits the environment as it is at exec.
-            // SAFETY: see above; getpid/setenv in the single-threaded child.
-            unsafe {
-                command.pre_exec(|| {
-                    let pid = std::ffi::CString::new(libc::getpid().to_string()).unwrap_or_default();
-                    libc::setenv(c"LISTEN_PID".as_ptr(), pid.as_ptr(), 1);
-                    Ok(())
-                });
-            }
+        let mut env = self.worker_environment(generation, notify.as_ref().ok().map(|(_, name)| name.as_str()));
+        let parent = std::process::id() as libc::pid_t;
+        let death_signal = self.config.signal_on_term;
+        // SAFETY: runs in the child between fork and exec, and makes only async-signal-safe
+        // calls (prctl, getppid, getpid, _exit) and plain stores into memory prepared before
+        // the fork (`env`, moved into the closure, lives until the Command is dropped after
+        // spawn returns).
+        unsafe {
+            command.pre_exec(move || {
+                // If start_server dies, even by SIGKILL, the worker gets --signal-on-term (a
+                // lameduck worker then goes through its lame-duck) instead of serving on as an
+                // orphan. The kernel sends it when the *thread* that forked exits: start_server
+                // is single-threaded (signals come through a self-pipe, the `| cmd` logger is a
+                // process), so that means start_server's death.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // start_server died between fork and prctl: nothing will tell this child.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                env.install(libc::getpid());
+                Ok(())
+            });
         }
-        let deadline = Instant::now() + self.config.interval;
+        let deadline = later(self.config.interval);
         self.next_spawn_at = deadline;
         match command.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
                 log!("starting new worker {pid}");
-                if let Ok(socket) = notify {
-                    self.notify.insert(pid, socket);
+                if let Ok((socket, _)) = notify {
+                    self.notify.insert(pid, NotifySocket { socket, warned: false });
                 }
                 self.phase = Phase::Starting { pid: Some(pid), generation, deadline, died: None, after_hup };
             }
@@ -183,6 +224,37 @@ impl Supervisor {
         }
     }
 
+    /// A worker's environment: start_server's, less the lameduck library's private variables,
+    /// plus `Config::env`, the envdir, and the per-worker `SERVER_STARTER_GENERATION`,
+    /// `NOTIFY_SOCKET`, `LISTEN_FDS` and `LISTEN_PID` (filled in by the child). Built anew for
+    /// each worker, so start_server's own environment never changes (a `setenv` per
+    /// generation leaked memory).
+    fn worker_environment(&self, generation: u64, notify: Option<&str>) -> WorkerEnv {
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(name, _)| !is_lameduck_private(name)).collect();
+        let mut set = |name: &OsStr, value: Option<&OsStr>| {
+            let found = vars.iter().position(|(n, _)| n == name);
+            match (found, value) {
+                (Some(i), Some(v)) => vars[i].1 = v.to_os_string(),
+                (None, Some(v)) => vars.push((name.to_os_string(), v.to_os_string())),
+                (Some(i), None) => {
+                    vars.remove(i);
+                }
+                (None, None) => {}
+            }
+        };
+        for (name, value) in self.config.env.iter().map(|(n, v)| (n, v)).chain(self.envdir.values()) {
+            set(name, Some(value).filter(|_| !is_lameduck_private(name)).map(OsString::as_os_str));
+        }
+        set(OsStr::new("SERVER_STARTER_GENERATION"), Some(OsStr::new(&generation.to_string())));
+        let notify = notify.map(|name| OsString::from(format!("@{name}")));
+        set(OsStr::new("NOTIFY_SOCKET"), notify.as_deref());
+        let listen_fds = self.config.listen_fds.map(|n| OsString::from(n.to_string()));
+        set(OsStr::new("LISTEN_FDS"), listen_fds.as_deref());
+        set(OsStr::new("LISTEN_PID"), None);
+        set(OsStr::new("LISTEN_FDNAMES"), None);
+        WorkerEnv::new(vars, self.config.listen_fds.is_some())
+    }
+
     /// The new worker counts as started.
     fn accept(&mut self, pid: i32, generation: u64, after_hup: bool) {
         self.current = Some((pid, generation));
@@ -194,12 +266,12 @@ impl Supervisor {
             let olds: Vec<String> = self.old.keys().map(|p| p.to_string()).collect();
             let list = if olds.is_empty() { "none".to_string() } else { olds.join(",") };
             log!("new worker is now running, sending {} to old workers:{list}", name_of(self.config.signal_on_hup));
-            let delay = self.kill_old_delay();
+            let delay = self.settings.kill_old_delay();
             if delay.is_zero() {
                 self.kill_old_workers();
             } else {
                 log!("sleeping {} secs before killing old workers", delay.as_secs_f64());
-                self.phase = Phase::KillDelay { until: Instant::now() + delay };
+                self.phase = Phase::KillDelay { until: later(delay) };
             }
         }
     }
@@ -281,21 +353,35 @@ impl Supervisor {
     }
 
     /// Messages on the workers' notify sockets: READY=1 from the worker being started makes it
-    /// started; STATUS= from the current worker goes on to systemd.
+    /// started; STATUS= from the current worker goes on to systemd. Only datagrams the worker
+    /// (or a descendant of it) sent count (see `notify`); others are logged once per worker.
     fn read_notifications(&mut self) -> Option<i32> {
         let mut ready = None;
         let mut buf = [0u8; 4096];
-        for (pid, socket) in &self.notify {
-            while let Ok(n) = socket.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]);
+        let current = self.current.map(|(pid, _)| pid);
+        let mut relay = Vec::new();
+        for (pid, entry) in &mut self.notify {
+            for _ in 0..DATAGRAMS_PER_WAKE {
+                let Ok(Some(message)) = notify::recv(&entry.socket, &mut buf) else { break };
+                if !notify::from_worker(message.pid, message.uid, *pid) {
+                    if !entry.warned {
+                        entry.warned = true;
+                        log!("ignored a notification from pid {} uid {} (not worker {pid})", message.pid, message.uid);
+                    }
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&buf[..message.len]);
                 for line in text.lines() {
                     if line == "READY=1" {
                         ready = Some(*pid);
-                    } else if line.starts_with("STATUS=") && self.current.is_some_and(|(p, _)| p == *pid) {
-                        self.tell_systemd(line);
+                    } else if line.starts_with("STATUS=") && current == Some(*pid) {
+                        relay.push(line.to_string());
                     }
                 }
             }
+        }
+        for line in relay {
+            self.tell_systemd(&line);
         }
         ready
     }
@@ -306,14 +392,14 @@ impl Supervisor {
             Phase::KillDelay { until } => Some(until),
             _ => None,
         };
-        let auto = self.auto_restart_interval().map(|_| Instant::now() + Duration::from_secs(1));
+        let auto = self.settings.auto_restart().map(|_| later(Duration::from_secs(1)));
         let respawn = self.restart_current.then_some(self.next_spawn_at);
         [phase, auto, respawn].into_iter().flatten().min()
     }
 
     fn wait(&self) {
         let mut fds = vec![libc::pollfd { fd: self.signals.fd(), events: libc::POLLIN, revents: 0 }];
-        fds.extend(self.notify.values().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
+        fds.extend(self.notify.values().map(|s| libc::pollfd { fd: s.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
         let timeout = self.next_wake().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
         // SAFETY: a valid array of pollfds; EINTR (a signal) just returns early.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -323,9 +409,7 @@ impl Supervisor {
     pub fn run(&mut self) {
         self.start_worker(false);
         loop {
-            // Perl re-reads the envdir on every wake-up (it may switch auto-restart or the
-            // kill-old delay on and off), not only before a spawn.
-            self.envdir.apply();
+            self.reload_envdir();
             for signal in self.signals.drain() {
                 match signal {
                     libc::SIGHUP => self.hups += 1,
@@ -368,10 +452,10 @@ impl Supervisor {
                     log!("received HUP, spawning a new worker");
                     self.retire_current();
                     self.start_worker(true);
-                } else if let Some(interval) = self.auto_restart_interval() {
+                } else if let Some(interval) = self.settings.auto_restart() {
                     let elapsed = self.last_restart.elapsed();
                     let restart = elapsed >= interval && self.old.is_empty();
-                    let forced = !restart && elapsed >= interval * 2;
+                    let forced = !restart && interval.checked_mul(2).is_some_and(|twice| elapsed >= twice);
                     if restart || forced {
                         let how = if forced { "forced, " } else { "" };
                         log!("autorestart triggered ({how}interval={})", interval.as_secs_f64());
@@ -394,5 +478,120 @@ impl Supervisor {
         if let Some((pid, generation)) = self.current.take() {
             self.old.insert(pid, generation);
         }
+    }
+}
+
+extern "C" {
+    /// The C library's environment, which `execvp` passes on (and searches `PATH` in).
+    static mut environ: *const *const libc::c_char;
+}
+
+/// Width of the `LISTEN_PID=` slot: enough digits for any pid.
+const PID_DIGITS: usize = 20;
+
+/// A worker's whole environment, prepared before the fork: `NAME=value` strings, a
+/// `LISTEN_PID=` slot of fixed width, and the NULL-terminated pointer array. In the child,
+/// `install` writes the pid into the slot and points `environ` at the array, with plain stores
+/// only: no `setenv` (not async-signal-safe: it allocates), no allocation. The Command itself
+/// is given no variables, so std leaves `environ` alone and its `execvp` uses this one.
+struct WorkerEnv {
+    _entries: Vec<std::ffi::CString>,
+    listen_pid: Option<Vec<u8>>,
+    /// Addresses of the strings above, then 0 (kept as integers so the closure is Send).
+    pointers: Vec<usize>,
+}
+
+impl WorkerEnv {
+    fn new(vars: Vec<(OsString, OsString)>, with_listen_pid: bool) -> WorkerEnv {
+        let entries: Vec<std::ffi::CString> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let mut entry = name.into_encoded_bytes();
+                entry.push(b'=');
+                entry.extend(value.into_encoded_bytes());
+                std::ffi::CString::new(entry).ok()
+            })
+            .collect();
+        let mut listen_pid = with_listen_pid.then(|| {
+            let mut slot = b"LISTEN_PID=".to_vec();
+            slot.resize(slot.len() + PID_DIGITS + 1, 0);
+            slot
+        });
+        let mut pointers: Vec<usize> = entries.iter().map(|e| e.as_ptr() as usize).collect();
+        pointers.extend(listen_pid.as_mut().map(|slot| slot.as_mut_ptr() as usize));
+        pointers.push(0);
+        WorkerEnv { _entries: entries, listen_pid, pointers }
+    }
+
+    /// In the child: fills in `LISTEN_PID` and makes this the environment `execvp` passes on.
+    ///
+    /// # Safety
+    /// Only between fork and exec (it replaces the process's `environ`).
+    unsafe fn install(&mut self, pid: libc::pid_t) {
+        self.fill_listen_pid(pid);
+        environ = self.pointers.as_ptr().cast();
+    }
+
+    /// Writes `pid` into the `LISTEN_PID=` slot (plain stores).
+    fn fill_listen_pid(&mut self, pid: libc::pid_t) {
+        if let Some(slot) = self.listen_pid.as_mut() {
+            let mut digits = [0u8; 24];
+            let text = decimal(pid as u64, &mut digits);
+            // The heap buffer `pointers` refers to: written in place, never reallocated.
+            let start = b"LISTEN_PID=".len();
+            slot[start..start + text.len()].copy_from_slice(text);
+        }
+    }
+}
+
+/// `n` in decimal, NUL-terminated, in `buf`; no allocation (used between fork and exec).
+fn decimal(mut n: u64, buf: &mut [u8; 24]) -> &[u8] {
+    let mut i = buf.len() - 1;
+    buf[i] = 0;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_digits() {
+        let mut buf = [0u8; 24];
+        assert_eq!(decimal(0, &mut buf), b"0\0");
+        assert_eq!(decimal(4194304, &mut buf), b"4194304\0");
+        assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615\0");
+    }
+
+    #[test]
+    fn the_worker_environment_array() {
+        let vars = vec![(OsString::from("A"), OsString::from("1")), (OsString::from("B"), OsString::from("x=y"))];
+        let mut env = WorkerEnv::new(vars, true);
+        env.fill_listen_pid(4194304);
+        let strings: Vec<String> = env
+            .pointers
+            .iter()
+            .take_while(|p| **p != 0)
+            // SAFETY: each pointer is a NUL-terminated string owned by `env`.
+            .map(|p| unsafe { std::ffi::CStr::from_ptr(*p as *const libc::c_char) }.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(strings, ["A=1", "B=x=y", "LISTEN_PID=4194304"]);
+    }
+
+    #[test]
+    fn lookup_order_and_private_names() {
+        let env = vec![(OsString::from("KILL_OLD_DELAY"), OsString::from("3"))];
+        let envdir = EnvDir::default();
+        assert_eq!(lookup(&envdir, &env, "KILL_OLD_DELAY"), Some("3".into()));
+        assert_eq!(lookup(&envdir, &env, "START_SERVER_SURELY_UNSET"), None);
+        assert!(is_lameduck_private(OsStr::new("LAMEDUCK_OWNED_FDS")));
+        assert!(!is_lameduck_private(OsStr::new("LAMEDUCKY")));
     }
 }
