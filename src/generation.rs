@@ -4,6 +4,10 @@
 //!
 //! Read once, the first time a runner is made. `LAMEDUCK_READY_FD` is removed from the
 //! environment and its descriptor made close-on-exec, so it never leaks into other children.
+//! It is trusted only when `LAMEDUCK_READY_PID` names this very process (as `LISTEN_PID` binds
+//! `LISTEN_FDS`) and the descriptor really is a channel (a connected unix stream socket made by
+//! the previous generation, or a pipe's write end): a variable inherited through another
+//! program, or one naming the server's own listener, is ignored and its descriptor untouched.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,6 +19,9 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 /// (or `FAILED=reason\n` when it cannot). The previous generation answers `HANDOVER=1\n` and
 /// closes its end once it has handed over.
 pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
+
+/// The pid `LAMEDUCK_READY_FD` is meant for: the process the previous generation started.
+pub const READY_PID_ENV: &str = "LAMEDUCK_READY_PID";
 
 /// What this process learned at start.
 pub(crate) struct Generation {
@@ -154,13 +161,20 @@ fn read() -> Generation {
         let text = p.to_string_lossy();
         text.strip_suffix(" (deleted)").map_or(p.clone(), PathBuf::from)
     });
+    let bound_to = std::env::var_os(READY_PID_ENV);
+    std::env::remove_var(READY_PID_ENV);
     let (handover, problem) = match std::env::var_os(READY_FD_ENV) {
         None => (Handover::Current, None),
         Some(value) => {
             std::env::remove_var(READY_FD_ENV);
-            match parse_ready_fd(&value.to_string_lossy()) {
+            let bound_to = bound_to.map(|v| v.to_string_lossy().into_owned());
+            let previous = std::env::var(PREVIOUS_PID_ENV).ok();
+            match parse_ready_fd(&value.to_string_lossy(), bound_to.as_deref(), previous.as_deref(), std::process::id()) {
                 Ok(fd) => (Handover::Pending(Predecessor::open(fd)), None),
-                Err(problem) => (Handover::Current, Some(problem)),
+                Err(problem) => {
+                    std::env::remove_var(PREVIOUS_PID_ENV);
+                    (Handover::Current, Some(problem))
+                }
             }
         }
     };
@@ -174,19 +188,86 @@ fn read() -> Generation {
     }
 }
 
-/// `LAMEDUCK_READY_FD` must name an open descriptor above stderr.
-fn parse_ready_fd(value: &str) -> Result<RawFd, String> {
+/// `LAMEDUCK_READY_FD` must be meant for process `pid` (`LAMEDUCK_READY_PID`) and name an open
+/// descriptor above stderr that is a readiness channel (see [`check_channel`]).
+fn parse_ready_fd(value: &str, bound_to: Option<&str>, previous: Option<&str>, pid: u32) -> Result<RawFd, String> {
+    match bound_to.map(|p| p.trim().parse::<u32>()) {
+        Some(Ok(target)) if target == pid => {}
+        Some(Ok(target)) => {
+            return Err(format!(
+                "{READY_FD_ENV}={value:?} is meant for process {target}, not this one (inherited through another program); ignoring it"
+            ))
+        }
+        Some(Err(_)) | None => {
+            return Err(format!(
+                "{READY_FD_ENV}={value:?} without {READY_PID_ENV} naming this process is not meant for it; ignoring it"
+            ))
+        }
+    }
     let fd: RawFd = value
         .trim()
         .parse()
         .ok()
         .filter(|&fd| fd > 2)
         .ok_or_else(|| format!("{READY_FD_ENV}={value:?} is not a descriptor number above 2; ignoring it"))?;
-    // SAFETY: F_GETFD only asks whether the number is an open descriptor.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(format!("{READY_FD_ENV}={value:?} names a descriptor that is not open; ignoring it"));
-    }
+    let previous = previous.and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+    check_channel(fd, previous).map_err(|what| format!("{READY_FD_ENV}={value:?} names {what}; ignoring it"))?;
     Ok(fd)
+}
+
+/// Reads an `int` socket option.
+fn int_option(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the size we pass.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    (r == 0).then_some(value)
+}
+
+/// A readiness channel is a connected (not listening) unix stream socket, made by the previous
+/// generation (`previous`, when known: a socket pair's peer credentials are its creator's), or
+/// the write end of a pipe. Anything else (the server's own listener, a file) is not ours to
+/// write to, read from or close. The error says what the descriptor is.
+fn check_channel(fd: RawFd, previous: Option<libc::pid_t>) -> Result<(), String> {
+    // SAFETY: fstat into a local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err("a descriptor that is not open".into());
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO => {
+            // SAFETY: F_GETFL on an open descriptor.
+            let mode = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE;
+            if mode == libc::O_RDONLY {
+                return Err("the read end of a pipe".into());
+            }
+            Ok(())
+        }
+        libc::S_IFSOCK => {
+            if int_option(fd, libc::SO_ACCEPTCONN) != Some(0) {
+                return Err("a listening socket, not a readiness channel".into());
+            }
+            if int_option(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX) || int_option(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+                return Err("a socket that is not a unix stream socket".into());
+            }
+            let mut cred: libc::ucred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: getsockopt into a local ucred of the size we pass.
+            let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+            if r != 0 {
+                return Err("a unix socket with no peer".into());
+            }
+            match previous {
+                Some(previous) if cred.pid != previous => {
+                    Err(format!("a socket made by process {}, not by the previous generation {previous}", cred.pid))
+                }
+                _ => Ok(()),
+            }
+        }
+        libc::S_IFREG => Err("a regular file, not a readiness channel".into()),
+        _ => Err("a descriptor that is not a socket or a pipe".into()),
+    }
 }
 
 /// Sends one line on the channel. `MSG_NOSIGNAL`: a reader that is gone is an error, never a
@@ -340,14 +421,60 @@ fn read_handover(fd: RawFd) -> Option<Outcome> {
 mod tests {
     use super::*;
 
+    fn parse(value: &str) -> Result<RawFd, String> {
+        let me = std::process::id();
+        parse_ready_fd(value, Some(&me.to_string()), Some(&me.to_string()), me)
+    }
+
     #[test]
     fn ready_fd_values() {
-        assert!(parse_ready_fd("x").unwrap_err().contains("\"x\""));
-        assert!(parse_ready_fd("2").is_err(), "stdio is never the channel");
-        assert!(parse_ready_fd("-5").is_err());
-        assert!(parse_ready_fd("99999").unwrap_err().contains("not open"));
+        assert!(parse("x").unwrap_err().contains("\"x\""));
+        assert!(parse("2").is_err(), "stdio is never the channel");
+        assert!(parse("-5").is_err());
+        assert!(parse("99999").unwrap_err().contains("not open"));
         let file = std::fs::File::open("/dev/null").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        assert_eq!(parse_ready_fd(&fd.to_string()), Ok(fd));
+        let fd = file.as_raw_fd();
+        assert!(parse(&fd.to_string()).unwrap_err().contains("not a socket or a pipe"));
+    }
+
+    #[test]
+    fn ready_fd_is_bound_to_this_process() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd().to_string();
+        let me = std::process::id();
+        assert_eq!(parse_ready_fd(&fd, Some(&me.to_string()), None, me), Ok(ours.as_raw_fd()));
+        let err = parse_ready_fd(&fd, Some("1"), None, me).unwrap_err();
+        assert!(err.contains("meant for process 1, not this one"), "{err}");
+        let err = parse_ready_fd(&fd, None, None, me).unwrap_err();
+        assert!(err.contains("without LAMEDUCK_READY_PID"), "{err}");
+        assert!(parse_ready_fd(&fd, Some("garbage"), None, me).is_err());
+        // A socket pair's peer is its creator: here us, not "the previous generation" 1.
+        let err = parse_ready_fd(&fd, Some(&me.to_string()), Some("1"), me).unwrap_err();
+        assert!(err.contains(&format!("made by process {me}, not by the previous generation 1")), "{err}");
+    }
+
+    #[test]
+    fn only_a_channel_is_a_channel() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = parse(&listener.as_raw_fd().to_string()).unwrap_err();
+        assert!(err.contains("a listening socket"), "{err}");
+        let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        assert!(parse(&unix.as_raw_fd().to_string()).unwrap_err().contains("not a unix stream socket"));
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the array; both ends are closed below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: just created, owned here.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        assert!(parse(&read.as_raw_fd().to_string()).unwrap_err().contains("read end of a pipe"));
+        assert_eq!(parse(&write.as_raw_fd().to_string()), Ok(write.as_raw_fd()));
+        let file = tempfile_in_target();
+        assert!(parse(&file.as_raw_fd().to_string()).unwrap_err().contains("regular file"));
+    }
+
+    fn tempfile_in_target() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("lameduck-generation-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
     }
 }

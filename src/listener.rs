@@ -16,7 +16,7 @@
 //! so it would stop them accepting too. There it is simply unnecessary: the queue survives
 //! our close.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -42,6 +42,17 @@ pub enum Address {
     },
     /// A unix socket path (absolute, or `unix:` followed by a path).
     Unix(PathBuf),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp { host: None, port } => write!(f, "0.0.0.0:{port}"),
+            Address::Tcp { host: Some(host), port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Address::Tcp { host: Some(host), port } => write!(f, "{host}:{port}"),
+            Address::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 impl Address {
@@ -164,8 +175,35 @@ enum Source {
 }
 
 /// Names the inherited descriptors whose unix socket paths a lameduck generation created, so
-/// the last generation removes them when it stops (comma-separated fd numbers).
+/// the last generation removes them when it stops: comma-separated `FD:DEV:INO`, the identity
+/// of the socket file as its creator saw it right after `bind`. The identity travels with the
+/// descriptor because the path may have been replaced since (by another server, or by anyone
+/// who can write the directory): a file that is not the one we created is never removed.
 pub const OWNED_FDS_ENV: &str = "LAMEDUCK_OWNED_FDS";
+
+/// A unix socket file's identity: device and inode numbers.
+pub(crate) type FileId = (u64, u64);
+
+/// The identity of the unix socket file at `path`, if it is one.
+fn socket_file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(path).ok().filter(|m| m.file_type().is_socket()).map(|m| (m.dev(), m.ino()))
+}
+
+/// Parses `LAMEDUCK_OWNED_FDS` (see [`OWNED_FDS_ENV`]); entries that are not `FD:DEV:INO` are
+/// ignored (such a path is simply never removed).
+fn parse_owned_fds(value: &str) -> HashMap<RawFd, FileId> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let mut parts = entry.trim().splitn(3, ':');
+            let fd = parts.next()?.parse::<RawFd>().ok()?;
+            let dev = parts.next()?.parse::<u64>().ok()?;
+            let ino = parts.next()?.parse::<u64>().ok()?;
+            Some((fd, (dev, ino)))
+        })
+        .collect()
+}
 
 /// Names the inherited descriptors the previous generation had taken with `listen` (comma-
 /// separated fd numbers): a new generation reports ready only once it has taken these too. The
@@ -185,8 +223,9 @@ struct Pool {
     handed_on: HashSet<RawFd>,
     /// Inherited descriptors handed out.
     inherited: HashSet<RawFd>,
-    /// Inherited descriptors whose unix socket path a lameduck generation created.
-    owned: HashSet<RawFd>,
+    /// Inherited descriptors whose unix socket path a lameduck generation created, with the
+    /// socket file's identity as its creator recorded it.
+    owned: HashMap<RawFd, FileId>,
     /// Inherited descriptors that must be taken before readiness is reported; `None` (not
     /// started by a lameduck upgrade that says) means all of them.
     required: Option<HashSet<RawFd>>,
@@ -204,15 +243,16 @@ struct Listener {
     bound: String,
     /// A unix socket path this lineage of processes created, with the file's identity, removed
     /// by the final stop if it is still that file.
-    owned_path: Option<(PathBuf, u64, u64)>,
+    owned_path: Option<(PathBuf, FileId)>,
 }
 
 /// One listener to pass to a new generation.
 pub(crate) struct Handoff {
     pub(crate) fd: RawFd,
     pub(crate) name: String,
-    /// Its unix socket path was created by us: the new generation owns it now.
-    pub(crate) owned: bool,
+    /// Its unix socket path was created by us (the file's identity): the new generation owns
+    /// it now.
+    pub(crate) owned: Option<FileId>,
     /// This process took it with `listen` (or adopted it): the new one must take it too.
     pub(crate) taken: bool,
 }
@@ -238,7 +278,7 @@ fn read_pool() -> Pool {
         shared: HashSet::new(),
         handed_on: HashSet::new(),
         inherited: HashSet::new(),
-        owned: HashSet::new(),
+        owned: HashMap::new(),
         required: None,
         handed_out: Vec::new(),
     };
@@ -272,7 +312,8 @@ fn read_pool() -> Pool {
             .filter(|fd| inherited.contains(fd))
             .collect()
     };
-    pool.owned = fd_list(owned_fds);
+    pool.owned = parse_owned_fds(&owned_fds.unwrap_or_default());
+    pool.owned.retain(|fd, _| inherited.contains(fd));
     pool.required = required_fds.is_some().then(|| fd_list(required_fds));
     pool
 }
@@ -408,13 +449,26 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
             Source::ServerStarter { .. } => "SERVER_STARTER_PORT",
         };
         validate_inherited(fd, origin)?;
+        if let Source::ServerStarter { key } = &source {
+            // Matched by its key alone: the descriptor must really be bound there (the docs
+            // promise "a socket bound to that address"), or we would serve on another port.
+            match bound_address(fd) {
+                Ok(bound) if same_address(&bound, &wanted, &resolved) => {}
+                Ok(bound) => {
+                    return Err(Error::invalid(format!(
+                        "SERVER_STARTER_PORT says fd {fd} is {key}, but fd {fd} is bound to {bound}"
+                    )))
+                }
+                Err(e) => return Err(Error::invalid(format!("SERVER_STARTER_PORT names fd {fd} for {key}, but: {e}"))),
+            }
+        }
         pool.shared.insert(fd);
         pool.inherited.insert(fd);
         let inherited_name = match &source {
             Source::Systemd { name: Some(n) } => Some(n.as_str()),
             _ => None,
         };
-        let owned = pool.owned.contains(&fd);
+        let owned = pool.owned.get(&fd).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
         pool.remember(fd, name.or(inherited_name), owned);
         drop(guard);
         wake_watchers();
@@ -424,7 +478,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     drop(guard);
     let fd = bind_fresh(&wanted, resolved)?;
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, true);
+    guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, Ownership::Created);
     Ok(fd)
 }
 
@@ -440,14 +494,14 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     validate_inherited(fd, "adopt")?;
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
-    let mut owned = false;
+    let mut owned = Ownership::None;
     let mut inherited_name = None;
     if let Some(index) = pool.available.iter().position(|(f, _)| *f == fd) {
         // The host took an inherited descriptor itself: it is shared like one from `listen`.
         let (_, source) = pool.available.remove(index);
         pool.shared.insert(fd);
         pool.inherited.insert(fd);
-        owned = pool.owned.contains(&fd);
+        owned = pool.owned.get(&fd).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
         if let Source::Systemd { name: Some(n) } = source {
             inherited_name = Some(n);
         }
@@ -519,15 +573,23 @@ impl Listener {
     }
 }
 
+/// Whether this lineage created a listener's unix socket file.
+#[derive(Clone, Copy)]
+enum Ownership {
+    None,
+    /// Bound just now by this process: the file at the path is the one `bind` created.
+    Created,
+    /// Created by a previous generation, which recorded the file's identity.
+    Inherited(FileId),
+}
+
 impl Pool {
     /// Records a listener handed out, replacing a stale record of the same descriptor number.
-    fn remember(&mut self, fd: RawFd, name: Option<&str>, owns_path: bool) {
+    fn remember(&mut self, fd: RawFd, name: Option<&str>, ownership: Ownership) {
         let Ok(bound) = bound_address(fd) else { return };
-        let owned_path = match (&bound, owns_path) {
-            (Bound::Unix(Some(path)), true) => {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::symlink_metadata(path).ok().map(|m| (path.clone(), m.dev(), m.ino()))
-            }
+        let owned_path = match (&bound, ownership) {
+            (Bound::Unix(Some(path)), Ownership::Created) => socket_file_id(path).map(|id| (path.clone(), id)),
+            (Bound::Unix(Some(path)), Ownership::Inherited(id)) => Some((path.clone(), id)),
             _ => None,
         };
         self.handed_out.retain(|l| l.fd != fd);
@@ -563,7 +625,7 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     let mut list: Vec<Handoff> = pool
         .handed_out
         .iter()
-        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.is_some(), taken: true })
+        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.as_ref().map(|(_, id)| *id), taken: true })
         .collect();
     for (fd, source) in &pool.available {
         if validate_inherited(*fd, "").is_ok() {
@@ -571,7 +633,7 @@ pub(crate) fn handoff() -> Vec<Handoff> {
                 Source::Systemd { name: Some(n) } => n.clone(),
                 _ => "unknown".to_string(),
             };
-            list.push(Handoff { fd: *fd, name, owned: pool.owned.contains(fd), taken: false });
+            list.push(Handoff { fd: *fd, name, owned: pool.owned.get(fd).copied(), taken: false });
         }
     }
     list
@@ -601,20 +663,20 @@ pub(crate) fn set_handed_on(fds: &[RawFd], handed: bool) {
 }
 
 /// The final stop of the last generation: removes the unix socket paths this lineage created,
-/// if each is still the file we created (a newer server may have replaced it).
+/// if each is still the socket file we created (a newer server, or anyone who can write the
+/// directory, may have replaced it).
 pub(crate) fn remove_owned_paths() {
-    use std::os::unix::fs::MetadataExt;
     let guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(pool) = guard.as_ref() else { return };
-    for (path, dev, ino) in pool.handed_out.iter().filter_map(|l| l.owned_path.as_ref()) {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
+    for (path, id) in pool.handed_out.iter().filter_map(|l| l.owned_path.as_ref()) {
+        if socket_file_id(path) == Some(*id) {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
 fn bind_fresh(address: &Address, resolved: Result<Vec<SocketAddr>, Error>) -> Result<OwnedFd, Error> {
-    let fail = |e: io::Error| Error::new(crate::ErrorKind::System, format!("cannot listen on {address:?}: {e}"));
+    let fail = |e: io::Error| Error::new(crate::ErrorKind::System, format!("cannot listen on {address}: {e}"));
     let fd: OwnedFd = match address {
         Address::Tcp { .. } => {
             // std sets SO_REUSEADDR and CLOEXEC; we raise the backlog below.

@@ -498,7 +498,10 @@ fn a_readiness_pipe_from_an_older_generation_still_works() {
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: just created, owned by nobody else.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let mut cmd = common::c_command(demo());
+    // The channel is bound to the process it is for, as LISTEN_PID binds LISTEN_FDS: `exec`
+    // keeps the shell's pid, so $$ is the demo's.
+    let mut cmd = common::c_command(Path::new("/bin/sh"));
+    cmd.args(["-c", "LAMEDUCK_READY_PID=$$ exec \"$0\" \"$@\""]).arg(demo());
     cmd.args(["--port", "0", "--pid-file"]).arg(&pid_file).env("LAMEDUCK_READY_FD", "9");
     let source = write_end.as_raw_fd();
     // SAFETY: dup2 in the child before exec puts the pipe at fd 9 (without close-on-exec).
@@ -518,5 +521,142 @@ fn a_readiness_pipe_from_an_older_generation_still_works() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("carrying on"), "the pipe's silence is not a dead predecessor:\n{stderr}");
     assert!(!pid_file.exists(), "as the current generation it removes its pid file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn nonblocking_read(file: &mut std::fs::File) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETFL on a descriptor this test owns.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    file.read(&mut [0u8; 64])
+}
+
+/// `LAMEDUCK_READY_FD` is trusted only by the process `LAMEDUCK_READY_PID` names, and only when
+/// it is a channel: a variable that came through another program (start_server used to forward
+/// it) or that names the server's own listener is ignored, and its descriptor left alone.
+#[test]
+fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    // Not bound to this process: a pipe at fd 9 that nobody may write to or close.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array; both ends are ours.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: just created, owned by nobody else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0"]).env("LAMEDUCK_READY_FD", "9");
+    let source = write_end.as_raw_fd();
+    // SAFETY: dup2 in the child before exec puts the pipe at fd 9 (without close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || if libc::dup2(source, 9) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let proc = Proc::spawn(cmd);
+    drop(write_end);
+    proc.wait_line(true, "without LAMEDUCK_READY_PID naming this process is not meant for it; ignoring it", LIMIT);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    assert!(common::get_body(port_of(&proc), LIMIT).contains("hello"));
+    let mut reader = std::fs::File::from(read_end);
+    let read = nonblocking_read(&mut reader);
+    assert_eq!(read.map_err(|e| e.kind()), Err(std::io::ErrorKind::WouldBlock), "nothing written to fd 9, and it is still open");
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    // Bound to this process, but naming its own (socket-activated) listener: writing READY=1
+    // there used to kill the C demo with SIGPIPE.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let mut cmd = common::c_command(Path::new("/bin/sh"));
+    cmd.args(["-c", "LISTEN_PID=$$ LAMEDUCK_READY_PID=$$ exec \"$0\" \"$@\""]).arg(demo()).args(["--listen", &address]);
+    cmd.env("LISTEN_FDS", "1").env("LAMEDUCK_READY_FD", "3");
+    let source = listener.as_raw_fd();
+    // SAFETY: dup2 in the child before exec puts the listener at fd 3 (without close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it then.
+            let placed = if source == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(source, 3) };
+            if placed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let proc = Proc::spawn(cmd);
+    proc.wait_line(true, "LAMEDUCK_READY_FD=\"3\" names a listening socket, not a readiness channel; ignoring it", LIMIT);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    assert!(proc.text().0.contains("(inherited)"), "the demo serves on the inherited socket");
+    assert!(common::get_body(listener.local_addr().unwrap().port(), LIMIT).contains("hello"));
+    drop(listener);
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+/// An upgrade that cannot point the pid file at the new process (the path became a directory,
+/// or someone planted a symlink there) fails: the new process is terminated, the old one goes on
+/// serving, and what a planted symlink points at is never touched, not even at the final stop.
+#[test]
+fn an_upgrade_that_cannot_write_the_pid_file_fails_and_the_old_process_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("pidfile-fails");
+    let pid_file = dir.join("server.pid");
+    let mut cmd = common::c_command(demo());
+    cmd.args(["--port", "0", "--upgrade-confirm", "0", "--pid-file"]).arg(&pid_file);
+    let proc = Proc::spawn(cmd);
+    let (pid, port) = (proc.pid(), port_of(&proc));
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{pid}\n"));
+    let mut generations = Generations::default();
+
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::create_dir(&pid_file).unwrap();
+    std::fs::write(pid_file.join("keep"), "x").unwrap();
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 1, LIMIT);
+    generations.0.push(line.split("new process ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap());
+    assert!(line.contains(&format!("could not write the pid file {}: it is a directory", pid_file.display())), "{line}");
+    assert!(line.contains("not used: stopped it with SIGTERM") && line.ends_with("still serving"), "{line}");
+    assert!(common::get_body(port, LIMIT).contains(&format!("(pid {pid})")));
+
+    std::fs::remove_dir_all(&pid_file).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, format!("{pid}\n")).unwrap(); // even "our" pid: never removed through a link
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&victim, &pid_file).unwrap();
+    kill(pid, libc::SIGHUP);
+    let line = proc.wait_nth_line("Upgrade failed: ", 2, LIMIT);
+    generations.0.push(line.split("new process ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap());
+    assert!(line.contains("it is a symbolic link; refusing to write through it"), "{line}");
+    assert!(common::get_body(port, LIMIT).contains(&format!("(pid {pid})")));
+    proc.signal(libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), format!("{pid}\n"));
+    assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::symlink_metadata(&pid_file).unwrap().file_type().is_symlink(), "the link is left alone");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "no temporary left behind: {leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The identity of a unix socket file travels with its descriptor from the process that bound
+/// it: a file that replaced the socket before an upgrade is not the lineage's to remove (the
+/// successor used to read the identity afresh and then deleted the replacement).
+#[test]
+fn a_file_that_replaced_the_unix_socket_is_never_removed() {
+    let dir = scratch_dir("unix-replaced");
+    let socket = dir.join("http.sock");
+    let mut cmd = common::c_command(demo());
+    cmd.arg("--listen").arg(&socket);
+    let proc = Proc::spawn(cmd);
+    let mut generations = Generations::default();
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, "someone else's file\n").unwrap();
+    kill(proc.pid(), libc::SIGHUP);
+    let current = generations.took_over(&proc.wait_line(true, "lameduck: New process ", LIMIT));
+    proc.wait_line(true, "demo: run ended cleanly", LIMIT);
+    kill(current, libc::SIGTERM);
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "someone else's file\n");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -26,12 +26,13 @@ use crate::options::Options;
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Variables that describe this process's inheritance, never passed on as they are.
-const INHERITANCE_ENV: [&str; 8] = [
+const INHERITANCE_ENV: [&str; 9] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "SERVER_STARTER_PORT",
     crate::generation::READY_FD_ENV,
+    crate::generation::READY_PID_ENV,
     crate::listener::OWNED_FDS_ENV,
     crate::listener::REQUIRED_FDS_ENV,
     crate::generation::PREVIOUS_PID_ENV,
@@ -73,7 +74,8 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
     let listeners = crate::listener::handoff();
     let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
-    let owned: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.owned).map(|(i, _)| i).collect();
+    let owned: Vec<(usize, crate::listener::FileId)> =
+        listeners.iter().enumerate().filter_map(|(i, l)| l.owned.map(|id| (i, id))).collect();
     let required: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.taken).map(|(i, _)| i).collect();
     let env: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect();

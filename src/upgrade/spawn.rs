@@ -39,8 +39,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) fds: &'a [RawFd],
     pub(crate) names: &'a [String],
-    /// Positions (in `fds`) whose unix socket path the new process will own.
-    pub(crate) owned: &'a [usize],
+    /// Positions (in `fds`) whose unix socket path the new process will own, with the socket
+    /// file's identity.
+    pub(crate) owned: &'a [(usize, crate::listener::FileId)],
     /// Positions (in `fds`) the new process must take before it reports ready.
     pub(crate) required: &'a [usize],
     pub(crate) dir: Option<&'a Path>,
@@ -123,17 +124,24 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
         env.push(c_string(format!("LISTEN_FDNAMES={}", plan.names.join(":")).as_bytes(), "")?);
     }
     if !plan.owned.is_empty() {
-        let owned: Vec<String> = plan.owned.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect();
+        let owned: Vec<String> =
+            plan.owned.iter().map(|(i, (dev, ino))| format!("{}:{dev}:{ino}", FIRST_FD + *i as RawFd)).collect();
         env.push(c_string(format!("{}={}", crate::listener::OWNED_FDS_ENV, owned.join(",")).as_bytes(), "")?);
     }
     if n > 0 {
         let required: Vec<String> = plan.required.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect();
         env.push(c_string(format!("{}={}", crate::listener::REQUIRED_FDS_ENV, required.join(",")).as_bytes(), "")?);
     }
-    // The slot the child fills with its pid: "LISTEN_PID=" + PID_DIGITS bytes + NUL.
-    let mut listen_pid = b"LISTEN_PID=".to_vec();
-    listen_pid.resize(listen_pid.len() + PID_DIGITS + 1, 0);
-    let pid_slot_at = "LISTEN_PID=".len();
+    // The slots the child fills with its pid: "NAME=" + PID_DIGITS bytes + NUL. LISTEN_PID binds
+    // the listeners to it (sd_listen_fds), LAMEDUCK_READY_PID the readiness channel: a program
+    // it starts in turn, which inherits the variables, knows they are not its own.
+    let pid_slot = |name: &str| {
+        let mut entry = format!("{name}=").into_bytes();
+        entry.resize(entry.len() + PID_DIGITS + 1, 0);
+        entry
+    };
+    let mut listen_pid = pid_slot("LISTEN_PID");
+    let mut ready_pid = pid_slot(crate::generation::READY_PID_ENV);
     let dir = plan.dir.map(|d| c_string(d.as_os_str().as_bytes(), "the start directory")).transpose()?;
 
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
@@ -142,6 +150,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     if n > 0 {
         envp.push(listen_pid.as_ptr().cast());
     }
+    envp.push(ready_pid.as_ptr().cast());
     envp.push(std::ptr::null());
     // Sources, in target order: the listeners, then the readiness channel.
     let mut sources: Vec<RawFd> = plan.fds.to_vec();
@@ -157,8 +166,11 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     if pid == 0 {
         // SAFETY: we are the child of a fork; see `child`.
         unsafe {
-            let slot = listen_pid.as_mut_ptr().add(pid_slot_at);
-            child(&program, &argv, &envp, slot, &mut sources, dir.as_deref(), error_fd, last_signal)
+            let slots = [
+                listen_pid.as_mut_ptr().add("LISTEN_PID=".len()),
+                ready_pid.as_mut_ptr().add(crate::generation::READY_PID_ENV.len() + 1),
+            ];
+            child(&program, &argv, &envp, &slots, &mut sources, dir.as_deref(), error_fd, last_signal)
         }
     }
     drop(ready_write);
@@ -206,7 +218,7 @@ unsafe fn child(
     program: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    pid_slot: *mut u8,
+    pid_slots: &[*mut u8],
     sources: &mut [RawFd],
     dir: Option<&std::ffi::CStr>,
     mut error_fd: RawFd,
@@ -225,7 +237,7 @@ unsafe fn child(
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    // LISTEN_PID: our pid in decimal, NUL-terminated, into the slot.
+    // LISTEN_PID and LAMEDUCK_READY_PID: our pid in decimal, NUL-terminated, into the slots.
     let mut pid = libc::syscall(libc::SYS_getpid) as u64;
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
@@ -237,10 +249,12 @@ unsafe fn child(
             break;
         }
     }
-    for i in 0..len {
-        *pid_slot.add(i) = digits[len - 1 - i];
+    for &slot in pid_slots {
+        for i in 0..len {
+            *slot.add(i) = digits[len - 1 - i];
+        }
+        *slot.add(len) = 0;
     }
-    *pid_slot.add(len) = 0;
     // Descriptors: source i goes to FIRST_FD + i. First move every source that sits in the
     // target range (but not on its own target) above it, so no dup2 below overwrites a source
     // still to be placed; then place them. dup2 clears close-on-exec on the copy.

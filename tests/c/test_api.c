@@ -177,7 +177,6 @@ static int t_shutdown(void *ud, const ld_context *ctx) {
         ts_wait_for(t, &t->released, 1);
         t->late_state = ld_runner_state(t->runner);
         t->stop_status = ld_runner_stop(t->runner);
-        t->free_status = ld_runner_free(t->runner); /* freed already: must not double-free */
         t->late_remaining_ms = ld_context_remaining_ms(ctx);
         t->late_is_done = ld_context_done(ctx);
         pthread_mutex_lock(&t->mu);
@@ -1051,10 +1050,10 @@ static void free_in_observer(void *ud, ld_state old_state, ld_state new_state) {
 static volatile int poller_stop;
 static void *free_poller(void *arg) {
     long busy = 0;
-    while (!poller_stop) {
+    do { /* at least once, however late this thread gets to run */
         CHECK_EQ(ld_runner_free(arg), LD_BUSY);
         busy++;
-    }
+    } while (!poller_stop);
     return (void *)busy;
 }
 
