@@ -478,3 +478,29 @@ mod tests {
         file
     }
 }
+
+/// `LAMEDUCK_READY_FD`/`LAMEDUCK_READY_PID`/`LAMEDUCK_PREVIOUS_PID` as anyone may set them:
+/// never a panic, and never accepted for a descriptor that is not open (0..2 are never used).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn ready_fd_never_panics(
+            value in prop_oneof![".{0,12}", (-5i32..100_000).prop_map(|n| n.to_string())],
+            bound in proptest::option::of(prop_oneof![Just(std::process::id().to_string()), ".{0,12}"]),
+            previous in proptest::option::of(".{0,12}"),
+        ) {
+            if let Ok(fd) = parse_ready_fd(&value, bound.as_deref(), previous.as_deref(), std::process::id()) {
+                prop_assert!(fd > 2);
+                // SAFETY: F_GETFD only asks whether the number is open.
+                let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+                prop_assert!(open, "fd {} accepted but not open", fd);
+            }
+        }
+    }
+}

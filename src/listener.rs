@@ -891,3 +891,77 @@ mod tests {
         assert!(has_pending_connection(-1).is_err());
     }
 }
+
+/// The parsers of what other programs put in our environment, fuzzed: arbitrary text never
+/// panics, and well-formed values come back as written.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn listen_fds_never_panic(
+            fds in proptest::option::of(".{0,12}"),
+            pid in proptest::option::of(prop_oneof![Just("4242".to_string()), ".{0,12}"]),
+            names in proptest::option::of(".{0,40}"),
+        ) {
+            let _ = parse_listen_fds(fds.as_deref(), pid.as_deref(), names.as_deref(), 4242);
+        }
+
+        #[test]
+        fn listen_fds_round_trip(names in proptest::collection::vec("[a-z]{1,8}", 1..20)) {
+            let count = names.len().to_string();
+            let joined = names.join(":");
+            let list = parse_listen_fds(Some(&count), Some("4242"), Some(&joined), 4242).unwrap();
+            prop_assert_eq!(list.len(), names.len());
+            for (i, (fd, name)) in list.iter().enumerate() {
+                prop_assert_eq!(*fd, 3 + i as RawFd);
+                prop_assert_eq!(name.as_deref(), Some(names[i].as_str()));
+            }
+        }
+
+        #[test]
+        fn server_starter_port_never_panics(value in ".{0,80}") {
+            let _ = parse_server_starter_port(&value);
+        }
+
+        #[test]
+        fn server_starter_port_round_trips(entries in proptest::collection::vec(("[a-z0-9.:/\\[\\]]{1,20}", 0..1024i32), 1..10)) {
+            let value: Vec<String> = entries.iter().map(|(k, fd)| format!("{k}={fd}")).collect();
+            let parsed = parse_server_starter_port(&value.join(";")).unwrap();
+            prop_assert_eq!(parsed, entries.iter().map(|(k, fd)| (k.clone(), *fd)).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn addresses_never_panic(text in ".{0,60}") {
+            if let Ok(address) = Address::parse(&text) {
+                let _ = address.to_string();
+            }
+        }
+
+        #[test]
+        fn tcp_addresses_round_trip(a in 0u8..=255, b in 0u8..=255, port in 0u16..) {
+            let text = format!("10.{a}.{b}.1:{port}");
+            prop_assert_eq!(Address::parse(&text).unwrap().to_string(), text);
+        }
+
+        #[test]
+        fn owned_fds_never_panic(value in ".{0,80}") {
+            let _ = parse_owned_fds(&value);
+        }
+
+        #[test]
+        fn owned_fds_round_trip(entries in proptest::collection::btree_map(3..1024i32, (0u64.., 0u64..), 0..10)) {
+            let value: Vec<String> = entries.iter().map(|(fd, (dev, ino))| format!("{fd}:{dev}:{ino}")).collect();
+            let parsed = parse_owned_fds(&value.join(","));
+            prop_assert_eq!(parsed, entries.into_iter().collect::<HashMap<_, _>>());
+        }
+    }
+}
