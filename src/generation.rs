@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Names the descriptor on which a process started by an upgrade reports readiness: it writes
 /// the line `READY=1\n` there once it accepts connections on every listener it was handed
@@ -38,6 +38,9 @@ pub(crate) struct Generation {
     /// Started by Server::Starter's `start_server` (`SERVER_STARTER_PORT` was set): it replaces
     /// its workers itself, so this process never upgrades itself.
     pub(crate) supervised: bool,
+    /// The previous generation's pidfd (when it was our parent), kept after the handover: once
+    /// it has exited, the sockets our lineage bound are ours alone again.
+    previous_pidfd: Option<Arc<OwnedFd>>,
 }
 
 /// The handshake with the previous generation, on a socket pair whose other end it holds.
@@ -67,7 +70,7 @@ struct Predecessor {
     /// The previous generation's pidfd, when it is our parent (`LAMEDUCK_PREVIOUS_PID` is
     /// our parent's pid): readable once it exited. Its death must be seen even when a child it
     /// forked holds a copy of its end of the channel, which would hide the EOF.
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl Predecessor {
@@ -93,7 +96,7 @@ impl Predecessor {
                 }
                 let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
                 crate::listener::set_cloexec(pidfd.as_raw_fd());
-                (libc::getppid() == pid).then_some(pidfd)
+                (libc::getppid() == pid).then(|| Arc::new(pidfd))
             }
         });
         std::env::remove_var(PREVIOUS_PID_ENV);
@@ -102,11 +105,15 @@ impl Predecessor {
 
     /// True once the previous generation has exited (its pidfd is readable).
     fn exited(&self) -> bool {
-        let Some(pidfd) = &self.pidfd else { return false };
-        let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+        self.pidfd.as_deref().is_some_and(has_exited)
     }
+}
+
+/// True once the process behind `pidfd` has exited (the pidfd is readable).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// The pid of the process that started an upgrade, set for the new process.
@@ -178,7 +185,12 @@ fn read() -> Generation {
             }
         }
     };
+    let previous_pidfd = match &handover {
+        Handover::Pending(p) => p.pidfd.clone(),
+        _ => None,
+    };
     Generation {
+        previous_pidfd,
         args: std::env::args_os().collect(),
         start_dir: std::env::current_dir().ok(),
         executable,
@@ -315,6 +327,13 @@ pub(crate) fn send_line(fd: RawFd, line: &str) -> std::io::Result<()> {
 impl Generation {
     fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
         self.handover.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True once the previous generation (an upgrade started us) is known to have exited. False
+    /// when we were not started by an upgrade, or cannot tell (a wrapper between us): sockets
+    /// stay shared then, which is the safe answer.
+    pub(crate) fn previous_generation_exited(&self) -> bool {
+        self.previous_pidfd.as_deref().is_some_and(has_exited)
     }
 
     /// True when this process is the current generation: not started by an upgrade, or the

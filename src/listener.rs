@@ -181,6 +181,13 @@ enum Source {
 /// who can write the directory): a file that is not the one we created is never removed.
 pub const OWNED_FDS_ENV: &str = "LAMEDUCK_OWNED_FDS";
 
+/// Names the inherited descriptors that a lameduck generation bound itself (comma-separated fd
+/// numbers), as opposed to sockets systemd or start_server made and keep a copy of. Such a
+/// socket is shared only while the generation that handed it over is alive: once it has exited,
+/// this process holds the only copy and drains it at shutdown like a socket it bound itself, so
+/// the connections waiting in its queue are answered, not reset, when the last generation stops.
+pub const LINEAGE_FDS_ENV: &str = "LAMEDUCK_LINEAGE_FDS";
+
 /// A unix socket file's identity: device and inode numbers.
 pub(crate) type FileId = (u64, u64);
 
@@ -226,6 +233,8 @@ struct Pool {
     /// Inherited descriptors whose unix socket path a lameduck generation created, with the
     /// socket file's identity as its creator recorded it.
     owned: HashMap<RawFd, FileId>,
+    /// Inherited descriptors a lameduck generation bound itself (see [`LINEAGE_FDS_ENV`]).
+    lineage: HashSet<RawFd>,
     /// Inherited descriptors that must be taken before readiness is reported; `None` (not
     /// started by a lameduck upgrade that says) means all of them.
     required: Option<HashSet<RawFd>>,
@@ -244,6 +253,8 @@ struct Listener {
     /// A unix socket path this lineage of processes created, with the file's identity, removed
     /// by the final stop if it is still that file.
     owned_path: Option<(PathBuf, FileId)>,
+    /// Bound by this process or an earlier lameduck generation (not by systemd or start_server).
+    lineage: bool,
 }
 
 /// One listener to pass to a new generation.
@@ -255,6 +266,8 @@ pub(crate) struct Handoff {
     pub(crate) owned: Option<FileId>,
     /// This process took it with `listen` (or adopted it): the new one must take it too.
     pub(crate) taken: bool,
+    /// Bound by a lameduck generation (see [`LINEAGE_FDS_ENV`]).
+    pub(crate) lineage: bool,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -271,6 +284,7 @@ fn read_pool() -> Pool {
         (take_env("LISTEN_FDS"), take_env("LISTEN_PID"), take_env("LISTEN_FDNAMES"), take_env("SERVER_STARTER_PORT"));
     let owned_fds = take_env(OWNED_FDS_ENV);
     let required_fds = take_env(REQUIRED_FDS_ENV);
+    let lineage_fds = take_env(LINEAGE_FDS_ENV);
     let mut pool =
         Pool {
         available: Vec::new(),
@@ -279,6 +293,7 @@ fn read_pool() -> Pool {
         handed_on: HashSet::new(),
         inherited: HashSet::new(),
         owned: HashMap::new(),
+        lineage: HashSet::new(),
         required: None,
         handed_out: Vec::new(),
     };
@@ -315,6 +330,7 @@ fn read_pool() -> Pool {
     pool.owned = parse_owned_fds(&owned_fds.unwrap_or_default());
     pool.owned.retain(|fd, _| inherited.contains(fd));
     pool.required = required_fds.is_some().then(|| fd_list(required_fds));
+    pool.lineage = fd_list(lineage_fds);
     pool
 }
 
@@ -469,7 +485,8 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
             _ => None,
         };
         let owned = pool.owned.get(&fd).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
-        pool.remember(fd, name.or(inherited_name), owned);
+        let lineage = pool.lineage.contains(&fd);
+        pool.remember(fd, name.or(inherited_name), owned, lineage);
         drop(guard);
         wake_watchers();
         // SAFETY: the fd was inherited for us, and we hand it out exactly once.
@@ -478,7 +495,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     drop(guard);
     let fd = bind_fresh(&wanted, resolved)?;
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, Ownership::Created);
+    guard.get_or_insert_with(read_pool).remember(fd.as_raw_fd(), name, Ownership::Created, true);
     Ok(fd)
 }
 
@@ -495,6 +512,7 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = guard.get_or_insert_with(read_pool);
     let mut owned = Ownership::None;
+    let mut lineage = true; // bound by this process, unless it was inherited
     let mut inherited_name = None;
     if let Some(index) = pool.available.iter().position(|(f, _)| *f == fd) {
         // The host took an inherited descriptor itself: it is shared like one from `listen`.
@@ -502,6 +520,7 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
         pool.shared.insert(fd);
         pool.inherited.insert(fd);
         owned = pool.owned.get(&fd).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
+        lineage = pool.lineage.contains(&fd);
         if let Source::Systemd { name: Some(n) } = source {
             inherited_name = Some(n);
         }
@@ -511,7 +530,7 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     let known = pool.handed_out.iter().find(|l| l.fd == fd && l.still_bound()).map(|l| l.name.clone());
     if known.is_none() || name.is_some() || inherited_name.is_some() {
         let name = name.map(str::to_string).or(inherited_name).or(known);
-        pool.remember(fd, name.as_deref(), owned);
+        pool.remember(fd, name.as_deref(), owned, lineage);
     }
     drop(guard);
     wake_watchers();
@@ -585,7 +604,7 @@ enum Ownership {
 
 impl Pool {
     /// Records a listener handed out, replacing a stale record of the same descriptor number.
-    fn remember(&mut self, fd: RawFd, name: Option<&str>, ownership: Ownership) {
+    fn remember(&mut self, fd: RawFd, name: Option<&str>, ownership: Ownership, lineage: bool) {
         let Ok(bound) = bound_address(fd) else { return };
         let owned_path = match (&bound, ownership) {
             (Bound::Unix(Some(path)), Ownership::Created) => socket_file_id(path).map(|id| (path.clone(), id)),
@@ -598,6 +617,7 @@ impl Pool {
             name: name.unwrap_or("unknown").to_string(),
             bound: bound.to_string(),
             owned_path,
+            lineage,
         });
     }
 }
@@ -607,13 +627,17 @@ pub fn is_inherited(fd: RawFd) -> bool {
     POOL.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|p| p.inherited.contains(&fd))
 }
 
-/// True when `fd` is shared with other processes: inherited, or handed to a new generation by
-/// an upgrade. Never drain a shared socket (see the module docs): just close it.
+/// True when `fd` is shared with other processes: inherited (from systemd or start_server, or
+/// from a previous generation that is still running), or handed to a new generation by an
+/// upgrade. Never drain a shared socket (see the module docs): just close it.
 pub fn is_shared(fd: RawFd) -> bool {
-    POOL.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .is_some_and(|p| p.shared.contains(&fd) || p.handed_on.contains(&fd))
+    let guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(pool) = guard.as_ref() else { return false };
+    if pool.handed_on.contains(&fd) {
+        return true;
+    }
+    // A socket a previous generation bound and handed over is ours alone once it has exited.
+    pool.shared.contains(&fd) && !(pool.lineage.contains(&fd) && crate::generation::get().previous_generation_exited())
 }
 
 /// The listeners an upgrade passes on: every listener handed out that is still open and bound
@@ -625,7 +649,13 @@ pub(crate) fn handoff() -> Vec<Handoff> {
     let mut list: Vec<Handoff> = pool
         .handed_out
         .iter()
-        .map(|l| Handoff { fd: l.fd, name: l.name.clone(), owned: l.owned_path.as_ref().map(|(_, id)| *id), taken: true })
+        .map(|l| Handoff {
+            fd: l.fd,
+            name: l.name.clone(),
+            owned: l.owned_path.as_ref().map(|(_, id)| *id),
+            taken: true,
+            lineage: l.lineage,
+        })
         .collect();
     for (fd, source) in &pool.available {
         if validate_inherited(*fd, "").is_ok() {
@@ -633,7 +663,8 @@ pub(crate) fn handoff() -> Vec<Handoff> {
                 Source::Systemd { name: Some(n) } => n.clone(),
                 _ => "unknown".to_string(),
             };
-            list.push(Handoff { fd: *fd, name, owned: pool.owned.get(fd).copied(), taken: false });
+            let (owned, lineage) = (pool.owned.get(fd).copied(), pool.lineage.contains(fd));
+            list.push(Handoff { fd: *fd, name, owned, taken: false, lineage });
         }
     }
     list

@@ -26,7 +26,7 @@ use crate::options::Options;
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Variables that describe this process's inheritance, never passed on as they are.
-const INHERITANCE_ENV: [&str; 9] = [
+const INHERITANCE_ENV: [&str; 10] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -35,6 +35,7 @@ const INHERITANCE_ENV: [&str; 9] = [
     crate::generation::READY_PID_ENV,
     crate::listener::OWNED_FDS_ENV,
     crate::listener::REQUIRED_FDS_ENV,
+    crate::listener::LINEAGE_FDS_ENV,
     crate::generation::PREVIOUS_PID_ENV,
 ];
 
@@ -77,9 +78,10 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
     let owned: Vec<(usize, crate::listener::FileId)> =
         listeners.iter().enumerate().filter_map(|(i, l)| l.owned.map(|id| (i, id))).collect();
     let required: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.taken).map(|(i, _)| i).collect();
+    let lineage: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.lineage).map(|(i, _)| i).collect();
     let env: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect();
-    let plan = spawn::Plan { program: &program, args: &args, env, fds: &fds, names: &names, owned: &owned, required: &required, dir };
+    let plan = spawn::Plan { program: &program, args: &args, env, fds: &fds, names: &names, owned: &owned, required: &required, lineage: &lineage, dir };
     let spawned = spawn::spawn(&plan)?;
     Ok(Candidate { pid: spawned.pid as u32, program, handed: fds, spawned })
 }

@@ -44,6 +44,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) owned: &'a [(usize, crate::listener::FileId)],
     /// Positions (in `fds`) the new process must take before it reports ready.
     pub(crate) required: &'a [usize],
+    /// Positions (in `fds`) of sockets a lameduck generation bound (not systemd's or
+    /// start_server's).
+    pub(crate) lineage: &'a [usize],
     pub(crate) dir: Option<&'a Path>,
 }
 
@@ -129,8 +132,9 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
         env.push(c_string(format!("{}={}", crate::listener::OWNED_FDS_ENV, owned.join(",")).as_bytes(), "")?);
     }
     if n > 0 {
-        let required: Vec<String> = plan.required.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect();
-        env.push(c_string(format!("{}={}", crate::listener::REQUIRED_FDS_ENV, required.join(",")).as_bytes(), "")?);
+        let positions = |list: &[usize]| list.iter().map(|i| (FIRST_FD + *i as RawFd).to_string()).collect::<Vec<_>>().join(",");
+        env.push(c_string(format!("{}={}", crate::listener::REQUIRED_FDS_ENV, positions(plan.required)).as_bytes(), "")?);
+        env.push(c_string(format!("{}={}", crate::listener::LINEAGE_FDS_ENV, positions(plan.lineage)).as_bytes(), "")?);
     }
     // The slots the child fills with its pid: "NAME=" + PID_DIGITS bytes + NUL. LISTEN_PID binds
     // the listeners to it (sd_listen_fds), LAMEDUCK_READY_PID the readiness channel: a program
