@@ -5,28 +5,69 @@
 //! subclasses (with the hook's own exception as `__cause__`). The lifecycle is the core's.
 //! Signals are owned by the Python half (`signal.signal` / `loop.add_signal_handler`), which
 //! forwards them with `NativeRunner.deliver_signal`; the core installs no handler here.
+//!
+//! The core's threads (hook threads, the coordinator) never run Python code that may block:
+//! CPython (3.9–3.13) ends a thread that wants the GIL back while the interpreter finalizes
+//! with `pthread_exit`, whose unwinding through Rust frames aborts the process (SIGABRT in
+//! `PyGILState_Release`). So a hook runs on a thread Python starts (`_thread`), and the core's
+//! hook thread only waits for its outcome, holding no GIL and touching no Python object; once
+//! `atexit` ran, no native thread enters Python at all.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lameduck::{Context, HookError, Level, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State};
-use pyo3::exceptions::{PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use pyo3::BoundObject;
+
+/// Set by an `atexit` callback (which runs before the interpreter starts finalizing): from then
+/// on the core's threads no longer enter Python (a hook is not started, a log line is dropped).
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Registered with `atexit` when the module is imported.
+#[pyfunction]
+fn _interpreter_exiting() {
+    EXITING.store(true, Ordering::SeqCst);
+}
+
+/// Runs `f` attached to the interpreter, unless it is exiting (then None). Only for the core's
+/// threads; see the module comment.
+fn attach_unless_exiting<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    if EXITING.load(Ordering::SeqCst) {
+        return None;
+    }
+    Python::try_attach(f)
+}
+
+/// A value as Python's `repr` writes it (`nan`, `1e+20`, `'text'`, `['a', 'b']`), for messages.
+fn py_repr<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> String {
+    value
+        .into_pyobject(py)
+        .map_err(Into::into)
+        .and_then(|v| v.into_any().into_bound().repr().map(|r| r.to_string()))
+        .unwrap_or_else(|_| "<unprintable>".into())
+}
 
 /// Seconds (a float from Python) as a `Duration`, or a ValueError naming the argument.
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| PyValueError::new_err(format!("{name}={value:?} is invalid: it must be a finite, non-negative number of seconds")))
+fn seconds(py: Python<'_>, name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}={} is invalid: it must be a finite, non-negative number of seconds",
+            py_repr(py, value)
+        ))
+    })
 }
 
 /// A core validation error as a ValueError that names the Python argument and its value.
-fn invalid(name: &str, value: impl std::fmt::Debug, err: lameduck::Error) -> PyErr {
-    PyValueError::new_err(format!("{name}={value:?}: {}", err.message()))
+fn invalid<'py, T: IntoPyObject<'py>>(py: Python<'py>, name: &str, value: T, err: lameduck::Error) -> PyErr {
+    PyValueError::new_err(format!("{name}={}: {}", py_repr(py, value), err.message()))
 }
 
-fn optional_seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
-    value.map(|v| seconds(name, v)).transpose()
+fn optional_seconds(py: Python<'_>, name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(py, name, v)).transpose()
 }
 
 /// `time.monotonic()` for an `Instant`: both read CLOCK_MONOTONIC on Linux.
@@ -71,7 +112,7 @@ impl PyContext {
     /// Blocks (without holding the GIL) until done or `timeout` seconds pass; returns `done`.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = optional_seconds("timeout", timeout)?;
+        let timeout = optional_seconds(py, "timeout", timeout)?;
         Ok(py.detach(|| self.ctx.wait(timeout)))
     }
 
@@ -81,22 +122,87 @@ impl PyContext {
     }
 }
 
-/// A Python object with `serve(ctx)`, `shutdown(ctx)` and `close()` (the Python half's bridge,
-/// which also runs coroutine hooks on the event loop).
+/// One hook call's outcome: set once (by the Python thread that ran the hook, or by the event
+/// loop for a coroutine), awaited by the core's hook thread without the GIL.
+struct Outcome {
+    slot: Mutex<Option<Result<(), HookError>>>,
+    set: Condvar,
+}
+
+impl Outcome {
+    fn set(&self, result: Result<(), HookError>) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(result);
+            self.set.notify_all();
+        }
+    }
+
+    fn wait(&self) -> Result<(), HookError> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            slot = self.set.wait(slot).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// What the Python half calls once a hook is over: `done(None)` when it returned, `done(exc)`
+/// with what it raised. Dropped uncalled (a coroutine's task destroyed while pending), it
+/// reports that instead of leaving the core waiting.
+#[pyclass(frozen, name = "HookDone", module = "lameduck._lameduck")]
+struct PyHookDone {
+    hook: &'static str,
+    outcome: Arc<Outcome>,
+}
+
+#[pymethods]
+impl PyHookDone {
+    #[pyo3(signature = (error))]
+    fn __call__(&self, py: Python<'_>, error: Option<Bound<'_, PyBaseException>>) {
+        self.outcome.set(match error {
+            None => Ok(()),
+            Some(exc) => Err(hook_error(py, self.hook, PyErr::from_value(exc.into_any()))),
+        });
+    }
+}
+
+impl Drop for PyHookDone {
+    fn drop(&mut self) {
+        self.outcome.set(Err(HookError::new(1, format!("{} ended without reporting an outcome", self.hook))));
+    }
+}
+
+/// A Python object with `serve(ctx)`, `shutdown(ctx)` and `close()`, reached through the Python
+/// half's bridge (`_Bridge.run_hook`, which also runs coroutine hooks on the event loop).
 struct PyServer {
     bridge: Py<PyAny>,
 }
 
 impl PyServer {
+    /// Starts the hook on a new Python thread and waits for its outcome without touching Python,
+    /// so a hook abandoned past the close timeout leaves nothing here that could need the GIL
+    /// while the interpreter finalizes.
     fn call(&self, hook: &'static str, ctx: Option<&Context>) -> Result<(), HookError> {
-        Python::attach(|py| {
-            let bridge = self.bridge.bind(py);
-            let result = match ctx {
-                Some(ctx) => Bound::new(py, PyContext { ctx: ctx.clone() }).and_then(|c| bridge.call_method1(hook, (c,))),
-                None => bridge.call_method0(hook),
+        let outcome = Arc::new(Outcome { slot: Mutex::new(None), set: Condvar::new() });
+        let started = attach_unless_exiting(|py| {
+            let start = || -> PyResult<()> {
+                let done = Py::new(py, PyHookDone { hook, outcome: Arc::clone(&outcome) })?;
+                let ctx = ctx.map(|ctx| Py::new(py, PyContext { ctx: ctx.clone() })).transpose()?;
+                let target = self.bridge.bind(py).getattr("run_hook")?;
+                // A builtin, so no Python bytecode (which could give the GIL away) runs here.
+                py.import("_thread")?.getattr("start_new_thread")?.call1((target, (hook, ctx, done)))?;
+                Ok(())
             };
-            result.map(|_| ()).map_err(|err| hook_error(py, hook, err))
-        })
+            start().map_err(|err| hook_error(py, hook, err))
+        });
+        match started {
+            None => Err(HookError::new(1, format!("{hook} was not called: the Python interpreter is exiting"))),
+            Some(Err(err)) => Err(err),
+            Some(Ok(())) => outcome.wait(),
+        }
     }
 }
 
@@ -152,6 +258,7 @@ impl PyRunner {
                         upgrade_without_listeners))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         bridge: Py<PyAny>,
         period: f64,
         signals: Vec<i32>,
@@ -169,42 +276,49 @@ impl PyRunner {
         upgrade_confirm: f64,
         upgrade_without_listeners: bool,
     ) -> PyResult<Self> {
+        // Both run on the core's coordinator thread (the one in NativeRunner.run, without the GIL).
         let logger = logger.map(|logger| {
             Arc::new(move |level: Level, message: &str| {
-                Python::attach(|py| {
+                attach_unless_exiting(|py| {
                     if let Err(err) = logger.bind(py).call_method1("log", (python_level(level), message)) {
                         err.write_unraisable(py, None);
                     }
-                })
+                });
             }) as lameduck::Logger
         });
         let observer = on_state_change.map(|callback| {
             Arc::new(move |old: State, new: State| {
-                Python::attach(|py| {
+                attach_unless_exiting(|py| {
                     if let Err(err) = callback.bind(py).call1((old.name(), new.name())) {
                         err.write_unraisable(py, None);
                     }
-                })
+                });
             }) as lameduck::StateObserver
         });
-        let period_s = seconds("period", period)?;
-        lameduck::validate_period(period_s).map_err(|e| invalid("period", period, e))?;
-        let drain_s = seconds("drain_delay", drain_delay)?;
-        lameduck::validate_drain_delay(drain_s).map_err(|e| invalid("drain_delay", drain_delay, e))?;
-        let close_s = seconds("close_timeout", close_timeout)?;
-        lameduck::validate_close_timeout(close_s).map_err(|e| invalid("close_timeout", close_timeout, e))?;
+        let period_s = seconds(py, "period", period)?;
+        lameduck::validate_period(period_s).map_err(|e| invalid(py, "period", period, e))?;
+        let drain_s = seconds(py, "drain_delay", drain_delay)?;
+        lameduck::validate_drain_delay(drain_s).map_err(|e| invalid(py, "drain_delay", drain_delay, e))?;
+        let close_s = seconds(py, "close_timeout", close_timeout)?;
+        lameduck::validate_close_timeout(close_s).map_err(|e| invalid(py, "close_timeout", close_timeout, e))?;
         for &signal in &signals {
-            lameduck::validate_signal(signal).map_err(|e| invalid("signals", &signals, e))?;
+            lameduck::validate_signal(signal).map_err(|e| invalid(py, "signals", &signals, e))?;
         }
-        lameduck::validate_upgrade_signals(&upgrade_signals, &signals).map_err(|e| invalid("upgrade_signals", &upgrade_signals, e))?;
-        let upgrade_s = seconds("upgrade_timeout", upgrade_timeout)?;
-        lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid("upgrade_timeout", upgrade_timeout, e))?;
-        let listen_s = seconds("listen_timeout", listen_timeout)?;
-        lameduck::validate_listen_timeout(listen_s).map_err(|e| invalid("listen_timeout", listen_timeout, e))?;
-        let confirm_s = seconds("upgrade_confirm", upgrade_confirm)?;
-        lameduck::validate_upgrade_confirm(confirm_s).map_err(|e| invalid("upgrade_confirm", upgrade_confirm, e))?;
+        lameduck::validate_upgrade_signals(&upgrade_signals, &signals)
+            .map_err(|e| invalid(py, "upgrade_signals", &upgrade_signals, e))?;
+        let upgrade_s = seconds(py, "upgrade_timeout", upgrade_timeout)?;
+        lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid(py, "upgrade_timeout", upgrade_timeout, e))?;
+        let listen_s = seconds(py, "listen_timeout", listen_timeout)?;
+        lameduck::validate_listen_timeout(listen_s).map_err(|e| invalid(py, "listen_timeout", listen_timeout, e))?;
+        let confirm_s = seconds(py, "upgrade_confirm", upgrade_confirm)?;
+        lameduck::validate_upgrade_confirm(confirm_s).map_err(|e| invalid(py, "upgrade_confirm", upgrade_confirm, e))?;
         let upgrade_command = upgrade_command
-            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgrade_command", &argv, e)))
+            .map(|argv| {
+                lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| {
+                    let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+                    invalid(py, "upgrade_command", shown, e)
+                })
+            })
             .transpose()?;
         if pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(PyValueError::new_err("pid_file='' is invalid: give a path, or None"));
@@ -215,7 +329,7 @@ impl PyRunner {
             drain_delay: drain_s,
             close_timeout: close_s,
             logger,
-            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal).map_err(|e| invalid("repeat_signal", repeat_signal, e))?,
+            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal).map_err(|e| invalid(py, "repeat_signal", repeat_signal, e))?,
             state_observer: observer,
             explicit_ready,
             signal_owner: SignalOwner::Host,
@@ -267,7 +381,7 @@ impl PyRunner {
     /// True once ready; False on timeout or when the run ended without becoming ready.
     #[pyo3(signature = (timeout=None))]
     fn wait_ready(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = optional_seconds("timeout", timeout)?;
+        let timeout = optional_seconds(py, "timeout", timeout)?;
         Ok(py.detach(|| self.runner.wait_ready(timeout)).is_ok())
     }
 
@@ -346,6 +460,7 @@ fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
 fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRunner>()?;
     m.add_class::<PyContext>()?;
+    m.add_class::<PyHookDone>()?;
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
@@ -354,5 +469,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_shared, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("VERSION", version_tuple(m.py())?)?;
+    let exiting = wrap_pyfunction!(_interpreter_exiting, m)?;
+    m.py().import("atexit")?.call_method1("register", (exiting,))?;
     Ok(())
 }

@@ -72,7 +72,7 @@ class Background:
         ({"period": float("inf")}, ValueError, "period=inf is invalid"),
         ({"period": 90000}, ValueError, "period=90000.0: lame-duck period 25h0m0s is invalid"),
         ({"period": "3"}, TypeError, "period='3' must be a number of seconds"),
-        ({"drain_delay": float("nan")}, ValueError, "drain_delay=NaN is invalid"),
+        ({"drain_delay": float("nan")}, ValueError, "drain_delay=nan is invalid"),
         ({"close_timeout": 0}, ValueError, "close_timeout=0.0: close timeout 0s is invalid"),
         ({"signals": [signal.SIGKILL]}, ValueError, "signal 9 (killed) cannot be a trigger signal"),
         ({"signals": [0]}, ValueError, "signal 0 is invalid"),

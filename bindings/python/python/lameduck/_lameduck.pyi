@@ -14,6 +14,9 @@ class NativeContext:
     def wait(self, timeout: Optional[float] = None) -> bool: ...
     def ready(self) -> None: ...
 
+class HookDone:
+    def __call__(self, error: Optional[BaseException]) -> None: ...
+
 RunFailure = Tuple[str, int, str, bool, Optional[BaseException]]
 
 class NativeRunner:

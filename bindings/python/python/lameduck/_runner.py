@@ -14,6 +14,7 @@ only does what must happen in Python:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import inspect
 import logging
@@ -117,34 +118,52 @@ class Context:
 
 
 class _Bridge:
-    """The object the native runner calls. It calls the user's hooks, and runs coroutine hooks
-    on the event loop of :func:`run_async`, blocking the hook's thread, never the loop."""
+    """The object the native runner calls. Each hook runs on a thread of its own that Python
+    started (the core's hook thread only waits for the outcome, outside Python), and a
+    coroutine hook on the event loop of :func:`run_async`, never blocking it.
+
+    Why a Python thread: CPython (before 3.14) ends any thread that wants the GIL back while
+    the interpreter finalizes with ``pthread_exit``. A hook abandoned past the close timeout
+    may still be running then; on a thread Python started, that ending is the ordinary one of
+    a daemon thread, while through the core's frames it would abort the process."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
         self.loop: Optional[asyncio.AbstractEventLoop] = None
 
-    def serve(self, native_ctx: _lameduck.NativeContext) -> None:
-        self._call(self.server.serve, Context(native_ctx))
-
-    def shutdown(self, native_ctx: _lameduck.NativeContext) -> None:
-        self._call(self.server.shutdown, Context(native_ctx))
-
-    def close(self) -> None:
-        self._call(self.server.close)
-
-    def _call(self, hook: Callable[..., Any], *args: Any) -> None:
-        result = hook(*args)
-        if not inspect.isawaitable(result):
+    def run_hook(self, name: str, native_ctx: Optional[_lameduck.NativeContext], done: _lameduck.HookDone) -> None:
+        """Calls hook ``name`` and reports its outcome with ``done(None)`` or ``done(exc)``."""
+        try:
+            hook = getattr(self.server, name)
+            result = hook() if native_ctx is None else hook(Context(native_ctx))
+            if inspect.isawaitable(result):
+                self._start_on_loop(hook, result, done)
+                return
+        except BaseException as e:  # reported to the core, which decides what it means
+            done(e)
             return
+        done(None)
+
+    def _start_on_loop(self, hook: Callable[..., Any], awaitable: Awaitable[Any], done: _lameduck.HookDone) -> None:
         if self.loop is None:
-            if inspect.iscoroutine(result):
-                result.close()  # no "never awaited" warning on top of the error
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # no "never awaited" warning on top of the error
             raise TypeError(
                 f"{getattr(hook, '__qualname__', hook)!s} returned an awaitable: "
                 "use lameduck.run_async() (or Runner.run_async()) for coroutine hooks"
             )
-        asyncio.run_coroutine_threadsafe(_awaited(result), self.loop).result()
+        coroutine = _awaited(awaitable)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except BaseException:
+            coroutine.close()  # the loop is closed
+            raise
+
+        def settled(f: "concurrent.futures.Future[Any]") -> None:
+            # On the loop's thread, also when asyncio.run() cancels the task on its way out.
+            done(asyncio.CancelledError(f"{getattr(hook, '__qualname__', hook)!s} was cancelled") if f.cancelled() else f.exception())
+
+        future.add_done_callback(settled)
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
