@@ -25,8 +25,10 @@ use common::Proc;
 /// A limit on waiting for an event, never an expected duration.
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The start_server under test: ours, or the one `START_SERVER_HARDENING_BIN` names (to see
+/// these tests fail against a build without the hardening).
 fn ours() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_start_server"))
+    std::env::var_os("START_SERVER_HARDENING_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_start_server")), PathBuf::from)
 }
 
 fn scratch(name: &str) -> PathBuf {

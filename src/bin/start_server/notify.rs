@@ -115,7 +115,7 @@ pub fn recv(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<Option<Message>
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let data = libc::CMSG_DATA(cmsg);
-            let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+            let len = ((*cmsg).cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
                 (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if len >= std::mem::size_of::<libc::ucred>() => {
                     let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
