@@ -28,8 +28,13 @@ from typing import Any, Dict, List, Optional
 import lameduck
 
 
+OUT = threading.Lock()
+
+
 def out(line: str) -> None:
-    print(line, flush=True)
+    with OUT:  # state callbacks come from each runner's own thread
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def greet_forever(sock: socket.socket) -> None:
@@ -171,17 +176,19 @@ async def two_async(order: str, previous: str) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     tasks = [asyncio.ensure_future(one(name)) for name in "AB"]
     out(f"order {order}")
-    while not all(t.done() for t in tasks):
-        line = await reader.readline()
-        if not line:
-            break
-        words = line.decode().split()
-        if words[:1] == ["release"]:
-            servers[words[1]].release.set()
-    await asyncio.gather(*tasks)
+    both = asyncio.ensure_future(asyncio.gather(*tasks))
+    line = asyncio.ensure_future(reader.readline())
+    while not both.done():
+        await asyncio.wait([line, both], return_when=asyncio.FIRST_COMPLETED)
+        if line.done():
+            words = line.result().decode().split()
+            if words[:1] == ["release"]:
+                servers[words[1]].release.set()
+            line = asyncio.ensure_future(reader.readline())
+    await both
     out("both ended")
-    while await reader.readline():  # a SIGTERM now meets the previous disposition
-        pass
+    while await line:  # a SIGTERM now meets the previous disposition
+        line = asyncio.ensure_future(reader.readline())
     return 0
 
 

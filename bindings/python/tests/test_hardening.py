@@ -57,6 +57,42 @@ def test_abandoned_hooks_do_not_abort_the_interpreter_at_exit(kind: str) -> None
     assert not failures, f"{len(failures)} of {RUNS} runs went wrong; the first:\n{failures[0]}"
 
 
+@pytest.mark.parametrize("order, previous", [("AB", "handler"), ("BA", "handler"), ("AB", "none"), ("BA", "none")])
+def test_every_run_async_runner_on_a_loop_gets_sigterm(order: str, previous: str) -> None:
+    """Two run_async runners on one loop: one SIGTERM starts both lame-ducks; once the first
+    has ended, a SIGTERM still reaches the other (and not the previous handler); the previous
+    disposition (a loop handler, or the default that ends the process) is back only after the
+    last one ended."""
+    app = hardening_app("two-async", order, previous, stdin=True)
+    try:
+        app.wait_for(r"^out: ready$")
+        app.signal(signal.SIGTERM)
+        for name in "AB":
+            app.wait_for(rf"^err: {name}: Received signal \[terminated\]; entering lame-duck mode for 1m0s$")
+            app.wait_for(rf"^out: {name} shutdown$")
+        first, last = order
+        app.send(f"release {first}")
+        app.wait_for(rf"^out: {first} ended: ok$")
+        app.signal(signal.SIGTERM)
+        app.wait_for(rf"^err: {last}: Received signal \[terminated\] again; ignoring it")
+        app.send(f"release {last}")
+        app.wait_for(rf"^out: {last} ended: ok$")
+        app.wait_for(r"^out: both ended$")
+        assert "previous handler" not in app.text()
+        app.signal(signal.SIGTERM)
+        if previous == "handler":
+            app.wait_for(r"^out: previous handler$")
+            app.proc.stdin.close()  # type: ignore[union-attr]
+            assert app.finish() == 0, app.text()
+        else:
+            assert app.finish() == -signal.SIGTERM, app.text()
+        text = app.text()
+        assert text.count("Received signal [terminated]; entering lame-duck") == 2, text
+        assert text.count("again; ignoring it") == 1, text
+    finally:
+        app.kill()
+
+
 def test_sync_run_owns_signals_on_the_main_thread_only() -> None:
     """signal.signal works only on the main thread, so one sync run() at a time can own them:
     a second runner with signals in another thread is refused before it starts, one with

@@ -172,7 +172,7 @@ def test_upgrade_async() -> None:
         ({"listen_timeout": -1}, ValueError, "listen_timeout=-1.0 is invalid"),
         ({"listen_timeout": "10"}, TypeError, "listen_timeout='10' must be a number of seconds"),
         ({"upgrade_confirm": 61}, ValueError, "upgrade_confirm=61.0: upgrade confirmation window 1m1s is invalid"),
-        ({"upgrade_confirm": float("nan")}, ValueError, "upgrade_confirm=NaN is invalid"),
+        ({"upgrade_confirm": float("nan")}, ValueError, "upgrade_confirm=nan is invalid"),
         ({"upgrade_confirm": None}, TypeError, "upgrade_confirm=None must be a number of seconds"),
         ({"upgrade_without_listeners": 1}, TypeError, "upgrade_without_listeners=1 must be True or False"),
     ],

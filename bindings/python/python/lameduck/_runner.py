@@ -216,6 +216,68 @@ def _native_logger(logger: LoggerOption) -> Any:
     )
 
 
+class _LoopSignal:
+    """The one handler of one signal on one event loop, shared by every :meth:`Runner.run_async`
+    on that loop (``loop.add_signal_handler`` keeps one handler per signal, so a second runner
+    would replace the first's). Each signal goes to every runner still running, in the order
+    they joined. What was there before the first joined (a handler added with
+    ``loop.add_signal_handler``, else the ``signal`` module's handler or the default
+    disposition) comes back when the last one leaves. Used on the loop's thread only."""
+
+    _active: Dict[Tuple[asyncio.AbstractEventLoop, int], "_LoopSignal"] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sig: int) -> None:
+        self.loop = loop
+        self.sig = sig
+        self.targets: List[Tuple[object, Callable[[int], None]]] = []
+        # asyncio's unix loops keep their handlers there (each an asyncio.Handle)
+        self.previous_handle: Optional[asyncio.Handle] = self._handlers().get(sig)
+        self.previous_handler = signal.getsignal(sig)
+        loop.add_signal_handler(sig, self._deliver)
+        self.handle: Optional[asyncio.Handle] = self._handlers().get(sig)
+
+    @classmethod
+    def join(cls, loop: asyncio.AbstractEventLoop, sig: int, owner: object, target: Callable[[int], None]) -> "_LoopSignal":
+        dispatch = cls._active.get((loop, sig))
+        if dispatch is None:
+            dispatch = cls._active[(loop, sig)] = cls(loop, sig)
+        dispatch.targets.append((owner, target))
+        return dispatch
+
+    def leave(self, owner: object) -> None:
+        self.targets = [(o, t) for (o, t) in self.targets if o is not owner]
+        if self.targets:
+            return
+        del self._active[(self.loop, self.sig)]
+        if self.loop.is_closed():
+            return
+        handlers = self._handlers()
+        if self.handle is not None and handlers.get(self.sig) is not self.handle:
+            return  # someone added a handler of their own since: theirs stays
+        self.loop.remove_signal_handler(self.sig)  # SIG_DFL (default_int_handler for SIGINT)
+        previous = self.previous_handle
+        callback = getattr(previous, "_callback", None)
+        if previous is not None and callback is not None and not previous.cancelled():
+            self.loop.add_signal_handler(self.sig, callback, *getattr(previous, "_args", ()))
+            if self.sig in handlers:
+                handlers[self.sig] = previous  # the same handle again, its context included
+        else:
+            signal.signal(self.sig, signal.SIG_DFL if self.previous_handler is None else self.previous_handler)
+
+    def _handlers(self) -> Dict[int, asyncio.Handle]:
+        handlers = getattr(self.loop, "_signal_handlers", None)
+        return handlers if isinstance(handlers, dict) else {}
+
+    def _deliver(self) -> None:
+        for _, target in list(self.targets):
+            try:
+                target(self.sig)
+            except Exception as e:  # the other runners still get the signal
+                self.loop.call_exception_handler(
+                    {"message": f"lameduck could not deliver signal {self.sig}", "exception": e}
+                )
+
+
 class Runner:
     """Runs one server once under lame-duck coordination (Go's ``lameduck.Runner``).
 
@@ -458,11 +520,10 @@ class Runner:
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting any more
 
-        previous: Dict[int, Any] = {}
+        joined: List[_LoopSignal] = []
         try:
             for sig in self._handled_signals():
-                previous[sig] = signal.getsignal(sig)
-                loop.add_signal_handler(sig, self._native.deliver_signal, sig)
+                joined.append(_LoopSignal.join(loop, sig, self, self._native.deliver_signal))
             threading.Thread(target=target, name="lameduck-run", daemon=True).start()
             try:
                 failure = await asyncio.shield(settled)
@@ -471,9 +532,8 @@ class Runner:
                 await settled
                 raise
         finally:
-            for sig, handler in previous.items():
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            for dispatch in joined:
+                dispatch.leave(self)
         if failure is not None:
             raise _from_native(*failure)
 
