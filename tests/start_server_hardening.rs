@@ -219,7 +219,6 @@ fn a_ready_spoofed_by_another_user_is_ignored() {
     wait_until("the old worker's TERM", || dir.join("term-1").exists());
     let stderr = run.stderr();
     assert_eq!(stderr.matches(&format!("(not worker {second})")).count(), 1, "logged once per worker:\n{stderr}");
-    assert!(!stderr.contains("spoofed"), "no spoofed STATUS= passed on:\n{stderr}");
     let (code, stderr) = run.finish();
     assert_eq!(code, Some(0), "{stderr}");
 }
@@ -391,7 +390,8 @@ fn out_of_range_numbers_fail_at_startup_without_a_panic() {
     std::fs::write(envdir.join("KILL_OLD_DELAY"), "1e20\n").unwrap();
     let envdir_option = format!("--envdir={}", envdir.display());
     // (extra arguments, environment, what the message must name)
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--interval=1e20"], vec![], "1e20"),
         (vec!["--interval=1e19"], vec![], "1e19"),
         (vec!["--interval=NaN"], vec![], "NaN"),
@@ -467,7 +467,9 @@ fn bad_envdir_values_at_run_time_are_warnings_and_upgrades_go_on() {
         assert_eq!(stderr.matches(warning).count(), 1, "{warning:?} logged once:\n{stderr}");
     }
     assert!(!stderr.contains("sleeping"), "the old KILL_OLD_DELAY (0) stays in force:\n{stderr}");
-    assert!(read(&dir.join("3.env")).contains("FOO=two\n"), "the good values still apply");
+    let report = dir.join("3.env");
+    wait_until("generation 3's report", || report.exists());
+    assert!(read(&report).contains("FOO=two\n"), "the good values still apply");
     let (code, stderr) = run.finish();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -562,14 +564,14 @@ fn restart_fails_fast_when_start_server_goes_away() {
     let dir = scratch("restart");
     let (pid_file, status_path) = (dir.join("pid"), dir.join("status"));
     let files = [format!("--pid-file={}", pid_file.display()), format!("--status-file={}", status_path.display())];
+    // Generation 1 serves; every later one exits at once, well within --interval: --restart
+    // would wait for it (Perl's: forever).
+    let script = r#"[ "$SERVER_STARTER_GENERATION" = 1 ] || exit 1; exec python3 "$WORKER""#;
     let mut cmd = Command::new(ours());
-    cmd.args([format!("--port=127.0.0.1:{}", common::free_port()), "--interval=0.3".into()])
+    cmd.args([format!("--port=127.0.0.1:{}", common::free_port()), "--interval=2".into()])
         .args(&files)
-        .arg("--")
-        .arg("python3")
-        .arg(common::repo().join("tests/start_server/worker.py"))
-        // Every new generation fails: --restart would wait (Perl: forever).
-        .env("FAIL_GENERATIONS", (2..1000).map(|g| g.to_string()).collect::<Vec<_>>().join(","));
+        .args(["--", "sh", "-c", script])
+        .env("WORKER", common::repo().join("tests/start_server/worker.py"));
     let run = Running::start(cmd);
     wait_until("generation 1", || generations(&status_path) == [1]);
     let mut restart = Command::new(ours());
