@@ -13,7 +13,6 @@
 //! hook thread only waits for its outcome, holding no GIL and touching no Python object; once
 //! `atexit` ran, no native thread enters Python at all.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,22 +22,52 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::BoundObject;
 
-/// Set by an `atexit` callback (which runs before the interpreter starts finalizing): from then
-/// on the core's threads no longer enter Python (a hook is not started, a log line is dropped).
-static EXITING: AtomicBool = AtomicBool::new(false);
+/// Keeps the core's threads out of Python once the interpreter exits. `exiting` is set by an
+/// `atexit` callback, which runs before the interpreter starts finalizing and waits until no
+/// core thread is `inside` Python: so none can be there, or be waiting for the GIL, once
+/// finalizing began (on 3.13+ pyo3's `try_attach` also checks `Py_IsFinalizing`).
+struct Gate {
+    exiting: bool,
+    inside: usize,
+}
 
-/// Registered with `atexit` when the module is imported.
+static GATE: Mutex<Gate> = Mutex::new(Gate { exiting: false, inside: 0 });
+static GATE_LEFT: Condvar = Condvar::new();
+
+fn gate() -> std::sync::MutexGuard<'static, Gate> {
+    GATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registered with `atexit` when the module is imported. The wait is bounded: a log handler or
+/// state callback stuck at exit (say, on a loop that no longer runs) must not hang the exit.
 #[pyfunction]
-fn _interpreter_exiting() {
-    EXITING.store(true, Ordering::SeqCst);
+fn _interpreter_exiting(py: Python<'_>) {
+    py.detach(|| {
+        let mut gate = gate();
+        gate.exiting = true;
+        let _ = GATE_LEFT.wait_timeout_while(gate, Duration::from_secs(2), |g| g.inside > 0);
+    });
 }
 
 /// Runs `f` attached to the interpreter, unless it is exiting (then None). Only for the core's
-/// threads; see the module comment.
+/// threads (which otherwise never touch Python); `f` must not block for long, since the
+/// interpreter's exit waits for it.
 fn attach_unless_exiting<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
-    if EXITING.load(Ordering::SeqCst) {
-        return None;
+    {
+        let mut gate = gate();
+        if gate.exiting {
+            return None;
+        }
+        gate.inside += 1;
     }
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            gate().inside -= 1;
+            GATE_LEFT.notify_all();
+        }
+    }
+    let _leave = Leave;
     Python::try_attach(f)
 }
 
@@ -125,15 +154,20 @@ impl PyContext {
 /// One hook call's outcome: set once (by the Python thread that ran the hook, or by the event
 /// loop for a coroutine), awaited by the core's hook thread without the GIL.
 struct Outcome {
-    slot: Mutex<Option<Result<(), HookError>>>,
+    /// `(reported, result)`: the first report wins; `wait` takes the result.
+    slot: Mutex<(bool, Option<Result<(), HookError>>)>,
     set: Condvar,
 }
 
 impl Outcome {
+    fn new() -> Outcome {
+        Outcome { slot: Mutex::new((false, None)), set: Condvar::new() }
+    }
+
     fn set(&self, result: Result<(), HookError>) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(result);
+        if !slot.0 {
+            *slot = (true, Some(result));
             self.set.notify_all();
         }
     }
@@ -141,7 +175,7 @@ impl Outcome {
     fn wait(&self) -> Result<(), HookError> {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(result) = slot.take() {
+            if let Some(result) = slot.1.take() {
                 return result;
             }
             slot = self.set.wait(slot).unwrap_or_else(PoisonError::into_inner);
@@ -186,7 +220,7 @@ impl PyServer {
     /// so a hook abandoned past the close timeout leaves nothing here that could need the GIL
     /// while the interpreter finalizes.
     fn call(&self, hook: &'static str, ctx: Option<&Context>) -> Result<(), HookError> {
-        let outcome = Arc::new(Outcome { slot: Mutex::new(None), set: Condvar::new() });
+        let outcome = Arc::new(Outcome::new());
         let started = attach_unless_exiting(|py| {
             let start = || -> PyResult<()> {
                 let done = Py::new(py, PyHookDone { hook, outcome: Arc::clone(&outcome) })?;

@@ -8,7 +8,8 @@ only does what must happen in Python:
   installs nothing, so this never fights the ``signal`` module or asyncio over ``sigaction``.
 - It keeps the main thread in Python code while the core runs on a helper thread, so those
   handlers run promptly.
-- It runs coroutine hooks on the event loop when used with :func:`run_async`.
+- It runs each hook on a thread Python starts (see :class:`_Bridge`), and coroutine hooks on
+  the event loop when used with :func:`run_async`.
 """
 
 from __future__ import annotations
@@ -502,7 +503,9 @@ class Runner:
     async def run_async(self) -> None:
         """Like :meth:`run`, for asyncio. Hooks may be coroutine functions; they run on this
         event loop. Signals are taken with ``loop.add_signal_handler``, and the loop never
-        blocks. Cancelling the task stops the runner gracefully, then re-raises."""
+        blocks. Several runners on one loop share that handler: each signal reaches every one
+        of them, and the loop's previous handler comes back when the last one ends.
+        Cancelling the task stops the runner gracefully, then re-raises."""
         loop = asyncio.get_running_loop()
         self._check_thread()
         self._bridge.loop = loop
