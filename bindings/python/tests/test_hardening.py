@@ -11,8 +11,6 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import List
-
 import pytest
 
 import lameduck
@@ -153,6 +151,4 @@ def test_hook_error_texts_are_display_form() -> None:
     with pytest.raises(lameduck.FailedError) as info:
         lameduck.run(Broken(), logger=False, signals=(), upgrade_signals=())
     assert str(info.value) == "KeyError: 'no such route'"
-    assert isinstance(info.value.__cause__, KeyError)
-    causes: List[BaseException] = [info.value.__cause__]
-    assert causes[0].args == ("no such route",)
+    assert isinstance(info.value.__cause__, KeyError) and info.value.__cause__.args == ("no such route",)
