@@ -413,6 +413,15 @@ fn same_address(bound: &Bound, wanted: &Address, resolved: &Result<Vec<SocketAdd
     }
 }
 
+/// A socket's identity (its inode number), the same for every descriptor that refers to it.
+fn socket_identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: fstat into a local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+    ok.then_some((st.st_dev, st.st_ino))
+}
+
 /// Checks an inherited descriptor: a stream socket, listening. The message names the fd.
 fn validate_inherited(fd: RawFd, origin: &str) -> Result<(), Error> {
     // SAFETY: fstat and getsockopt on an fd number, into locals of the right size.
@@ -514,13 +523,17 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     let mut owned = Ownership::None;
     let mut lineage = true; // bound by this process, unless it was inherited
     let mut inherited_name = None;
-    if let Some(index) = pool.available.iter().position(|(f, _)| *f == fd) {
+    // The same socket as an inherited one, under its own number or a copy's (`socket.fromfd`,
+    // `dup`): a copy of a socket systemd or start_server holds must never be drained.
+    let identity = socket_identity(fd);
+    let same = |f: &RawFd| *f == fd || (identity.is_some() && socket_identity(*f) == identity);
+    if let Some(index) = pool.available.iter().position(|(f, _)| same(f)) {
         // The host took an inherited descriptor itself: it is shared like one from `listen`.
-        let (_, source) = pool.available.remove(index);
+        let (original, source) = pool.available.remove(index);
         pool.shared.insert(fd);
         pool.inherited.insert(fd);
-        owned = pool.owned.get(&fd).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
-        lineage = pool.lineage.contains(&fd);
+        owned = pool.owned.get(&original).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
+        lineage = pool.lineage.contains(&original);
         if let Source::Systemd { name: Some(n) } = source {
             inherited_name = Some(n);
         }

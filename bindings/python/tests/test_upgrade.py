@@ -8,8 +8,10 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -17,7 +19,7 @@ import pytest
 
 import lameduck
 import lameduck.adapters
-from conftest import APP, App, Load, free_port, get, kill_ours
+from conftest import APP, App, Load, free_port, get, kill_ours, wrk_path
 
 
 @pytest.mark.parametrize("kind", ["http", "asyncio"])
@@ -515,3 +517,41 @@ def test_adapter_addresses_for_listen() -> None:
     assert _address(("localhost", 1)) == "localhost:1"
     assert _address("/run/app.sock", socket.AF_UNIX) == "/run/app.sock"
     assert _address("app.sock", socket.AF_UNIX) == "unix:app.sock"
+
+
+@pytest.mark.skipif(wrk_path() is None, reason="wrk is installed by scripts/test-all.sh")
+@pytest.mark.parametrize("kind", ["http", "asyncio"])
+def test_the_last_generation_drains_its_socket_once_the_previous_one_has_exited(kind: str) -> None:
+    """After an upgrade the socket is shared only while the old process lives; once it has
+    exited, the new one drains the socket at its own SIGTERM (the connections in its accept
+    queue are answered), as the first generation would. It used to close it undrained for ever,
+    resetting whatever was queued."""
+    listen = ["--listen", "127.0.0.1:0"] if kind == "http" else []
+    app = App("--app", kind, *listen, "--period", "10")
+    current = app.proc.pid
+    try:
+        app.wait_for(r"^out: state READY")
+        os.kill(app.proc.pid, signal.SIGHUP)
+        current = int(app.wait_count(r"lameduck: New process (\d+) is ready", 1).group(1))
+        app.wait_count(r"lameduck: The previous generation handed over", 1)
+        app.wait_count(r"^out: clean exit", 1)  # the old process is gone
+        wrk = subprocess.Popen(
+            [str(wrk_path()), "-t2", "-c20", "-d4s", f"http://127.0.0.1:{app.port}/"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(1.5)  # load is flowing
+        os.kill(current, signal.SIGTERM)
+        out, _ = wrk.communicate(timeout=60)
+        app.wait_count(r"^out: clean exit", 2)
+        requests = re.search(r"(\d+) requests in", out)
+        assert requests is not None and int(requests.group(1)) > 100, out
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        read_errors, timeouts = (int(errors.group(2)), int(errors.group(4))) if errors else (0, 0)
+        # As in test_servers: refused reconnects after the close are wrk "write" errors.
+        assert (read_errors, timeouts) == (0, 0), out
+        assert "Non-2xx" not in out, out
+    finally:
+        kill_ours([current], str(APP))
+        app.kill()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import inspect
-import os
 import socket
 import socketserver
 import threading
@@ -50,12 +49,12 @@ def _drain_default(drain_listener: Optional[bool]) -> Optional[bool]:
     """Drain (stop new SYNs, accept what is queued, then close) only listeners we own alone.
     Under systemd socket activation or start_server the socket is shared, and a drop filter on it
     would stop the others from accepting too. There, closing our copy loses nothing anyway.
-    None means: decide per socket when shutdown comes (see _stop_accepting)."""
-    if drain_listener is not None:
-        return bool(drain_listener)
-    if "LISTEN_FDS" in os.environ or "SERVER_STARTER_PORT" in os.environ:
-        return False
-    return None
+    None means: ask the core per socket when shutdown comes (see _stop_accepting). The adapters'
+    sockets all come from lameduck.listen() or lameduck.adopt(), so the core knows where each
+    came from, and its answer changes when it should: a socket handed over by a previous
+    generation is ours alone once that generation has exited. (The environment is no guide:
+    os.environ is a snapshot from startup, and LISTEN_FDS is set in every upgraded generation.)"""
+    return None if drain_listener is None else bool(drain_listener)
 
 
 def _stop_accepting(sockets: Iterable[Any], drain: Optional[bool] = None) -> List[int]:
