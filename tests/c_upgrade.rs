@@ -590,37 +590,13 @@ fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
-/// Plants `link` → `target` as another local user would: the directory is made writable by
-/// everyone, without the sticky bit (so the kernel's `protected_symlinks` does not save us), and
-/// the link is made by the attacker's uid. Without root there is no second user: then the link
-/// is planted by this user, which the code under test must refuse all the same.
-fn plant_symlink(dir: &Path, target: &Path, link: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Some((uid, gid)) = common::attacker_user() else {
-        eprintln!("not root: no second user to plant the symlink; planting it as this user");
-        std::os::unix::fs::symlink(target, link).unwrap();
-        return;
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut ln = Command::new("ln");
-    ln.arg("-s").arg(target).arg(link).current_dir("/");
-    common::run_as(&mut ln, uid, gid);
-    let (status, _, stderr) = common::run_limited(ln, LIMIT);
-    assert!(status.success(), "the attacker could not plant the link: {stderr}");
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::symlink_metadata(link).unwrap().uid(), uid, "planted by the attacker");
-}
-
 /// An upgrade that cannot point the pid file at the new process (the path became a directory,
 /// or someone planted a symlink there) fails: the new process is terminated, the old one goes on
 /// serving, and what a planted symlink points at is never touched, not even at the final stop.
 #[test]
 fn an_upgrade_that_cannot_write_the_pid_file_fails_and_the_old_process_goes_on() {
     use std::os::unix::fs::PermissionsExt;
-    // Under /tmp, which any user can reach (the checkout may sit in a private home directory).
-    let dir = std::env::temp_dir().join(format!("lameduck-pidfile-fails-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    let dir = common::shared_dir("pidfile-fails");
     let pid_file = dir.join("server.pid");
     let mut cmd = common::c_command(demo());
     cmd.args(["--port", "0", "--upgrade-confirm", "0", "--pid-file"]).arg(&pid_file);
@@ -644,7 +620,7 @@ fn an_upgrade_that_cannot_write_the_pid_file_fails_and_the_old_process_goes_on()
     let victim = dir.join("victim");
     std::fs::write(&victim, format!("{pid}\n")).unwrap(); // even "our" pid: never removed through a link
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
-    plant_symlink(&dir, &victim, &pid_file);
+    common::plant_symlink(&victim, &pid_file);
     kill(pid, libc::SIGHUP);
     let line = proc.wait_nth_line("Upgrade failed: ", 2, LIMIT);
     generations.0.push(line.split("new process ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap());

@@ -294,7 +294,7 @@ fn start_server_output(args: &[String]) -> (Option<i32>, String) {
 
 #[test]
 fn planted_pid_files_are_refused_and_their_targets_untouched() {
-    let dir = scratch("pidfile");
+    let dir = common::shared_dir("start-server-pidfile");
     let secret = "secret\n";
     let target = victim(&dir, "victim", secret);
     let serve = |pid_file: &Path| {
@@ -302,7 +302,7 @@ fn planted_pid_files_are_refused_and_their_targets_untouched() {
     };
 
     let link = dir.join("pid");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
+    common::plant_symlink(&target, &link);
     let (code, stderr) = serve(&link);
     assert_eq!(code, Some(255), "{stderr}");
     assert!(stderr.contains(&format!("failed to open file:{}:it is a symbolic link", link.display())), "{stderr}");
@@ -334,7 +334,7 @@ fn planted_pid_files_are_refused_and_their_targets_untouched() {
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let names_pid = victim(&dir, "victim-pid", &format!("{}\n", sleeper.id()));
     let link = dir.join("pid-to-sleeper");
-    std::os::unix::fs::symlink(&names_pid, &link).unwrap();
+    common::plant_symlink(&names_pid, &link);
     let status_file = dir.join("status");
     std::fs::write(&status_file, "1:1\n").unwrap();
     for args in [vec!["--stop".to_string()], vec!["--restart".into(), format!("--status-file={}", status_file.display())]] {
@@ -347,6 +347,7 @@ fn planted_pid_files_are_refused_and_their_targets_untouched() {
     }
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -325,3 +325,34 @@ pub fn run_as(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
         })
     }
 }
+
+/// An empty directory that any local user can write, without the sticky bit (so the kernel's
+/// `protected_symlinks` does not stop root from following a link planted there: the code under
+/// test must). Under the system temp dir, which every user can reach (the checkout may sit in a
+/// private home directory).
+pub fn shared_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("lameduck-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// Plants `link` → `target` as another local user would: made by [`ATTACKER`]'s uid (in a
+/// [`shared_dir`]). Without root there is no second user: then this user plants it, which the
+/// code under test must refuse all the same (said on stderr).
+pub fn plant_symlink(target: &Path, link: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = attacker_user() else {
+        eprintln!("not root: no second user to plant {}; planting it as this user", link.display());
+        std::os::unix::fs::symlink(target, link).unwrap();
+        return;
+    };
+    let mut ln = Command::new("ln");
+    ln.arg("-s").arg(target).arg(link).current_dir("/");
+    run_as(&mut ln, uid, gid);
+    let (status, _, stderr) = run_limited(ln, Duration::from_secs(60));
+    assert!(status.success(), "the attacker could not plant {}: {stderr}", link.display());
+    assert_eq!(std::fs::symlink_metadata(link).unwrap().uid(), uid, "planted by the attacker");
+}
