@@ -124,6 +124,33 @@ fn millis(name: &str, value: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(value / 1000.0))
 }
 
+/// `argv` as `JSON.stringify` writes it, for messages (never Rust's Debug form).
+fn json_strings(argv: &[String]) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("[");
+    for (i, arg) in argv.iter().enumerate() {
+        out.push_str(if i == 0 { "\"" } else { ",\"" });
+        for c in arg.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
 fn invalid(name: &str, value: impl std::fmt::Display, err: lameduck::Error) -> Error {
     Error::new(Status::InvalidArg, format!("{name}={value}: {}", err.message()))
 }
@@ -166,12 +193,13 @@ impl NativeRunner {
             lameduck::validate_signal(signal).map_err(|e| invalid("signals", signal, e))?;
         }
         let repeat = RepeatSignalPolicy::from_name(&repeat_signal).map_err(|e| invalid("repeatSignal", &repeat_signal, e))?;
-        lameduck::validate_upgrade_signals(&upgrade_signals, &signals)
-            .map_err(|e| invalid("upgradeSignals", format!("{upgrade_signals:?}"), e))?;
+        for &signal in &upgrade_signals {
+            lameduck::validate_upgrade_signals(&[signal], &signals).map_err(|e| invalid("upgradeSignals", signal, e))?;
+        }
         let upgrade_timeout = millis("upgradeTimeout", upgrade_timeout_ms)?;
         lameduck::validate_upgrade_timeout(upgrade_timeout).map_err(|e| invalid("upgradeTimeout", upgrade_timeout_ms, e))?;
         let upgrade_command = upgrade_command
-            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", format!("{argv:?}"), e)))
+            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", json_strings(&argv), e)))
             .transpose()?;
         let listen_timeout = millis("listenTimeout", listen_timeout_ms)?;
         lameduck::validate_listen_timeout(listen_timeout).map_err(|e| invalid("listenTimeout", listen_timeout_ms, e))?;
