@@ -27,7 +27,11 @@ export interface Context {
   remaining(): number | null
   /** True once the deadline passed or a repeated signal forced the close. */
   readonly done: boolean
-  /** Aborts at the deadline (or when close is forced): hand it to fetch, timers and streams. */
+  /**
+   * Aborts at the deadline (or when close is forced) with a `DeadlineExceededError` (named
+   * 'TimeoutError'), never before `done` reads true; a run that ends first aborts it with an
+   * AbortError (a `DOMException`). Hand it to fetch, timers and streams.
+   */
   readonly signal: AbortSignal
   /** Reports that serve is listening (see `explicitReady`). */
   ready(): void
@@ -65,7 +69,11 @@ export type SignalName = NodeJS.Signals
 export interface Options {
   /** Lame-duck period in ms: shutdown's deadline is trigger (+ drainDelay) + period. Default 3000. */
   period?: number
-  /** Trigger signals (names or numbers). Default ['SIGINT', 'SIGTERM']; [] means only stop() or `signal`. */
+  /**
+   * Trigger signals (names or numbers). Default ['SIGINT', 'SIGTERM']; [] means only stop() or `signal`.
+   * In a worker thread it must be []: Node delivers signals to the main thread only, so run()
+   * rejects with SignalSetupError otherwise.
+   */
   signals?: Array<SignalName | number>
   /** Ms between the trigger and shutdown, serving while the state is DRAINING (not ready). Default 0. */
   drainDelay?: number
@@ -81,7 +89,10 @@ export interface Options {
   explicitReady?: boolean
   /** Called on every state transition. */
   onStateChange?: (from: State, to: State) => void
-  /** Signals that start a zero-downtime upgrade (see Runner.upgrade). Default ['SIGHUP']; [] turns them off. */
+  /**
+   * Signals that start a zero-downtime upgrade (see Runner.upgrade). Default ['SIGHUP'] ([] in a
+   * worker thread, where giving any makes run() reject with SignalSetupError); [] turns them off.
+   */
   upgradeSignals?: Array<SignalName | number>
   /** Ms the new process has to report ready before it is terminated and the upgrade fails. Default 60000. */
   upgradeTimeout?: number
@@ -127,6 +138,12 @@ export class ForcedError extends ExpiredError {}
 export class FailedError extends LameDuckError {}
 export class ShutdownError extends LameDuckError {}
 export class CanceledError extends LameDuckError {}
+/**
+ * run() in a worker thread with trigger signals (or upgradeSignals given): Node delivers signals
+ * to the main thread only. Pass `signals: []` and call stop() when the main thread says so.
+ * Its code is 'LD_SIGNAL_SETUP'.
+ */
+export class SignalSetupError extends LameDuckError {}
 export class BusyError extends LameDuckError {}
 /** An upgrade's new process could not start, exited, or was not ready in time; it was terminated and this process goes on serving. */
 export class UpgradeFailedError extends LameDuckError {}

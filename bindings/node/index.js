@@ -8,6 +8,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const net = require('node:net')
+const { isMainThread } = require('node:worker_threads')
 
 const native = loadNative()
 
@@ -42,6 +43,7 @@ const CODES = {
   NOT_RUNNING: 'LD_NOT_RUNNING',
   PANIC: 'LD_PANIC',
   SYSTEM: 'LD_SYSTEM',
+  SIGNAL_SETUP: 'LD_SIGNAL_SETUP',
   UPGRADE_FAILED: 'LD_UPGRADE_FAILED',
 }
 
@@ -73,6 +75,11 @@ class ForcedError extends ExpiredError {}
 class FailedError extends LameDuckError {}
 class ShutdownError extends LameDuckError {}
 class CanceledError extends LameDuckError {}
+/**
+ * The signals cannot be taken here: run() in a worker thread with trigger (or explicit upgrade)
+ * signals, which Node delivers to the main thread only.
+ */
+class SignalSetupError extends LameDuckError {}
 class BusyError extends LameDuckError {}
 /** An upgrade's new process could not start, exited, or was not ready in time; it was terminated and this process goes on serving. */
 class UpgradeFailedError extends LameDuckError {}
@@ -97,6 +104,7 @@ const ERROR_CLASSES = {
   FAILED: FailedError,
   SHUTDOWN_FAILED: ShutdownError,
   CANCELED: CanceledError,
+  SIGNAL_SETUP: SignalSetupError,
   BUSY: BusyError,
   UPGRADE_FAILED: UpgradeFailedError,
   NOT_RUNNING: NotRunningError,
@@ -149,6 +157,18 @@ function signalNumbers(signals, option = 'signals') {
     if (number === undefined) throw new RangeError(`${option}: ${JSON.stringify(s)} is not a signal name`)
     return [name, number]
   })
+}
+
+/** Why run() refuses its signals in a worker thread, and what to do instead. */
+function workerSignalsMessage(o) {
+  const names = (signals) => `[${signals.map(([name]) => name).join(', ')}]`
+  const which = [o.signals.length > 0 && `signals ${names(o.signals)}`, o.upgradeSignals.length > 0 && `upgradeSignals ${names(o.upgradeSignals)}`]
+  return (
+    `${which.filter(Boolean).join(' and ')} cannot be taken in a worker thread: Node delivers signals to the main thread only, ` +
+    'so process.on() in a Worker never sees them (and unless the main thread listens, they end the whole process). ' +
+    'Pass signals: [] (and leave upgradeSignals out), and call runner.stop() (or runner.upgrade()) when the main thread tells ' +
+    'the worker to, say with a message; or run the Runner on the main thread'
+  )
 }
 
 function normalizeOptions(options) {
@@ -245,6 +265,8 @@ class Runner {
   #controller = new AbortController()
   #deadlineTimer = null
   #context
+  #serveCalled = false
+  #held = null // events waiting for serve's hook event (see #dispatch)
 
   constructor(server, options) {
     if (server === null || typeof server !== 'object' && typeof server !== 'function') {
@@ -259,6 +281,9 @@ class Runner {
     this.#server = server
     this.#options = normalizeOptions(options)
     const o = this.#options
+    // In a worker thread no signal can be taken (see run()): the default upgrade signal is
+    // dropped, so that the core does not claim to upgrade on it; upgrade() still works.
+    if (!isMainThread && options?.upgradeSignals === undefined) o.upgradeSignals = []
     // A server that says it reports readiness itself (the http adapter does, once listening)
     // gets explicit readiness unless the explicitReady option says otherwise.
     const explicitReady = o.explicitReady ?? server.explicitReady === true
@@ -320,11 +345,21 @@ class Runner {
     return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }))
   }
 
-  /** Runs until the server stopped; rejects with a LameDuckError subclass otherwise. */
+  /**
+   * Runs until the server stopped; rejects with a LameDuckError subclass otherwise. In a worker
+   * thread it rejects with SignalSetupError unless `signals` is [] and no `upgradeSignals` were
+   * given: Node delivers signals to the main thread only.
+   */
   run() {
     if (this.#started) return Promise.reject(new BusyError('the runner has already run; create a new Runner for another run', { code: 'LD_BUSY' }))
     this.#started = true
     const o = this.#options
+    if (!isMainThread && (o.signals.length > 0 || o.upgradeSignals.length > 0)) {
+      // process.on() in a Worker never sees a signal: the signal would reach the main thread,
+      // and with nobody listening there it ends the whole process. Refuse, as Python does.
+      this.#setReadiness('ended')
+      return Promise.reject(new SignalSetupError(workerSignalsMessage(o), { code: CODES.SIGNAL_SETUP }))
+    }
     if (o.signal?.aborted) this.#native.stop()
     return new Promise((resolve, reject) => {
       const listeners = [...o.signals, ...o.upgradeSignals].map(([name, number]) => {
@@ -338,7 +373,7 @@ class Runner {
         for (const [name, listener] of listeners) process.removeListener(name, listener)
         o.signal?.removeEventListener('abort', onAbort)
         clearTimeout(this.#deadlineTimer)
-        if (!this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError('the run is over'))
+        this.#abortContext('the run is over')
         this.#setReadiness('ended')
         if (!event.error) return resolve()
         const Class = ERROR_CLASSES[event.error] || LameDuckError
@@ -354,7 +389,33 @@ class Runner {
     })
   }
 
+  /**
+   * Passes the core's events on in order, but for one thing. The core calls serve on a thread of
+   * its own, whose hook event can reach JS after the READY state (in about half the runs) or, on
+   * a busy machine, after shutdown's. So from SERVING (serve is then sure to come) until serve
+   * has been called, every other event waits: serve is called first, and ready() resolves only
+   * once it has been. `done` waits for nothing (a starved serve thread may never get through); the
+   * hook calls still held then are dropped, since the core has given up on them.
+   */
   #dispatch(event, finish) {
+    if (event.kind === 'hook' && event.hook === 'serve') {
+      this.#serveCalled = true
+      this.#handle(event, finish)
+      return this.#release(finish, true)
+    }
+    if (this.#held && event.kind !== 'done') return this.#held.push(event)
+    this.#release(finish, false)
+    this.#handle(event, finish)
+    if (event.kind === 'state' && event.to === 'SERVING' && !this.#serveCalled) this.#held = []
+  }
+
+  #release(finish, hooksToo) {
+    const held = this.#held ?? []
+    this.#held = null
+    for (const event of held) if (hooksToo || event.kind !== 'hook') this.#handle(event, finish)
+  }
+
+  #handle(event, finish) {
     switch (event.kind) {
       case 'log':
         return this.#log(event.level, event.message)
@@ -376,7 +437,7 @@ class Runner {
 
   #onState(from, to) {
     if (to === 'READY') this.#setReadiness('ready')
-    if (to === 'CLOSING' && !this.#controller.signal.aborted) this.#controller.abort(new DeadlineExceededError())
+    if (to === 'CLOSING') this.#abortContext('close was called')
     if (this.#options.onStateChange) {
       try {
         this.#options.onStateChange(from, to)
@@ -396,6 +457,17 @@ class Runner {
   }
 
   /**
+   * Aborts ctx.signal, unless it has aborted already. The reason is a DeadlineExceededError
+   * (a TimeoutError) only when ctx.done reads true; otherwise (the run ended before the
+   * deadline, or close came without it) an AbortError saying `why`, so that a TimeoutError
+   * reason always means the deadline.
+   */
+  #abortContext(why) {
+    if (this.#controller.signal.aborted) return
+    this.#controller.abort(this.#native.done() ? new DeadlineExceededError() : new DOMException(why, 'AbortError'))
+  }
+
+  /**
    * Aborts ctx.signal once the core says the deadline has passed. Node's timers count whole
    * milliseconds on their own clock and may fire a little before the core's deadline, so the
    * timer re-arms until ctx.done reads true: the signal never aborts before ctx.done.
@@ -403,10 +475,7 @@ class Runner {
   #armDeadline() {
     const left = this.#native.remaining()
     if (left === null || this.#controller.signal.aborted) return
-    if (left <= 0 || this.#native.done()) {
-      this.#controller.abort(new DeadlineExceededError())
-      return
-    }
+    if (left <= 0 || this.#native.done()) return this.#abortContext('the deadline has passed')
     this.#deadlineTimer = setTimeout(() => this.#armDeadline(), Math.ceil(left))
     this.#deadlineTimer.unref()
   }
@@ -613,13 +682,18 @@ function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } =
   })
 
   const idle = () => [...sockets].filter((socket) => socket[IN_FLIGHT] === 0)
+  // Resolves after `ms`, or at once when `signal` aborts. Each wait removes its abort listener
+  // when it settles: shutdown polls every few ms for as long as requests are in flight.
   const wait = (ms, signal) =>
     new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms)
-      signal.addEventListener('abort', () => {
+      if (signal.aborted) return resolve()
+      const settle = () => {
         clearTimeout(timer)
+        signal.removeEventListener('abort', settle)
         resolve()
-      }, { once: true })
+      }
+      const timer = setTimeout(settle, ms)
+      signal.addEventListener('abort', settle, { once: true })
     })
 
   /** Binds through the core's listen(); returns what server.listen() takes. */
@@ -717,6 +791,7 @@ module.exports = {
   FailedError,
   ShutdownError,
   CanceledError,
+  SignalSetupError,
   BusyError,
   UpgradeFailedError,
   NotRunningError,
