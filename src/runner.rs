@@ -222,6 +222,7 @@ impl Runner {
 
     /// The count of this runner's hook threads still running, including hooks the run
     /// abandoned: for handles a hook may still use after the run (the C `ld_runner`).
+    #[cfg(feature = "capi")]
     pub(crate) fn live_hooks(&self) -> Arc<LiveHooks> {
         Arc::clone(&self.shared.live_hooks)
     }
@@ -324,6 +325,7 @@ impl LiveHooks {
 
     /// Runs `work` now if no hook is running, otherwise once the last one returns (never, if
     /// that hook never returns).
+    #[cfg(feature = "capi")]
     pub(crate) fn after(&self, work: AfterHooks) {
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

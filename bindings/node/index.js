@@ -643,10 +643,12 @@ function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } =
     throw new TypeError('httpServer(server, listenOptions): the server is already listening (it is adopted as it is); leave listenOptions out')
   }
   const plan = listenPlan(listenOptions)
-  // Never drain a listener shared with other processes (inherited through listen(), or while the
-  // environment says we were given sockets): the drop filter would stop them accepting too.
-  // Decided when shutdown comes: by then an upgrade may have handed the socket on.
-  const shared = (fd) => native.isShared(fd) || 'LISTEN_FDS' in process.env || 'SERVER_STARTER_PORT' in process.env
+  // Never drain a listener shared with other processes (systemd's or start_server's, one handed
+  // on by an upgrade, or one a previous generation handed us while it still runs): the drop
+  // filter would stop them accepting too. The core knows where each socket came from (it went
+  // through listen() or adopt()), and its answer changes when it should, so it is asked when
+  // shutdown comes.
+  const shared = (fd) => native.isShared(fd)
   const drainable = (fd) => (drainListener === undefined ? !shared(fd) : !!drainListener)
   // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
   const isHttp2 = /^Http2/.test(server.constructor?.name || '')

@@ -6,6 +6,8 @@ const fs = require('node:fs')
 const http = require('node:http')
 const os = require('node:os')
 const path = require('node:path')
+const { spawn, spawnSync } = require('node:child_process')
+const { setTimeout: sleep } = require('node:timers/promises')
 const lameduck = require('..')
 const { App, Load, get, start } = require('./helpers')
 
@@ -286,4 +288,30 @@ test('listenTimeout: a new process that binds its own socket is not ready; the u
   assert.equal(runner.state, 'READY')
   runner.stop()
   await done
+})
+
+const hasWrk = spawnSync('wrk', ['--version']).error === undefined
+test('the last generation drains its socket once the previous one has exited: SIGTERM under wrk loses nothing', { skip: !hasWrk && 'wrk is installed by scripts/test-all.sh' }, async (t) => {
+  // After an upgrade the socket is shared only while the old process lives. It used to stay
+  // "shared" for ever, so the last generation closed it undrained, resetting what was queued.
+  const app = new App(['--app', 'http', '--listen', '127.0.0.1:0', '--period', '10000'])
+  let current = app.child.pid
+  t.after(() => (killAll([current]), app.kill()))
+  const [, port] = await app.waitFor('^out: port (\\d+)')
+  await app.waitFor('^out: state READY')
+  process.kill(current, 'SIGHUP')
+  current = Number((await app.waitCount('lameduck: New process (\\d+) is ready', 1))[1])
+  await app.waitCount('^out: clean exit', 1) // the old process is gone
+  const wrk = spawn('wrk', ['-t2', '-c20', '-d4s', `http://127.0.0.1:${port}/`])
+  let out = ''
+  wrk.stdout.on('data', (d) => (out += d))
+  await sleep(1500) // load is flowing
+  process.kill(current, 'SIGTERM')
+  await new Promise((resolve) => wrk.once('exit', resolve))
+  await app.waitCount('^out: clean exit', 2)
+  assert.ok(Number(out.match(/(\d+) requests in/)[1]) > 100, out)
+  const errors = out.match(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/)
+  // As in servers.test.js: refused reconnects after the close are wrk "write" errors.
+  assert.deepEqual(errors ? [Number(errors[2]), Number(errors[4])] : [0, 0], [0, 0], out)
+  assert.doesNotMatch(out, /Non-2xx/, out)
 })
