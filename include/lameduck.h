@@ -662,15 +662,18 @@ enum ld_state ld_runner_state(const struct ld_runner *runner);
 const char *ld_state_str(int state);
 
 /**
- * Frees a runner. NULL does nothing and returns `LD_OK`. From the moment `ld_runner_run` is
- * called until it returns (including from inside one of its hooks) it is not freed and
- * `LD_BUSY` is returned: stop it, wait for `ld_runner_run` to return, then free it.
+ * Frees a runner. NULL does nothing and returns `LD_OK`. Once `ld_runner_run` has begun (its
+ * state has left NOT_STARTED, or `ld_runner_wait_ready` returned) and until it returns,
+ * including from inside one of its hooks, the runner is not freed and `LD_BUSY` is returned:
+ * stop it, wait for `ld_runner_run` to return, then free it. (A free racing the very call of
+ * `ld_runner_run` on another thread is the caller's race, as with any free.)
  *
  * A hook the run abandoned (a shutdown that ignored its deadline, a close that never
  * returned) may still be running when `ld_runner_run` returns. It may go on calling
  * `ld_runner_state`, `ld_runner_stop` and the `ld_context_*` functions: the runner's memory is
  * released only when the last such hook returns, even if `ld_runner_free` was called (and
  * returned `LD_OK`) before. The server's `free_user_data` runs then too, on that hook's thread.
+ * A second `ld_runner_free` in that time returns `LD_INVALID_ARGUMENT` and frees nothing.
  *
  * # Safety
  * `runner` must be NULL or from `ld_runner_new`, not yet freed, and no thread other than an

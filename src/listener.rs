@@ -478,6 +478,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
             // Matched by its key alone: the descriptor must really be bound there (the docs
             // promise "a socket bound to that address"), or we would serve on another port.
             match bound_address(fd) {
+                Ok(_) if resolved.is_err() => return Err(resolved.err().expect("checked")),
                 Ok(bound) if same_address(&bound, &wanted, &resolved) => {}
                 Ok(bound) => {
                     return Err(Error::invalid(format!(
@@ -534,9 +535,28 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
         pool.inherited.insert(fd);
         owned = pool.owned.get(&original).copied().map(Ownership::Inherited).unwrap_or(Ownership::None);
         lineage = pool.lineage.contains(&original);
+        if lineage {
+            pool.lineage.insert(fd); // the copy stops being shared when the original would
+        }
         if let Source::Systemd { name: Some(n) } = source {
             inherited_name = Some(n);
         }
+    }
+    // A copy of an inherited socket that `listen` already handed out is as shared as that one.
+    let taken_original = pool
+        .handed_out
+        .iter()
+        .find(|l| l.fd != fd && pool.inherited.contains(&l.fd) && identity.is_some() && socket_identity(l.fd) == identity)
+        .map(|l| l.fd);
+    if let Some(original) = taken_original {
+        // Not remembered as a listener of its own: an upgrade hands the socket on once, as the
+        // original, and the new process's `listen` takes it back.
+        pool.shared.insert(fd);
+        pool.inherited.insert(fd);
+        if pool.lineage.contains(&original) {
+            pool.lineage.insert(fd);
+        }
+        return Ok(());
     }
     // A record of this number that no longer describes the socket (the old one was closed and
     // the number reused) is replaced; a current one keeps its name unless a new one is given.

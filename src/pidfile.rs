@@ -87,6 +87,16 @@ pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
     result
 }
 
+/// Checks that `path` could be pointed at another pid right now (the same checks and the same
+/// kind of temporary as [`write`]), without changing it: an upgrade looks before it starts a
+/// process that it would otherwise have to terminate after it served.
+pub(crate) fn check_writable(path: &Path) -> io::Result<()> {
+    check_target(path)?;
+    let (temporary, file) = create_temporary(path)?;
+    drop(file);
+    std::fs::remove_file(&temporary)
+}
+
 /// The pid a pid file names, read without following a symlink.
 fn read_pid(path: &Path) -> Option<u32> {
     let mut text = String::new();

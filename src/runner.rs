@@ -139,11 +139,18 @@ impl Runner {
             };
             return Err(Error::new(ErrorKind::Busy, message));
         }
+        /// Marks the run over however `execute` ends (a panic included), so the runner can be
+        /// freed afterwards.
+        struct Over<'a>(&'a Shared);
+        impl Drop for Over<'_> {
+            fn drop(&mut self) {
+                self.0.running.store(false, Ordering::SeqCst);
+                self.0.finished.store(true, Ordering::SeqCst);
+            }
+        }
         shared.running.store(true, Ordering::SeqCst);
-        let result = Run::new(Arc::clone(shared)).execute();
-        shared.running.store(false, Ordering::SeqCst);
-        shared.finished.store(true, Ordering::SeqCst);
-        result
+        let _over = Over(shared);
+        Run::new(Arc::clone(shared)).execute()
     }
 
     /// Starts lame-duck exactly like a trigger signal (drain delay, `shutdown`, …). Idempotent,
@@ -944,6 +951,16 @@ impl Run {
 
     /// Why this process must not start a new generation now, if it must not.
     fn upgrade_refusal(&self) -> Option<Error> {
+        if let Some(path) = &self.shared.options.pid_file {
+            // The hand-over points the pid file at the new process: if that cannot work, say so
+            // before a process is started (and has served, and must be terminated).
+            if let Err(err) = pidfile::check_writable(path) {
+                return Some(Error::new(
+                    ErrorKind::UpgradeFailed,
+                    format!("could not write the pid file {}: {err}; no new process started", path.display()),
+                ));
+            }
+        }
         let generation = generation::get();
         if generation.supervised {
             return Some(Error::new(

@@ -76,6 +76,9 @@ impl From<State> for ld_state {
 /// inside a hook.
 pub struct ld_runner {
     runner: Runner,
+    /// Set by the first `ld_runner_free`: while its release waits for an abandoned hook, a
+    /// second call is refused instead of freeing the runner twice.
+    freed: std::sync::atomic::AtomicBool,
 }
 
 fn make_runner(server: *const ld_server, options: *const ld_options) -> Result<Runner, Error> {
@@ -127,7 +130,7 @@ pub extern "C" fn ld_runner_new(
         }
         let runner = make_runner(server, options)?;
         // SAFETY: checked non-NULL above.
-        unsafe { *runner_out = Box::into_raw(Box::new(ld_runner { runner })) };
+        unsafe { *runner_out = Box::into_raw(Box::new(ld_runner { runner, freed: Default::default() })) };
         Ok(())
     })
 }
@@ -245,15 +248,18 @@ pub extern "C" fn ld_state_str(state: c_int) -> *const c_char {
     name.as_ptr()
 }
 
-/// Frees a runner. NULL does nothing and returns `LD_OK`. From the moment `ld_runner_run` is
-/// called until it returns (including from inside one of its hooks) it is not freed and
-/// `LD_BUSY` is returned: stop it, wait for `ld_runner_run` to return, then free it.
+/// Frees a runner. NULL does nothing and returns `LD_OK`. Once `ld_runner_run` has begun (its
+/// state has left NOT_STARTED, or `ld_runner_wait_ready` returned) and until it returns,
+/// including from inside one of its hooks, the runner is not freed and `LD_BUSY` is returned:
+/// stop it, wait for `ld_runner_run` to return, then free it. (A free racing the very call of
+/// `ld_runner_run` on another thread is the caller's race, as with any free.)
 ///
 /// A hook the run abandoned (a shutdown that ignored its deadline, a close that never
 /// returned) may still be running when `ld_runner_run` returns. It may go on calling
 /// `ld_runner_state`, `ld_runner_stop` and the `ld_context_*` functions: the runner's memory is
 /// released only when the last such hook returns, even if `ld_runner_free` was called (and
 /// returned `LD_OK`) before. The server's `free_user_data` runs then too, on that hook's thread.
+/// A second `ld_runner_free` in that time returns `LD_INVALID_ARGUMENT` and frees nothing.
 ///
 /// # Safety
 /// `runner` must be NULL or from `ld_runner_new`, not yet freed, and no thread other than an
@@ -267,12 +273,19 @@ pub unsafe extern "C" fn ld_runner_free(runner: *mut ld_runner) -> ld_status {
         if with_runner(runner, false, Runner::is_running) {
             return ld_status::LD_BUSY;
         }
-        // SAFETY: per the contract, it came from Box::into_raw in ld_runner_new.
-        let owned = unsafe { Box::from_raw(runner) };
-        // The box moves into the work: freed now, or by the last abandoned hook to return. The
-        // pointer stays valid for those hooks until then.
-        let live_hooks = owned.runner.live_hooks();
-        live_hooks.after(Box::new(move || drop(owned)));
+        // SAFETY: per the contract, a live runner from ld_runner_new (perhaps awaiting release).
+        let handle = unsafe { &*runner };
+        if handle.freed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return ld_status::LD_INVALID_ARGUMENT;
+        }
+        // Freed now, or by the last abandoned hook to return; until then the pointer stays
+        // valid for those hooks. The box is rebuilt only when it is dropped, so no owner exists
+        // while hooks still borrow it.
+        let address = runner as usize;
+        handle.runner.live_hooks().after(Box::new(move || {
+            // SAFETY: it came from Box::into_raw in ld_runner_new, and this runs exactly once.
+            drop(unsafe { Box::from_raw(address as *mut ld_runner) })
+        }));
         ld_status::LD_OK
     })
 }

@@ -177,6 +177,7 @@ static int t_shutdown(void *ud, const ld_context *ctx) {
         ts_wait_for(t, &t->released, 1);
         t->late_state = ld_runner_state(t->runner);
         t->stop_status = ld_runner_stop(t->runner);
+        t->free_status = ld_runner_free(t->runner); /* freed already: refused, not a double free */
         t->late_remaining_ms = ld_context_remaining_ms(ctx);
         t->late_is_done = ld_context_done(ctx);
         pthread_mutex_lock(&t->mu);
@@ -1016,6 +1017,7 @@ static int test_abandoned_hook_outlives_free(void) {
     CHECK(ld_error_abandoned(b.error));
     ld_error_free(b.error);
     CHECK_EQ(ld_runner_free(b.runner), LD_OK); /* the run is over: freeing is allowed */
+    CHECK_EQ(ld_runner_free(b.runner), LD_INVALID_ARGUMENT); /* still held by the hook: no double free */
     ld_server_free(server);
     ld_options_free(o);
     CHECK_EQ(t->frees, 0); /* the abandoned hook still holds user_data */
@@ -1026,6 +1028,7 @@ static int test_abandoned_hook_outlives_free(void) {
     ts_wait_for(t, &t->late_done, 1);
     CHECK_EQ(t->late_state, LD_STATE_STOPPED);
     CHECK_EQ(t->stop_status, LD_OK);
+    CHECK_EQ(t->free_status, LD_INVALID_ARGUMENT);
     CHECK_EQ(t->late_remaining_ms, 0);
     CHECK(t->late_is_done);
     ts_wait_for(t, &t->frees, 1); /* released by the hook's own thread once it returned */

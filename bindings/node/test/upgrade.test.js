@@ -301,8 +301,9 @@ test('the last generation drains its socket once the previous one has exited: SI
   await app.waitFor('^out: state READY')
   process.kill(current, 'SIGHUP')
   current = Number((await app.waitCount('lameduck: New process (\\d+) is ready', 1))[1])
-  await app.waitCount('^out: clean exit', 1) // the old process is gone
-  const wrk = spawn('wrk', ['-t2', '-c20', '-d4s', `http://127.0.0.1:${port}/`])
+  await app.waitCount('^out: clean exit', 1)
+  await app.exited // the old process is gone (its pidfd is readable)
+  const wrk = spawn('wrk', ['-t2', '-c20', '-d4s', '--timeout', '10s', `http://127.0.0.1:${port}/`])
   let out = ''
   wrk.stdout.on('data', (d) => (out += d))
   await sleep(1500) // load is flowing

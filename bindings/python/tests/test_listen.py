@@ -77,3 +77,48 @@ def test_malformed_environment_is_a_value_error(env: str, message: str) -> None:
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"ValueError: {message}" in result.stderr, result.stderr
+
+
+COPIES = [
+    # fd 3 came from "systemd" (LISTEN_FDS): a copy of it is as shared as the original, whichever
+    # way the program made the copy, and so is never drained with the drop filter.
+    (
+        "copy = socket.fromfd(3, socket.AF_INET, socket.SOCK_STREAM)  # a dup: another number\n"
+        "lameduck.adopt(copy)\n"
+        "print(lameduck.is_shared(copy), lameduck.is_shared(lameduck.listen('127.0.0.1:0')))\n"
+    ),
+    (
+        "taken = lameduck.listen(ADDRESS)  # the original, fd 3\n"
+        "copy = taken.dup()\n"
+        "lameduck.adopt(copy)\n"
+        "print(lameduck.is_shared(copy), lameduck.is_shared(lameduck.listen('127.0.0.1:0')))\n"
+    ),
+]
+
+
+def test_copies_of_an_inherited_socket_are_shared_too() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    # A launcher puts the listener at fd 3, as systemd does, then execs the program (same pid).
+    launcher = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "env = dict(os.environ, LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+        "os.execve(sys.executable, [sys.executable, '-c', sys.argv[2]], env)\n"
+    )
+    try:
+        for body in COPIES:
+            code = "import socket, lameduck\n" + body.replace("ADDRESS", repr(address))
+            out = subprocess.run(
+                [sys.executable, "-c", launcher, str(listener.fileno()), code],
+                pass_fds=(listener.fileno(),),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.split() == ["True", "False"], (body, out.stdout, out.stderr)  # a fresh socket is not
+    finally:
+        listener.close()

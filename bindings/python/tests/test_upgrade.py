@@ -534,9 +534,10 @@ def test_the_last_generation_drains_its_socket_once_the_previous_one_has_exited(
         os.kill(app.proc.pid, signal.SIGHUP)
         current = int(app.wait_count(r"lameduck: New process (\d+) is ready", 1).group(1))
         app.wait_count(r"lameduck: The previous generation handed over", 1)
-        app.wait_count(r"^out: clean exit", 1)  # the old process is gone
+        app.wait_count(r"^out: clean exit", 1)
+        app.proc.wait(timeout=60)  # the old process is gone (its pidfd is readable)
         wrk = subprocess.Popen(
-            [str(wrk_path()), "-t2", "-c20", "-d4s", f"http://127.0.0.1:{app.port}/"],
+            [str(wrk_path()), "-t2", "-c20", "-d4s", "--timeout", "10s", f"http://127.0.0.1:{app.port}/"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
