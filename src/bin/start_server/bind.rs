@@ -85,8 +85,17 @@ pub struct Socket {
     pub fd: OwnedFd,
     /// `=FD`: the descriptor the worker must find it on.
     pub wanted_fd: Option<RawFd>,
-    /// A unix socket path, removed when start_server exits.
+    /// A unix socket path, removed when start_server exits (if it is still this socket).
     pub path: Option<PathBuf>,
+    /// The device and inode of the socket file at `path` right after bind.
+    pub path_id: Option<(u64, u64)>,
+}
+
+/// Whether `socket`'s path still names the socket file it bound (not a file that replaced it).
+pub fn still_ours(socket: &Socket) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Some(path), Some(id)) = (&socket.path, socket.path_id) else { return false };
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == id)
 }
 
 fn check(result: libc::c_int) -> io::Result<libc::c_int> {
@@ -147,7 +156,7 @@ fn bind_inet(address: SocketAddr, udp: bool, backlog: i32) -> io::Result<OwnedFd
 pub fn bind_port(spec: &PortSpec, backlog: i32) -> Result<Socket, String> {
     let address = spec.address()?;
     let fd = bind_inet(address, spec.udp, backlog).map_err(|e| format!("failed to bind to {}:{e}", spec.key))?;
-    Ok(Socket { key: spec.key.clone(), fd, wanted_fd: spec.fd, path: None })
+    Ok(Socket { key: spec.key.clone(), fd, wanted_fd: spec.fd, path: None, path_id: None })
 }
 
 /// Binds one `--path` (a unix stream socket, created with umask 0). An existing socket file is
@@ -177,9 +186,21 @@ pub fn bind_path(path: &str, backlog: i32) -> Result<Socket, String> {
         let bound = libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), std::mem::size_of_val(&sa) as _);
         libc::umask(old_mask);
         check(bound).map_err(fail)?;
-        check(libc::listen(fd.as_raw_fd(), backlog)).map_err(fail)?;
     }
-    Ok(Socket { key: path.to_string(), fd, wanted_fd: None, path: Some(PathBuf::from(path)) })
+    // What bind made, recorded at once (lstat: the path is ours now).
+    let path_id = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path).ok().filter(|m| m.file_type().is_socket()).map(|m| (m.dev(), m.ino()))
+    };
+    let socket = Socket { key: path.to_string(), fd, wanted_fd: None, path: Some(PathBuf::from(path)), path_id };
+    // SAFETY: listen(2) on the socket we own.
+    if let Err(e) = check(unsafe { libc::listen(socket.fd.as_raw_fd(), backlog) }) {
+        if still_ours(&socket) {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(fail(e));
+    }
+    Ok(socket)
 }
 
 /// Moves every socket to the descriptor its workers will use: `=FD` where given, otherwise the
@@ -241,7 +262,7 @@ mod tests {
         let spec = |t: &str| PortSpec::parse(t).unwrap();
         let sockets: Vec<Socket> = ["8080", "127.0.0.1:8081", "[::1]:8082"]
             .iter()
-            .map(|t| Socket { key: spec(t).key, fd: std::fs::File::open("/dev/null").unwrap().into(), wanted_fd: None, path: None })
+            .map(|t| Socket { key: spec(t).key, fd: std::fs::File::open("/dev/null").unwrap().into(), wanted_fd: None, path: None, path_id: None })
             .collect();
         let value = server_starter_port(&sockets, &[3, 4, 5]);
         assert_eq!(value, "8080=3;127.0.0.1:8081=4;[::1]:8082=5");

@@ -7,7 +7,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-/// Why an existing file is not one start_server will write its pid into, or None.
+/// Why an existing file is not one start_server will write its pid into (or, for `--stop` and
+/// `--restart`, believe), or None: it must be a regular file with one link, owned by our euid.
 fn refuse_pid_file(meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid(2) cannot fail.
@@ -17,7 +18,7 @@ fn refuse_pid_file(meta: &std::fs::Metadata) -> Option<String> {
     } else if meta.nlink() != 1 {
         Some(format!("it has {} hard links (refusing to write through a planted link)", meta.nlink()))
     } else if meta.uid() != me {
-        Some(format!("owned by uid {}, not by uid {me} that start_server runs as", meta.uid()))
+        Some(format!("owned by uid {}, not by uid {me} that we run as", meta.uid()))
     } else {
         None
     }
@@ -75,6 +76,9 @@ impl PidFile {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(format!("failed to lock file:{path}:another start_server is running"));
         }
+        // Emptied at once: until `write_pid`, a locked file must never name an earlier
+        // start_server's pid, which `--stop` would then signal.
+        file.set_len(0).map_err(|e| format!("failed to write file:{path}:{e}"))?;
         Ok(PidFile { path: path.to_string(), file })
     }
 
@@ -101,7 +105,9 @@ impl Drop for PidFile {
 }
 
 /// `--stop`/`--restart`: the pid in the pid file, and the open file (whose lock tells whether
-/// start_server still runs). A symlink or a non-regular file is refused.
+/// start_server still runs). The file must pass the checks start_server makes when it writes
+/// it (`O_NOFOLLOW`; a regular file with one link, owned by our euid): anyone who can write
+/// the directory could otherwise put there a file naming any pid, for root to signal.
 pub fn read_pid(path: &str) -> Result<(std::fs::File, i32), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -109,14 +115,76 @@ pub fn read_pid(path: &str) -> Result<(std::fs::File, i32), String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| open_error(path, &e))?;
-    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
-        return Err(format!("failed to open file:{path}:not a regular file"));
+    let meta = file.metadata().map_err(|e| format!("failed to open file:{path}:{e}"))?;
+    if let Some(why) = refuse_pid_file(&meta) {
+        return Err(format!("failed to open file:{path}:{why}"));
     }
     let mut text = String::new();
     // At most a line's worth: a pid file is never large.
     (&mut file).take(64).read_to_string(&mut text).map_err(|e| format!("failed to read file:{path}:{e}"))?;
     let pid = text.trim().parse().ok().filter(|p: &i32| *p > 0).ok_or_else(|| format!("failed to read pid from file:{path}"))?;
     Ok((file, pid))
+}
+
+/// Whether a start_server holds the lock on the pid file open as `file`. Free: nobody does
+/// (start_server is gone, SIGKILLed maybe, and the pid in the file may belong to anything by
+/// now). The probe's own lock is released at once.
+pub fn locked_by_start_server(path: &str, file: &std::fs::File) -> Result<(), String> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return Err(format!(
+            "no start_server holds the lock on {path}: it is not running (the file is stale), so the pid in it is not signalled"
+        ));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(())
+    } else {
+        Err(format!("failed to lock file:{path}:{err}"))
+    }
+}
+
+/// Opens `path` (following symlinks) for reading without blocking or adopting a terminal, and
+/// only when it is a regular file: a FIFO, a device or a directory is refused before any read.
+/// Its type is checked with `stat` first, so no device is even opened, and again on the
+/// descriptor, in case the name was swapped in between.
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let kind = |meta: &std::fs::Metadata| -> Option<&'static str> {
+        let t = meta.file_type();
+        if t.is_file() {
+            None
+        } else if t.is_dir() {
+            Some("a directory")
+        } else if t.is_fifo() {
+            Some("a FIFO")
+        } else if t.is_char_device() || t.is_block_device() {
+            Some("a device")
+        } else if t.is_socket() {
+            Some("a socket")
+        } else {
+            Some("not a regular file")
+        }
+    };
+    let refuse = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file"));
+    let before = std::fs::metadata(path)?;
+    if let Some(what) = kind(&before) {
+        return Err(refuse(what));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let after = file.metadata()?;
+    if let Some(what) = kind(&after) {
+        return Err(refuse(what));
+    }
+    if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+        return Err(refuse("replaced while being opened"));
+    }
+    Ok(file)
 }
 
 /// Writes the status file: one `GEN:PID` line per worker, by generation (numerically), to a
@@ -164,7 +232,10 @@ pub fn write_status(path: &str, workers: &BTreeMap<u64, i32>) {
 /// The generations listed in a status file (an error when it cannot be read: start_server
 /// removes it when it exits).
 pub fn read_generations(path: &str) -> io::Result<Vec<u64>> {
-    Ok(std::fs::read_to_string(path)?
+    let mut text = String::new();
+    // A status file lists a few generations: 1 MiB is plenty (a huge file cannot stall us).
+    open_regular(Path::new(path))?.take(1 << 20).read_to_string(&mut text)?;
+    Ok(text
         .lines()
         .filter_map(|line| line.split_once(':').and_then(|(g, _)| g.trim().parse().ok()))
         .collect())
@@ -216,7 +287,9 @@ impl EnvDir {
     }
 
     /// Reads the directory again. A file that cannot be a variable (a NUL byte, `=` in its
-    /// name, a value too long to exec) is skipped with one warning.
+    /// name, a value too long to exec, or not a regular file: a FIFO would block us for good)
+    /// is skipped with one warning. Symlinks are followed (daemontools setups use them), but
+    /// what they lead to must be a regular file too.
     pub fn reload(&mut self) {
         let mut values = BTreeMap::new();
         let entries = self.dir.as_ref().and_then(|dir| std::fs::read_dir(dir).ok());
@@ -226,10 +299,19 @@ impl EnvDir {
                 continue;
             }
             let mut content = Vec::new();
-            let read = std::fs::File::open(entry.path())
-                .and_then(|f| f.take(MAX_ENV_VALUE as u64 + 2).read_to_end(&mut content));
-            if read.is_err() {
-                continue; // unreadable (or a directory): skipped, as Perl does
+            let file = match open_regular(&entry.path()) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    let why = e.to_string();
+                    if self.warned.insert((name.clone(), why.clone())) {
+                        log!("skipping envdir file {}: {why}", entry.path().display());
+                    }
+                    continue;
+                }
+                Err(_) => continue, // unreadable, or gone meanwhile: skipped, as Perl does
+            };
+            if file.take(MAX_ENV_VALUE as u64 + 2).read_to_end(&mut content).is_err() {
+                continue;
             }
             match envdir_value(&name, &content) {
                 Ok(Some(value)) => {
@@ -256,6 +338,12 @@ impl EnvDir {
 }
 
 /// `--log-file`: appends stdout and stderr to a file, or pipes them to a command (`| cmd`).
+///
+/// The file is never reached through a symlink (`O_NOFOLLOW`), and an existing one must be a
+/// regular file with one link, owned by our euid (or `/dev/null`): start_server often runs as
+/// root, and whoever can write the log's directory must not make it append to another file.
+/// `O_NONBLOCK`/`O_NOCTTY` so that a planted FIFO or terminal cannot block or adopt us before
+/// it is refused. Created 0644 (less the umask) when missing.
 pub fn redirect_output(target: &str) -> Result<(), String> {
     let fd: OwnedFd = if let Some(command) = target.trim_start().strip_prefix('|') {
         let child = std::process::Command::new("/bin/sh")
@@ -265,12 +353,7 @@ pub fn redirect_output(target: &str) -> Result<(), String> {
             .map_err(|e| format!("failed to open pipe:{command}:{e}"))?;
         child.stdin.ok_or("failed to open pipe")?.into()
     } else {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(target)
-            .map_err(|e| format!("failed to open file:{target}:{e}"))?
-            .into()
+        open_log_file(target)?.into()
     };
     io::stdout().flush().ok();
     // SAFETY: dup2 onto stdout and stderr; the original stays open until dropped.
@@ -279,6 +362,34 @@ pub fn redirect_output(target: &str) -> Result<(), String> {
         libc::dup2(fd.as_raw_fd(), 2);
     }
     Ok(())
+}
+
+fn open_log_file(target: &str) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(target)
+        .map_err(|e| open_error(target, &e))?;
+    let meta = file.metadata().map_err(|e| format!("failed to open file:{target}:{e}"))?;
+    // /dev/null (character device 1:3) is a common choice with --daemonize.
+    let dev_null = meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3);
+    if !dev_null {
+        if let Some(why) = refuse_pid_file(&meta) {
+            return Err(format!("failed to open file:{target}:{why}"));
+        }
+    }
+    // Writes to a regular file never block anyway; the flag goes, as a log's should.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
 }
 
 /// `--daemonize`: fork, setsid, fork; the parents leave at once with `_exit` (nothing of
@@ -375,6 +486,37 @@ mod tests {
         envdir.reload();
         assert_eq!(envdir.values().collect::<Vec<_>>(), [(&OsString::from("GOOD"), &OsString::from("yes"))]);
         assert_eq!(envdir.warned.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn envdir_fifos_and_devices_are_skipped_without_blocking_and_links_to_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("start-server-envdir-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("PIPE").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink(dir.join("PIPE"), dir.join("TO_PIPE")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("ZERO")).unwrap();
+        std::fs::create_dir(dir.join("SUBDIR")).unwrap();
+        std::fs::write(dir.join(".real"), "linked\n").unwrap();
+        std::os::unix::fs::symlink(dir.join(".real"), dir.join("LINKED")).unwrap();
+        let mut envdir = EnvDir::new(Some(dir.clone().into()));
+        envdir.reload(); // would block for good on the FIFO (no writer), or read /dev/zero
+        envdir.reload();
+        assert_eq!(envdir.values().collect::<Vec<_>>(), [(&OsString::from("LINKED"), &OsString::from("linked"))]);
+        let mut warned: Vec<String> = envdir.warned.iter().map(|(n, why)| format!("{}: {why}", n.to_string_lossy())).collect();
+        warned.sort();
+        assert_eq!(
+            warned,
+            [
+                "PIPE: a FIFO, not a regular file",
+                "SUBDIR: a directory, not a regular file",
+                "TO_PIPE: a FIFO, not a regular file",
+                "ZERO: a device, not a regular file"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,6 +73,43 @@ fn main() -> ExitCode {
     serve(cli)
 }
 
+/// Sends `signal` to the start_server whose pid file is `path` (open as `file`, naming `pid`),
+/// only if a start_server holds the file's lock: otherwise the file is stale (its
+/// start_server was SIGKILLed, say) and `pid` may be anyone's by now. Race-free: a pidfd is
+/// taken on `pid` first; the lock, still held after that, proves the start_server that wrote
+/// `pid` was alive all along (a live process's pid is never reused), so the pidfd is it, and
+/// the signal goes to it even if it exits and its pid is reused right after. (Kernels without
+/// pidfds, before 5.3: plain kill(2) after the lock check.)
+fn signal_server(path: &str, file: &std::fs::File, pid: i32, signal: i32) -> Result<(), (u8, String)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open(2) with a pid and no flags; a non-negative result is ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = if pidfd >= 0 {
+        // SAFETY: as above.
+        Some(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+    } else {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            // ESRCH: no such process. The lock check below says why, if it is stale.
+            files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
+            return Err((errno_code(&err), format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal))));
+        }
+        None
+    };
+    files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
+    let sent = match &pidfd {
+        // SAFETY: pidfd_send_signal(2) on our pidfd, with no siginfo and no flags.
+        Some(fd) => unsafe { libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(fd), signal, std::ptr::null::<libc::siginfo_t>(), 0) },
+        // SAFETY: kill(2) on the pid the locked pid file names.
+        None => (unsafe { libc::kill(pid, signal) }) as libc::c_long,
+    };
+    if sent != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err((errno_code(&err), format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal))));
+    }
+    Ok(())
+}
+
 /// `--stop`: TERM to the running start_server, then wait until it has exited (its pid file
 /// lock is released).
 fn stop(cli: &Cli) -> ExitCode {
@@ -87,10 +124,8 @@ fn stop(cli: &Cli) -> ExitCode {
         }
     };
     log!("stop_server (pid:{}) stopping now (pid:{pid})...", std::process::id());
-    // SAFETY: kill(2) on the pid the pid file names.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        let err = std::io::Error::last_os_error();
-        return die_with(errno_code(&err), format!("failed to send SIGTERM to the server process:{err}"));
+    if let Err((code, message)) = signal_server(pid_file, &file, pid, libc::SIGTERM) {
+        return die_with(code, message);
     }
     // SAFETY: flock on the descriptor we opened; blocks until start_server releases it by exiting.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
@@ -126,10 +161,8 @@ fn restart(cli: &Cli) -> ExitCode {
     let Some(&newest) = generations.iter().max() else {
         return die("no active process found in the status file");
     };
-    // SAFETY: kill(2) on the pid the pid file names.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        let err = std::io::Error::last_os_error();
-        return die_with(errno_code(&err), format!("failed to send SIGHUP to the server process:{err}"));
+    if let Err((code, message)) = signal_server(pid_file, &file, pid, libc::SIGHUP) {
+        return die_with(code, message);
     }
     let start = Instant::now();
     let mut next_report = Duration::from_secs(10);
@@ -279,9 +312,17 @@ fn serve(cli: Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Removes the `--path` sockets, each only if its path is still the socket we bound (same
+/// device and inode): a file that replaced it meanwhile is someone else's and stays.
 fn remove_paths(sockets: &[bind::Socket]) {
-    for path in sockets.iter().filter_map(|s| s.path.as_ref()) {
-        let _ = std::fs::remove_file(path);
+    for socket in sockets {
+        if let Some(path) = &socket.path {
+            if bind::still_ours(socket) {
+                let _ = std::fs::remove_file(path);
+            } else {
+                log!("not removing {}: it is no longer the socket start_server bound", path.display());
+            }
+        }
     }
 }
 
