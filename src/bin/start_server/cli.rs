@@ -206,21 +206,33 @@ Options:
 Beyond Perl's Server::Starter:
 - A worker that speaks systemd's notify protocol (every lameduck worker does) counts as
   started as soon as it sends READY=1 on the private NOTIFY_SOCKET it is given, instead of
-  after --interval. That socket has a random name, and only datagrams sent by the worker
-  itself or by a process it started (a shell wrapper's systemd-notify; one that has exited
-  before start_server could trace it counts if it ran as start_server's or the worker's
-  user); others are ignored and logged once per worker.
+  after --interval. That socket is a path in a directory start_server makes for itself
+  (mode 0700, under $XDG_RUNTIME_DIR or the temp directory, removed at exit), so no other
+  user can reach it. Only datagrams sent by the worker itself or by a process it started
+  count (a shell wrapper's systemd-notify; one that has exited before start_server could
+  trace it counts only if it ran as start_server's user); others are ignored and logged once
+  per worker. A worker that switches to another user before it notifies cannot reach the
+  socket, and counts as started after --interval (as with Perl's).
 - If start_server dies, even by SIGKILL, each worker is sent --signal-on-term (default TERM;
   a lameduck worker then finishes its requests) by the kernel (PR_SET_PDEATHSIG), instead of
-  serving on as an orphan. The kernel clears this when a worker execs a set-user-ID or
-  set-capability program, and a worker's own children are not covered.
+  serving on as an orphan. The kernel clears this when a worker execs a set-user-ID,
+  set-group-ID or file-capability program, and when the worker changes its effective or
+  filesystem user or group id (setpriv/chpst/su-exec wrappers, servers that drop root); a
+  worker's own children are not covered.
 - Numbers (--interval, --kill-old-delay, --auto-restart-interval, KILL_OLD_DELAY and
   AUTO_RESTART_INTERVAL from the environment or the envdir) are seconds from 0 to 31536000
   (a year); anything else is an error at startup, and a warning that keeps the old value
-  when the envdir changes at run time. An envdir file with a NUL byte or an '=' in its name
+  when the envdir changes at run time. An envdir file with a NUL byte or an '=' in its name,
+  or one that is not a regular file (a FIFO, a device, a directory; symlinks are followed),
   is skipped with a warning.
-- The pid file and the status file are never written through a symlink; an existing pid
-  file must be a regular file of start_server's user.
+- The pid file, the --log-file file and the status file are never written through a
+  symlink; an existing pid file or log file must be a regular file with one link, owned by
+  start_server's user (the log may also be /dev/null). A symlink at the status file's own
+  path is replaced by the new status file (its target is untouched).
+- --stop and --restart signal only a start_server that holds the pid file's lock: a pid
+  file that is a symlink, not ours, or stale (nobody holds its lock) is an error, and the
+  pid in it is not signalled.
+- A --path socket is removed at exit only if its path still names the socket bound.
 - Workers never inherit the lameduck library's private LAMEDUCK_* variables.
 ";
 

@@ -69,9 +69,10 @@ fn later(d: Duration) -> Instant {
     now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600))).unwrap_or(now)
 }
 
-/// A worker's private notify socket (see `notify`).
+/// A worker's private notify socket (see `notify`), removed with its worker.
 struct NotifySocket {
     socket: UnixDatagram,
+    path: std::path::PathBuf,
     /// An ignored datagram has been logged for this worker (once per worker, so an attacker
     /// cannot flood the log).
     warned: bool,
@@ -80,6 +81,17 @@ struct NotifySocket {
 /// The most datagrams read from one notify socket per wake-up: a sender flooding it cannot
 /// keep the loop from signals and child exits.
 const DATAGRAMS_PER_WAKE: usize = 64;
+
+/// The envdir is read again at most this often when only notify traffic wakes the loop (on
+/// every signal and timer wake-up it is read, as Perl does), so a flood of datagrams cannot
+/// make start_server burn its CPU re-reading the directory.
+const ENVDIR_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 enum Phase {
     Idle,
@@ -103,6 +115,11 @@ pub struct Supervisor {
     hups: u32,
     restart_current: bool,
     notify: BTreeMap<i32, NotifySocket>,
+    /// The private directory the notify sockets are in (None: it could not be made, and
+    /// workers count as started after --interval). Removed when start_server exits.
+    notify_dir: Option<notify::NotifyDir>,
+    /// When the envdir was last read (see `ENVDIR_MIN_INTERVAL`).
+    envdir_read_at: Instant,
     last_restart: Instant,
     /// No crash replacement starts before this: `--interval` after the previous spawn, so a
     /// worker that reports ready and then dies cannot make us spin (Perl's interval sleep).
@@ -117,6 +134,9 @@ fn status_text(status: libc::c_int) -> String {
 impl Supervisor {
     /// `envdir` was read and `settings` checked at startup.
     pub fn new(config: Config, signals: SignalPipe, envdir: EnvDir, settings: Settings) -> Supervisor {
+        let notify_dir = notify::NotifyDir::create()
+            .map_err(|e| log!("failed to create a private directory for the notify sockets ({e}): workers count as started after --interval"))
+            .ok();
         Supervisor {
             config,
             signals,
@@ -130,6 +150,8 @@ impl Supervisor {
             hups: 0,
             restart_current: false,
             notify: BTreeMap::new(),
+            notify_dir,
+            envdir_read_at: Instant::now(),
             last_restart: Instant::now(),
             next_spawn_at: Instant::now(),
         }
@@ -145,6 +167,7 @@ impl Supervisor {
     /// kill-old delay on and off). A bad number there is logged once and the old value kept.
     fn reload_envdir(&mut self) {
         self.envdir.reload();
+        self.envdir_read_at = Instant::now();
         let (envdir, env) = (&self.envdir, &self.config.env);
         for warning in self.settings.update(|name| lookup(envdir, env, name)) {
             log!("{warning}");
@@ -166,16 +189,17 @@ impl Supervisor {
         self.generation += 1;
         let generation = self.generation;
         // A private notify socket per worker: READY=1 on it (from the worker) means "started".
-        let notify = notify::bind(notify::random_name);
-        if let Err(e) = &notify {
+        let notify = self.notify_dir.as_ref().map(|dir| dir.bind(generation));
+        if let Some(Err(e)) = &notify {
             log!("failed to create a notify socket for generation {generation} ({e}): it counts as started after --interval");
         }
+        let notify = notify.and_then(Result::ok);
         let mut command = std::process::Command::new(&self.config.command[0]);
         command.args(&self.config.command[1..]);
         if let Some(dir) = &self.config.dir {
             command.current_dir(dir);
         }
-        let mut env = self.worker_environment(generation, notify.as_ref().ok().map(|(_, name)| name.as_str()));
+        let mut env = self.worker_environment(generation, notify.as_ref().map(|(_, path)| path.as_path()));
         let parent = std::process::id() as libc::pid_t;
         let death_signal = self.config.signal_on_term;
         // SAFETY: runs in the child between fork and exec, and makes only async-signal-safe
@@ -206,8 +230,8 @@ impl Supervisor {
             Ok(child) => {
                 let pid = child.id() as i32;
                 log!("starting new worker {pid}");
-                if let Ok((socket, _)) = notify {
-                    self.notify.insert(pid, NotifySocket { socket, warned: false });
+                if let Some((socket, path)) = notify {
+                    self.notify.insert(pid, NotifySocket { socket, path, warned: false });
                 }
                 self.phase = Phase::Starting { pid: Some(pid), generation, deadline, died: None, after_hup };
             }
@@ -229,7 +253,7 @@ impl Supervisor {
     /// `NOTIFY_SOCKET`, `LISTEN_FDS` and `LISTEN_PID` (filled in by the child). Built anew for
     /// each worker, so start_server's own environment never changes (a `setenv` per
     /// generation leaked memory).
-    fn worker_environment(&self, generation: u64, notify: Option<&str>) -> WorkerEnv {
+    fn worker_environment(&self, generation: u64, notify: Option<&std::path::Path>) -> WorkerEnv {
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(name, _)| !is_lameduck_private(name)).collect();
         let mut set = |name: &OsStr, value: Option<&OsStr>| {
             let found = vars.iter().position(|(n, _)| n == name);
@@ -246,8 +270,7 @@ impl Supervisor {
             set(name, Some(value).filter(|_| !is_lameduck_private(name)).map(OsString::as_os_str));
         }
         set(OsStr::new("SERVER_STARTER_GENERATION"), Some(OsStr::new(&generation.to_string())));
-        let notify = notify.map(|name| OsString::from(format!("@{name}")));
-        set(OsStr::new("NOTIFY_SOCKET"), notify.as_deref());
+        set(OsStr::new("NOTIFY_SOCKET"), notify.map(std::path::Path::as_os_str));
         let listen_fds = self.config.listen_fds.map(|n| OsString::from(n.to_string()));
         set(OsStr::new("LISTEN_FDS"), listen_fds.as_deref());
         set(OsStr::new("LISTEN_PID"), None);
@@ -355,31 +378,10 @@ impl Supervisor {
     /// Messages on the workers' notify sockets: READY=1 from the worker being started makes it
     /// started; STATUS= from the current worker goes on to systemd. Only datagrams the worker
     /// (or a descendant of it) sent count (see `notify`); others are logged once per worker.
-    fn read_notifications(&mut self) -> Option<i32> {
-        let mut ready = None;
-        let mut buf = [0u8; 4096];
-        let current = self.current.map(|(pid, _)| pid);
-        let mut relay = Vec::new();
-        for (pid, entry) in &mut self.notify {
-            for _ in 0..DATAGRAMS_PER_WAKE {
-                let Ok(Some(message)) = notify::recv(&entry.socket, &mut buf) else { break };
-                if !notify::from_worker(message.pid, message.uid, *pid) {
-                    if !entry.warned {
-                        entry.warned = true;
-                        log!("ignored a notification from pid {} uid {} (not worker {pid})", message.pid, message.uid);
-                    }
-                    continue;
-                }
-                let text = String::from_utf8_lossy(&buf[..message.len]);
-                for line in text.lines() {
-                    if line == "READY=1" {
-                        ready = Some(*pid);
-                    } else if line.starts_with("STATUS=") && current == Some(*pid) {
-                        relay.push(line.to_string());
-                    }
-                }
-            }
-        }
+    /// Returns every worker that reported READY=1 in this wake-up (an old worker's READY
+    /// must not hide the new one's).
+    fn read_notifications(&mut self) -> BTreeSet<i32> {
+        let (ready, relay) = read_notify_sockets(&mut self.notify, self.current.map(|(pid, _)| pid));
         for line in relay {
             self.tell_systemd(&line);
         }
@@ -397,19 +399,31 @@ impl Supervisor {
         [phase, auto, respawn].into_iter().flatten().min()
     }
 
-    fn wait(&self) {
+    /// Sleeps until a signal, a datagram or the next timer. Returns whether the envdir is to
+    /// be read again: after a signal or a timer (Perl reads it at every wake-up), but after
+    /// notify traffic alone at most every `ENVDIR_MIN_INTERVAL`.
+    fn wait(&self) -> bool {
         let mut fds = vec![libc::pollfd { fd: self.signals.fd(), events: libc::POLLIN, revents: 0 }];
         fds.extend(self.notify.values().map(|s| libc::pollfd { fd: s.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
-        let timeout = self.next_wake().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
+        // Rounded up, so a timer is never woken for just before it is due.
+        let timeout = self.next_wake().map_or(-1, |t| {
+            let left = t.saturating_duration_since(Instant::now());
+            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        });
         // SAFETY: a valid array of pollfds; EINTR (a signal) just returns early.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let notify_only = ready > 0 && fds[0].revents == 0;
+        !notify_only || self.envdir_read_at.elapsed() >= ENVDIR_MIN_INTERVAL
     }
 
     /// Runs until TERM/INT and every worker has exited.
     pub fn run(&mut self) {
         self.start_worker(false);
+        let mut reload = false; // start_worker has just read it
         loop {
-            self.reload_envdir();
+            if reload {
+                self.reload_envdir();
+            }
             for signal in self.signals.drain() {
                 match signal {
                     libc::SIGHUP => self.hups += 1,
@@ -424,7 +438,7 @@ impl Supervisor {
                 Phase::Stopping => {} // ends below, once every worker is gone
                 Phase::Starting { pid, generation, deadline, died, after_hup } => {
                     if let (Some(pid), None) = (pid, died) {
-                        if ready == Some(pid) || now >= deadline {
+                        if ready.contains(&pid) || now >= deadline {
                             self.accept(pid, generation, after_hup);
                         }
                     } else if now >= deadline {
@@ -468,7 +482,7 @@ impl Supervisor {
                 log!("exiting");
                 return;
             }
-            self.wait();
+            reload = self.wait();
         }
     }
 
@@ -479,6 +493,35 @@ impl Supervisor {
             self.old.insert(pid, generation);
         }
     }
+}
+
+/// What `read_notifications` reads: the workers that sent READY=1 (every one of them), and
+/// the `STATUS=` lines `current` sent, to pass on.
+fn read_notify_sockets(notify: &mut BTreeMap<i32, NotifySocket>, current: Option<i32>) -> (BTreeSet<i32>, Vec<String>) {
+    let mut ready = BTreeSet::new();
+    let mut buf = [0u8; 4096];
+    let mut relay = Vec::new();
+    for (pid, entry) in notify {
+        for _ in 0..DATAGRAMS_PER_WAKE {
+            let Ok(Some(message)) = notify::recv(&entry.socket, &mut buf) else { break };
+            if !notify::from_worker(message.pid, message.uid, *pid) {
+                if !entry.warned {
+                    entry.warned = true;
+                    log!("ignored a notification from pid {} uid {} (not worker {pid})", message.pid, message.uid);
+                }
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..message.len]);
+            for line in text.lines() {
+                if line == "READY=1" {
+                    ready.insert(*pid);
+                } else if line.starts_with("STATUS=") && current == Some(*pid) {
+                    relay.push(line.to_string());
+                }
+            }
+        }
+    }
+    (ready, relay)
 }
 
 extern "C" {
@@ -583,6 +626,27 @@ mod tests {
             .map(|p| unsafe { std::ffi::CStr::from_ptr(*p as *const libc::c_char) }.to_string_lossy().into_owned())
             .collect();
         assert_eq!(strings, ["A=1", "B=x=y", "LISTEN_PID=4194304"]);
+    }
+
+    #[test]
+    fn every_ready_in_one_wake_up_counts() {
+        // Two "workers": our parent and us (we are a descendant of both, so our datagrams are
+        // theirs). The old worker has the higher pid, so it is read last: its READY=1 must not
+        // hide the new worker's.
+        let (new, old) = (std::os::unix::process::parent_id() as i32, std::process::id() as i32);
+        assert!(new < old, "the parent's pid is lower here (no pid wrap-around in between)");
+        let dir = notify::NotifyDir::create().unwrap();
+        let mut sockets = BTreeMap::new();
+        let sender = UnixDatagram::unbound().unwrap();
+        for (generation, pid) in [(1, old), (2, new)] {
+            let (socket, path) = dir.bind(generation).unwrap();
+            sender.send_to(b"READY=1\nSTATUS=up", &path).unwrap();
+            sockets.insert(pid, NotifySocket { socket, path, warned: false });
+        }
+        let (ready, relay) = read_notify_sockets(&mut sockets, Some(old));
+        assert_eq!(ready, BTreeSet::from([new, old]));
+        assert_eq!(relay, ["STATUS=up"], "only the current worker's STATUS= goes on");
+        assert!(read_notify_sockets(&mut sockets, Some(old)).0.is_empty(), "read once");
     }
 
     #[test]
