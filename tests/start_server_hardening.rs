@@ -513,6 +513,7 @@ fn stop_and_restart_signal_nothing_without_a_start_server_holding_the_pid_file()
             stderr.contains(&format!("no start_server holds the lock on {}: it is not running", stale.display())),
             "{args:?}: {stderr}"
         );
+        assert!(!stderr.contains("stopping now"), "{args:?}: {stderr}");
         sleeper.assert_not_signalled(&format!("{args:?}"));
     }
     let _ = std::fs::remove_dir_all(&dir);

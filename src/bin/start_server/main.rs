@@ -123,6 +123,10 @@ fn stop(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // (Checked again, race-free, by signal_server: here so a stale file is not "stopping".)
+    if let Err(message) = files::locked_by_start_server(pid_file, &file) {
+        return die_with(2, message);
+    }
     log!("stop_server (pid:{}) stopping now (pid:{pid})...", std::process::id());
     if let Err((code, message)) = signal_server(pid_file, &file, pid, libc::SIGTERM) {
         return die_with(code, message);
