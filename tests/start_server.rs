@@ -464,7 +464,7 @@ fn a_worker_that_reports_ready_and_dies_is_not_respawned_faster_than_the_interva
     let script = dir.join("flap.sh");
     std::fs::write(
         &script,
-        "python3 -c \"import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.sendto(b'READY=1', '\\0'+os.environ['NOTIFY_SOCKET'][1:])\"\nexit 1\n",
+        "python3 -c \"import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); a=os.environ['NOTIFY_SOCKET']; s.sendto(b'READY=1', '\\0'+a[1:] if a[0]=='@' else a)\"\nexit 1\n",
     )
     .unwrap();
     let mut cmd = Command::new(ours());
