@@ -511,6 +511,14 @@ static outcome run_case(test_server *t, uint64_t period_ms, uint64_t close_timeo
     return out;
 }
 
+/* close was called at the deadline or later. The deadline is at least the period after the
+ * signal was sent (it is set when the signal is handled), whatever the thread timings: on a
+ * loaded machine, or under valgrind, the shutdown thread may even start after it. 1 ms of slack
+ * for the millisecond rounding of the two readings. */
+static bool close_at_or_after_deadline(const test_server *t, const outcome *out, int64_t period_ms) {
+    return t->close_entry_ms + 1 >= out->signal_ms + period_ms;
+}
+
 static int test_shutdown_ok(void) {
     test_server t;
     ts_init(&t);
@@ -532,7 +540,7 @@ static int test_serve_outlives_deadline(void) {
     CHECK_EQ(out.status, LD_EXPIRED);
     CHECK_EQ(out.code, 5);
     CHECK_EQ(t.close_calls, 1);
-    CHECK(t.close_entry_ms >= t.shutdown_entry_ms + 150); /* at the deadline, not before */
+    CHECK(close_at_or_after_deadline(&t, &out, 200)); /* at the deadline, not before */
     CHECK_CONTAINS(out.message, "Lame-duck period has expired + close hook returned 5");
     return 0;
 }
@@ -588,7 +596,7 @@ static int test_shutdown_hangs(void) {
     outcome out = run_case(&t, 200, 500, true);
     CHECK_EQ(out.status, LD_EXPIRED);
     CHECK_EQ(t.close_calls, 1);
-    CHECK(t.close_entry_ms >= t.shutdown_entry_ms + 150);
+    CHECK(close_at_or_after_deadline(&t, &out, 200));
     CHECK(out.abandoned);
     CHECK_CONTAINS(out.message, "shutdown did not return within 500ms (abandoned)");
     /* bounded: deadline + close timeout, with a generous margin for slow machines */
