@@ -183,10 +183,15 @@ fn attacker_python(uid: u32, gid: u32, code: &str) -> Command {
 /// is there, which start_server's own environment lacks).
 fn notify_socket_of(pid: i32) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
-    let environ = || std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let has = |environ: &[u8], name: &[u8]| environ.split(|b| *b == 0).find_map(|e| e.strip_prefix(name)).map(<[u8]>::to_vec);
-    wait_until(&format!("worker {pid} to exec"), || has(&environ(), b"SERVER_STARTER_GENERATION=").is_some());
-    let entry = has(&environ(), b"NOTIFY_SOCKET=").expect("NOTIFY_SOCKET is set");
+    // One read for both: the worker may exec again in between (a `python3` shim execs the real
+    // one), and /proc shows an empty environment for the instant of an exec.
+    let mut environ = Vec::new();
+    wait_until(&format!("worker {pid} to exec"), || {
+        environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        has(&environ, b"SERVER_STARTER_GENERATION=").is_some()
+    });
+    let entry = has(&environ, b"NOTIFY_SOCKET=").expect("NOTIFY_SOCKET is set");
     PathBuf::from(std::ffi::OsString::from_vec(entry))
 }
 
