@@ -477,8 +477,10 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
         if let Source::ServerStarter { key } = &source {
             // Matched by its key alone: the descriptor must really be bound there (the docs
             // promise "a socket bound to that address"), or we would serve on another port.
+            if let Err(e) = &resolved {
+                return Err(Error::new(e.kind(), e.message())); // a host that does not resolve
+            }
             match bound_address(fd) {
-                Ok(_) if resolved.is_err() => return Err(resolved.err().expect("checked")),
                 Ok(bound) if same_address(&bound, &wanted, &resolved) => {}
                 Ok(bound) => {
                     return Err(Error::invalid(format!(

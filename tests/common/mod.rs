@@ -141,7 +141,7 @@ impl Proc {
         let mut attempts = 0;
         let mut child = loop {
             match cmd.spawn() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
                     attempts += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
