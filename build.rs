@@ -24,8 +24,7 @@ fn main() {
         return; // the bindings build the core without the C ABI: no header to write
     }
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
-        .expect("cbindgen.toml is readable and valid");
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
     let major = env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default();
     let minor = env::var("CARGO_PKG_VERSION_MINOR").unwrap_or_default();
     let patch = env::var("CARGO_PKG_VERSION_PATCH").unwrap_or_default();

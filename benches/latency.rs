@@ -80,7 +80,16 @@ fn rss_kib() -> u64 {
 
 static EXPIRED_LOG: Mutex<Option<Instant>> = Mutex::new(None);
 fn options(period: Duration) -> Options {
-    Options { signals: vec![libc::SIGUSR1], period, logger: Some(Arc::new(|_, m: &str| if m.starts_with("Lame-duck period has expired") { *EXPIRED_LOG.lock().unwrap() = Some(Instant::now()); })), ..Options::default() }
+    Options {
+        signals: vec![libc::SIGUSR1],
+        period,
+        logger: Some(Arc::new(|_, m: &str| {
+            if m.starts_with("Lame-duck period has expired") {
+                *EXPIRED_LOG.lock().unwrap() = Some(Instant::now());
+            }
+        })),
+        ..Options::default()
+    }
 }
 
 /// One run; `trigger` starts lame-duck and returns the instant it did so.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit and integration tests, the C tests (AddressSanitizer/UBSan, then
-# valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
+# Runs every test: formatting and lints (cargo fmt, clippy), Rust unit and integration tests,
+# the C tests (AddressSanitizer/UBSan, then valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
 # Python package's tests (pytest, mypy --strict) in a project venv (.venv), and the Node
 # package's tests (node --test) with its dependencies in bindings/node/node_modules.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
@@ -25,6 +25,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing tools: ${missing[*]} (install them, or run as root with apt-get)" >&2
     exit 1
   fi
+fi
+
+echo "== cargo fmt --check and cargo clippy -D warnings (the core, start_server, the tests)"
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --check
+else
+  echo "rustfmt is not part of this Rust toolchain: formatting not checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --all-targets -- -D warnings 2>&1
+else
+  echo "clippy is not part of this Rust toolchain: lints not checked" >&2
 fi
 
 echo "== cargo test (Rust + C under AddressSanitizer/UBSan)"

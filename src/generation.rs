@@ -260,13 +260,16 @@ fn check_channel(fd: RawFd, previous: Option<libc::pid_t>) -> Result<(), String>
             if int_option(fd, libc::SO_ACCEPTCONN) != Some(0) {
                 return Err("a listening socket, not a readiness channel".into());
             }
-            if int_option(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX) || int_option(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+            if int_option(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX) || int_option(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+            {
                 return Err("a socket that is not a unix stream socket".into());
             }
             let mut cred: libc::ucred = libc::ucred { pid: 0, uid: 0, gid: 0 };
             let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
             // SAFETY: getsockopt into a local ucred of the size we pass.
-            let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+            let r = unsafe {
+                libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+            };
             if r != 0 {
                 return Err("a unix socket with no peer".into());
             }

@@ -58,11 +58,8 @@ impl std::fmt::Display for Address {
 impl Address {
     /// Parses the forms Server::Starter and systemd users write.
     pub fn parse(text: &str) -> Result<Address, Error> {
-        let bad = || {
-            Error::invalid(format!(
-                "address {text:?} is invalid: use PORT, HOST:PORT, [IPV6]:PORT or a unix socket path"
-            ))
-        };
+        let bad =
+            || Error::invalid(format!("address {text:?} is invalid: use PORT, HOST:PORT, [IPV6]:PORT or a unix socket path"));
         let port = |p: &str| p.parse::<u16>().map_err(|_| bad());
         if let Some(path) = text.strip_prefix("unix:") {
             return if path.is_empty() { Err(bad()) } else { Ok(Address::Unix(path.into())) };
@@ -112,17 +109,12 @@ pub fn parse_listen_fds(
     let Some(target) = listen_pid else {
         return Ok(Vec::new()); // sd_listen_fds() ignores LISTEN_FDS without LISTEN_PID
     };
-    let target: u32 = target
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid(format!("LISTEN_PID={target:?} is not a process id")))?;
+    let target: u32 = target.trim().parse().map_err(|_| Error::invalid(format!("LISTEN_PID={target:?} is not a process id")))?;
     if target != pid {
         return Ok(Vec::new()); // meant for another process (e.g. our parent)
     }
-    let n: usize = count
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid(format!("LISTEN_FDS={count:?} is not a number of descriptors")))?;
+    let n: usize =
+        count.trim().parse().map_err(|_| Error::invalid(format!("LISTEN_FDS={count:?} is not a number of descriptors")))?;
     if n > MAX_INHERITED_FDS {
         return Err(Error::invalid(format!("LISTEN_FDS={n} is out of range (at most {MAX_INHERITED_FDS})")));
     }
@@ -132,10 +124,7 @@ pub fn parse_listen_fds(
             let names: Vec<Option<String>> =
                 names.split(':').map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_string())).collect();
             if names.len() != n {
-                return Err(Error::invalid(format!(
-                    "LISTEN_FDNAMES has {} name(s) but LISTEN_FDS={n}",
-                    names.len()
-                )));
+                return Err(Error::invalid(format!("LISTEN_FDNAMES has {} name(s) but LISTEN_FDS={n}", names.len())));
             }
             names
         }
@@ -152,11 +141,7 @@ pub fn parse_server_starter_port(value: &str) -> Result<Vec<(String, RawFd)>, Er
     value
         .split(';')
         .map(|entry| {
-            let bad = || {
-                Error::invalid(format!(
-                    "SERVER_STARTER_PORT={value:?}: entry {entry:?} is not KEY=FD"
-                ))
-            };
+            let bad = || Error::invalid(format!("SERVER_STARTER_PORT={value:?}: entry {entry:?} is not KEY=FD"));
             let (key, fd) = entry.rsplit_once('=').ok_or_else(bad)?;
             let fd: RawFd = fd.parse().map_err(|_| bad())?;
             if key.is_empty() || fd < 0 {
@@ -285,8 +270,7 @@ fn read_pool() -> Pool {
     let owned_fds = take_env(OWNED_FDS_ENV);
     let required_fds = take_env(REQUIRED_FDS_ENV);
     let lineage_fds = take_env(LINEAGE_FDS_ENV);
-    let mut pool =
-        Pool {
+    let mut pool = Pool {
         available: Vec::new(),
         problem: None,
         shared: HashSet::new(),
@@ -377,11 +361,8 @@ fn bound_address(fd: RawFd) -> io::Result<Bound> {
             // SAFETY: the family says it is a sockaddr_un; the path is NUL-terminated within len.
             let a: libc::sockaddr_un = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
             let offset = std::mem::size_of::<libc::sa_family_t>();
-            let bytes: Vec<u8> = a.sun_path[..(len as usize).saturating_sub(offset)]
-                .iter()
-                .map(|&c| c as u8)
-                .take_while(|&c| c != 0)
-                .collect();
+            let bytes: Vec<u8> =
+                a.sun_path[..(len as usize).saturating_sub(offset)].iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
             use std::os::unix::ffi::OsStrExt;
             Ok(Bound::Unix((!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))))
         }
@@ -406,9 +387,9 @@ fn same_address(bound: &Bound, wanted: &Address, resolved: &Result<Vec<SocketAdd
         (Bound::Unix(Some(path)), Address::Unix(want)) => path == want,
         // Port 0 means "any port": a program restarted with the arguments it was first started
         // with (`--port 0`) takes over the port its predecessor was given.
-        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port || *port == 0 => resolved.as_ref().is_ok_and(|addrs| {
-            addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified()))
-        }),
+        (Bound::Inet(sa), Address::Tcp { port, .. }) if sa.port() == *port || *port == 0 => resolved
+            .as_ref()
+            .is_ok_and(|addrs| addrs.iter().any(|w| w.ip() == sa.ip() || (w.ip().is_unspecified() && sa.ip().is_unspecified()))),
         _ => false,
     }
 }
@@ -612,9 +593,7 @@ fn wake_watchers() {
 /// `FileDescriptorName=`).
 fn validate_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > 255 || name.contains(':') || name.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid(format!(
-            "listener name {name:?} is invalid: use 1 to 255 printable characters without ':'"
-        )));
+        return Err(Error::invalid(format!("listener name {name:?} is invalid: use 1 to 255 printable characters without ':'")));
     }
     Ok(())
 }
@@ -858,10 +837,7 @@ mod tests {
         assert_eq!(parse(Some("2"), None, None).unwrap(), vec![], "no LISTEN_PID: not ours");
         assert_eq!(parse(Some("2"), Some("41"), None).unwrap(), vec![], "another process's");
         assert_eq!(parse(Some("2"), Some("42"), None).unwrap(), vec![(3, None), (4, None)]);
-        assert_eq!(
-            parse(Some("2"), Some("42"), Some("http:unknown")).unwrap(),
-            vec![(3, Some("http".into())), (4, None)]
-        );
+        assert_eq!(parse(Some("2"), Some("42"), Some("http:unknown")).unwrap(), vec![(3, Some("http".into())), (4, None)]);
         for (n, pid, names, needle) in [
             (Some("a"), Some("42"), None, "LISTEN_FDS=\"a\" is not a number"),
             (Some("-1"), Some("42"), None, "LISTEN_FDS=\"-1\""),

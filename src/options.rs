@@ -57,9 +57,9 @@ impl RepeatSignalPolicy {
             "force" => Ok(RepeatSignalPolicy::Force),
             "ignore" => Ok(RepeatSignalPolicy::Ignore),
             "exit" | "exit-now" | "exit_now" => Ok(RepeatSignalPolicy::ExitNow),
-            other => Err(Error::invalid(format!(
-                "repeat signal policy {other:?} is invalid: use \"force\", \"ignore\" or \"exit\""
-            ))),
+            other => {
+                Err(Error::invalid(format!("repeat signal policy {other:?} is invalid: use \"force\", \"ignore\" or \"exit\"")))
+            }
         }
     }
 }
@@ -342,23 +342,16 @@ pub fn validate_signals(signals: &[i32]) -> Result<(), Error> {
 pub fn validate_signal(signal: i32) -> Result<(), Error> {
     let max = libc::SIGRTMAX();
     if signal <= 0 || signal > max {
-        return Err(Error::invalid(format!(
-            "signal {signal} is invalid: signal numbers run from 1 to {max}"
-        )));
+        return Err(Error::invalid(format!("signal {signal} is invalid: signal numbers run from 1 to {max}")));
     }
     let why = match signal {
         libc::SIGKILL | libc::SIGSTOP => Some("it cannot be caught"),
-        libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL => {
-            Some("it reports a fault and must not be trapped")
-        }
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL => Some("it reports a fault and must not be trapped"),
         s if s > 31 && s < libc::SIGRTMIN() => Some("it is reserved by the C library"),
         _ => None,
     };
     match why {
-        Some(why) => Err(Error::invalid(format!(
-            "signal {signal} ({}) cannot be a trigger signal: {why}",
-            signal_name(signal)
-        ))),
+        Some(why) => Err(Error::invalid(format!("signal {signal} ({}) cannot be a trigger signal: {why}", signal_name(signal)))),
         None => Ok(()),
     }
 }
@@ -399,7 +392,10 @@ mod tests {
             (Options { upgrade_timeout: Duration::ZERO, ..Options::default() }, "upgrade timeout 0s"),
             (Options { listen_timeout: Duration::ZERO, ..Options::default() }, "listen timeout 0s"),
             (Options { upgrade_confirm: Duration::from_secs(61), ..Options::default() }, "confirmation window 1m1s"),
-            (Options { upgrade_signals: vec![libc::SIGTERM], ..Options::default() }, "both trigger lame-duck and start an upgrade"),
+            (
+                Options { upgrade_signals: vec![libc::SIGTERM], ..Options::default() },
+                "both trigger lame-duck and start an upgrade",
+            ),
             (Options { upgrade_signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9"),
             (
                 Options { upgrade_command: Some(UpgradeCommand { program: "x".into(), args: vec![] }), ..Options::default() },

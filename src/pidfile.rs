@@ -184,12 +184,8 @@ mod tests {
         drop(file);
         std::fs::remove_file(&temporary).unwrap();
         std::os::unix::fs::symlink(&victim, &temporary).unwrap();
-        let err = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)
-            .unwrap_err();
+        let err =
+            std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&temporary).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         write(&path, 7).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");

@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, HookError};
 use crate::format::{go_duration, signal_list, signal_name};
+use crate::generation::{Outcome, Report};
 use crate::options::{Level, Options, RepeatSignalPolicy, SignalOwner};
 use crate::server::Server;
 use crate::signals::{self, die_by_signal, Subscription};
 use crate::state::{State, StateCell};
 use crate::trigger::{Escalation, Trigger, CAUSE_STOP};
 use crate::upgrade::{CancelPipe, Candidate};
-use crate::generation::{Outcome, Report};
 use crate::{generation, listener, notify, pidfile};
 
 /// Runs one server once under lame-duck coordination. `Send + Sync`: share it (in an `Arc`) to
@@ -711,7 +711,8 @@ impl Run {
                     self.ctx.set_done();
                     self.start_close(CloseReason::Forced, now);
                 }
-                _ => self.log(Level::Info, &format!("Received signal [{signal}] again; already closing (another one exits at once)")),
+                _ => self
+                    .log(Level::Info, &format!("Received signal [{signal}] again; already closing (another one exits at once)")),
             },
         }
     }
@@ -729,7 +730,10 @@ impl Run {
         } else if let Some(pid) = self.handed_off {
             // A hand-over is not a drain: new process `pid` accepts on the same sockets, so this
             // one stops accepting at once rather than answering a balancer's checks "not ready".
-            self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period} (no drain delay: process {pid} serves the listeners)"));
+            self.log(
+                Level::Info,
+                &format!("{cause}; entering lame-duck mode for {period} (no drain delay: process {pid} serves the listeners)"),
+            );
             self.start_shutdown(now);
         } else if options.drain_delay.is_zero() {
             self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
@@ -756,7 +760,9 @@ impl Run {
     /// Points the pid file (if any) at `pid`: this process, or the new one it hands over to.
     fn point_pid_file_at(&self, pid: u32) -> Result<(), String> {
         match &self.shared.options.pid_file {
-            Some(path) => pidfile::write(path, pid).map_err(|err| format!("could not write the pid file {}: {err}", path.display())),
+            Some(path) => {
+                pidfile::write(path, pid).map_err(|err| format!("could not write the pid file {}: {err}", path.display()))
+            }
             None => Ok(()),
         }
     }
@@ -1154,9 +1160,7 @@ impl Run {
         let abandoned_note = self
             .abandoned
             .iter()
-            .map(|name| {
-                format!(" + {name} did not return within {} (abandoned)", go_duration(self.shared.options.close_timeout))
-            })
+            .map(|name| format!(" + {name} did not return within {} (abandoned)", go_duration(self.shared.options.close_timeout)))
             .collect::<String>();
         let close_result = self.close.as_mut().and_then(|h| h.result.take());
         let (close_code, close_note, close_cause) = match close_result {
@@ -1170,11 +1174,10 @@ impl Run {
                 format!("Lame-duck period was cut short by a repeated signal{close_note}{abandoned_note}"),
             )
             .with_cause(close_code, close_cause)),
-            (Some(CloseReason::Expired), _) => Err(Error::new(
-                ErrorKind::Expired,
-                format!("Lame-duck period has expired{close_note}{abandoned_note}"),
-            )
-            .with_cause(close_code, close_cause)),
+            (Some(CloseReason::Expired), _) => {
+                Err(Error::new(ErrorKind::Expired, format!("Lame-duck period has expired{close_note}{abandoned_note}"))
+                    .with_cause(close_code, close_cause))
+            }
             (_, Some(err)) => {
                 let kind = if err.is_panic() { ErrorKind::Panic } else { ErrorKind::ShutdownFailed };
                 Err(Error::new(kind, format!("{}{close_note}{abandoned_note}", err.describe("shutdown")))

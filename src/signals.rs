@@ -57,10 +57,7 @@ pub(crate) fn subscribe(trigger: &Arc<Trigger>, signals: &[i32]) -> Result<Subsc
         .iter()
         .position(|s| s.compare_exchange(ptr::null_mut(), raw, Ordering::SeqCst, Ordering::SeqCst).is_ok())
         .ok_or_else(|| {
-            Error::new(
-                ErrorKind::SignalSetup,
-                format!("too many runners own signals at once (at most {MAX_SUBSCRIBERS})"),
-            )
+            Error::new(ErrorKind::SignalSetup, format!("too many runners own signals at once (at most {MAX_SUBSCRIBERS})"))
         })?;
     let mut signals: Vec<i32> = signals.to_vec();
     signals.sort_unstable();
@@ -119,11 +116,7 @@ fn install(record: &mut Installed, signal: i32) -> Result<(), Error> {
 fn setup_error(signal: i32) -> Error {
     Error::new(
         ErrorKind::SignalSetup,
-        format!(
-            "could not install a handler for signal {signal} ({}): {}",
-            signal_name(signal),
-            std::io::Error::last_os_error()
-        ),
+        format!("could not install a handler for signal {signal} ({}): {}", signal_name(signal), std::io::Error::last_os_error()),
     )
 }
 

@@ -119,9 +119,9 @@ impl Trigger {
     /// Starts lame-duck if nothing has triggered it yet; otherwise does nothing (a stop is never
     /// a "repeated signal", and does not make the next signal one). Async-signal-safe.
     pub(crate) fn request_stop(&self) {
-        let _ = self.events.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-            (split(v).1 == 0).then_some(join(split(v).0, CAUSE_STOP))
-        });
+        let _ = self
+            .events
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| (split(v).1 == 0).then_some(join(split(v).0, CAUSE_STOP)));
         self.wake();
     }
 

@@ -33,10 +33,14 @@ fn committed_header_is_current() {
         eprintln!("not a git checkout; skipping the staleness check");
         return;
     }
-    let out = Command::new("git").current_dir(&repo).args(["status", "--porcelain", "--", "include/lameduck.h"]).output().unwrap();
+    let out =
+        Command::new("git").current_dir(&repo).args(["status", "--porcelain", "--", "include/lameduck.h"]).output().unwrap();
     assert!(out.status.success());
     let status = String::from_utf8(out.stdout).unwrap();
-    assert!(status.trim().is_empty(), "include/lameduck.h differs from the committed copy: regenerate (cargo build) and commit it\n{status}");
+    assert!(
+        status.trim().is_empty(),
+        "include/lameduck.h differs from the committed copy: regenerate (cargo build) and commit it\n{status}"
+    );
 }
 
 #[test]
@@ -46,7 +50,11 @@ fn every_header_item_is_documented() {
     let functions = header_functions(&header);
     assert!(functions.len() >= 30, "{functions:?}");
     for (i, line) in lines.iter().enumerate() {
-        let declares = (!line.starts_with(' ') && !line.starts_with('/') && line.contains("ld_") && line.contains('(') && !line.starts_with('#'))
+        let declares = (!line.starts_with(' ')
+            && !line.starts_with('/')
+            && line.contains("ld_")
+            && line.contains('(')
+            && !line.starts_with('#'))
             || line.starts_with("typedef")
             || line.starts_with("#define LD_");
         if declares && i > 0 {

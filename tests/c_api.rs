@@ -116,11 +116,15 @@ fn repeat_exit() {
 /// Every sub-test in the C file is run by one of the tests above.
 #[test]
 fn every_subtest_is_run() {
-    let (status, stdout, _) = common::run_limited(common::c_command(program()).arg("--list").to_owned_cmd(), Duration::from_secs(60));
+    let (status, stdout, _) =
+        common::run_limited(common::c_command(program()).arg("--list").to_owned_cmd(), Duration::from_secs(60));
     assert!(status.success());
     let this_file = include_str!("c_api.rs");
     for name in stdout.lines() {
-        assert!(this_file.contains(&format!("    {name},")) || this_file.contains(&format!("fn {name}()")), "sub-test {name} is never run");
+        assert!(
+            this_file.contains(&format!("    {name},")) || this_file.contains(&format!("fn {name}()")),
+            "sub-test {name} is never run"
+        );
     }
 }
 

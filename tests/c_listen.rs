@@ -142,10 +142,7 @@ fn a_server_starter_key_must_match_its_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let actual = listener.local_addr().unwrap();
     let claimed = free_port();
-    let script = format!(
-        "SERVER_STARTER_PORT='127.0.0.1:{claimed}=3' exec {} --listen 127.0.0.1:{claimed}",
-        demo().display()
-    );
+    let script = format!("SERVER_STARTER_PORT='127.0.0.1:{claimed}=3' exec {} --listen 127.0.0.1:{claimed}", demo().display());
     let mut cmd = Command::new("sh");
     cmd.args(["-c", &script]);
     let source = listener.as_raw_fd();
@@ -154,7 +151,11 @@ fn a_server_starter_key_must_match_its_socket() {
         cmd.pre_exec(move || {
             // dup2 onto itself would keep close-on-exec: clear it then.
             let placed = if source == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(source, 3) };
-            if placed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            if placed < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         });
     }
     let (status, _, stderr) = common::run_limited(cmd, LIMIT);

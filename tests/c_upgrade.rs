@@ -194,7 +194,12 @@ fn failed_upgrades_roll_back_and_the_old_process_keeps_serving() {
     // 50 failures in a row leave the counts exactly where they were.
     let settled = Instant::now();
     while (count_entries(&fd_dir), count_entries(&task_dir)) != (fds_before, threads_before) {
-        assert!(settled.elapsed() < LIMIT, "fds {} (was {fds_before}), threads {} (was {threads_before})", count_entries(&fd_dir), count_entries(&task_dir));
+        assert!(
+            settled.elapsed() < LIMIT,
+            "fds {} (was {fds_before}), threads {} (was {threads_before})",
+            count_entries(&fd_dir),
+            count_entries(&task_dir)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     deploy_script(&server, "exit 1");
@@ -400,7 +405,11 @@ fn the_old_process_killed_mid_handshake_leaves_the_new_one_serving() {
         if point == "as the new process starts" {
             // bash's exec -a keeps argv[0], so the next upgrade starts this wrapper again.
             let script = dir.join("wrapper");
-            let body = format!("#!/bin/bash\necho $$ > {}\nkill -9 $PPID\nexec -a \"$0\" {} \"$@\"\n", child_pid_file.display(), real.display());
+            let body = format!(
+                "#!/bin/bash\necho $$ > {}\nkill -9 $PPID\nexec -a \"$0\" {} \"$@\"\n",
+                child_pid_file.display(),
+                real.display()
+            );
             std::fs::write(&script, body).unwrap();
             std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             deploy(&script, &server);
@@ -448,7 +457,10 @@ fn the_old_process_killed_mid_handshake_leaves_the_new_one_serving() {
         }
     }
     let (ok, errors) = load.stop();
-    eprintln!("30 SIGKILLs of the old process mid-handshake: {ok} requests answered, {} cut with the killed processes", errors.len());
+    eprintln!(
+        "30 SIGKILLs of the old process mid-handshake: {ok} requests answered, {} cut with the killed processes",
+        errors.len()
+    );
     let (_, stderr) = proc.text();
     assert!(!stderr.contains("signal 13"), "no process died of SIGPIPE:\n{stderr}");
     kill(current, libc::SIGTERM);
@@ -576,7 +588,11 @@ fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
         cmd.pre_exec(move || {
             // dup2 onto itself would keep close-on-exec: clear it then.
             let placed = if source == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(source, 3) };
-            if placed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            if placed < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         });
     }
     let proc = Proc::spawn(cmd);

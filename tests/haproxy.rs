@@ -149,12 +149,7 @@ impl Fleet {
         let servers: String = self
             .demos
             .iter()
-            .map(|d| {
-                format!(
-                    "    server {} 127.0.0.1:{} check inter {CHECK_INTER_MS}ms fall 1 rise 1\n",
-                    d.name, d.port
-                )
-            })
+            .map(|d| format!("    server {} 127.0.0.1:{} check inter {CHECK_INTER_MS}ms fall 1 rise 1\n", d.name, d.port))
             .collect();
         // Check timeouts are generous: a slow answer on a loaded machine is not the flap this
         // test is about; a 503 or a refused connection is.
@@ -189,10 +184,17 @@ impl Fleet {
         cmd.arg("-db").arg("-f").arg(&cfg);
         self.haproxy = Some(Proc::spawn(cmd));
         // Ready once both servers passed a check.
-        wait_for(LIMIT, || format!("haproxy to see both servers UP: {}", self.haproxy_text()), || {
-            let stats = self.try_stats()?;
-            SERVERS.iter().all(|s| stats.get(*s).is_some_and(|r| r["status"] == "UP" && r["check_status"] == "L7OK")).then_some(())
-        });
+        wait_for(
+            LIMIT,
+            || format!("haproxy to see both servers UP: {}", self.haproxy_text()),
+            || {
+                let stats = self.try_stats()?;
+                SERVERS
+                    .iter()
+                    .all(|s| stats.get(*s).is_some_and(|r| r["status"] == "UP" && r["check_status"] == "L7OK"))
+                    .then_some(())
+            },
+        );
     }
 
     fn haproxy_text(&self) -> String {
@@ -233,18 +235,26 @@ impl Fleet {
         let old = self.demos[i].current;
         let (pid_file, port, name) = (self.demos[i].pid_file.clone(), self.demos[i].port, self.demos[i].name);
         kill(old, libc::SIGHUP);
-        let new = wait_for(LIMIT, || format!("a new generation of {name} (old pid {old}): {}", self.demos[i].proc.text().1), || {
-            read_pid(&pid_file).filter(|&p| p != old)
-        });
+        let new = wait_for(
+            LIMIT,
+            || format!("a new generation of {name} (old pid {old}): {}", self.demos[i].proc.text().1),
+            || read_pid(&pid_file).filter(|&p| p != old),
+        );
         self.demos[i].upgrades += 1;
         self.demos[i].proc.wait_nth_line(HANDED_OVER, self.demos[i].upgrades, LIMIT);
         self.generations.push(new);
         self.demos[i].current = new;
-        wait_for(LIMIT, || format!("pid {new} ({name}) to answer on port {port}"), || (answering_pid(port) == Some(new)).then_some(()));
+        wait_for(
+            LIMIT,
+            || format!("pid {new} ({name}) to answer on port {port}"),
+            || (answering_pid(port) == Some(new)).then_some(()),
+        );
         let served = self.counter(name, "hrsp_2xx");
-        wait_for(LIMIT, || format!("haproxy to send {name} more requests: {}", self.haproxy_text()), || {
-            (self.counter(name, "hrsp_2xx") >= served + 20).then_some(())
-        });
+        wait_for(
+            LIMIT,
+            || format!("haproxy to send {name} more requests: {}", self.haproxy_text()),
+            || (self.counter(name, "hrsp_2xx") >= served + 20).then_some(()),
+        );
     }
 }
 
@@ -297,7 +307,11 @@ fn twenty_upgrades_of_each_instance_behind_haproxy_lose_no_request_and_no_health
     fleet.wrk = Some(Proc::spawn(cmd)); // its stdout is a pipe: nothing shows before it exits
     for name in SERVERS {
         let served = fleet.counter(name, "hrsp_2xx");
-        wait_for(LIMIT, || format!("load through haproxy to reach {name}"), || (fleet.counter(name, "hrsp_2xx") >= served + 100).then_some(()));
+        wait_for(
+            LIMIT,
+            || format!("load through haproxy to reach {name}"),
+            || (fleet.counter(name, "hrsp_2xx") >= served + 100).then_some(()),
+        );
     }
 
     let started = Instant::now();
@@ -311,9 +325,11 @@ fn twenty_upgrades_of_each_instance_behind_haproxy_lose_no_request_and_no_health
     // Every handed-over generation drains and exits; the checks run all along.
     let current: Vec<i32> = fleet.demos.iter().map(|d| d.current).collect();
     let old: Vec<i32> = fleet.generations.iter().copied().filter(|p| !current.contains(p)).collect();
-    wait_for(LIMIT, || format!("the old generations to exit: {:?}", old.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()), || {
-        old.iter().all(|&p| !alive(p)).then_some(())
-    });
+    wait_for(
+        LIMIT,
+        || format!("the old generations to exit: {:?}", old.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()),
+        || old.iter().all(|&p| !alive(p)).then_some(()),
+    );
     // A check sent just before the last old process went is answered within a few intervals.
     std::thread::sleep(Duration::from_millis(5 * CHECK_INTER_MS));
 
@@ -353,7 +369,8 @@ fn twenty_upgrades_of_each_instance_behind_haproxy_lose_no_request_and_no_health
         kill(pid, libc::SIGTERM);
     }
     wait_for(LIMIT, || format!("the last generations {current:?} to exit"), || current.iter().all(|&p| !alive(p)).then_some(()));
-    let haproxy_down: Vec<&str> = haproxy_log.lines().filter(|l| l.starts_with("[WARNING]") && l.contains(" is DOWN")).take(5).collect();
+    let haproxy_down: Vec<&str> =
+        haproxy_log.lines().filter(|l| l.starts_with("[WARNING]") && l.contains(" is DOWN")).take(5).collect();
     // `option dontlog-normal`: haproxy logs only the requests that went wrong.
     let failed_requests: Vec<&str> = haproxy_log.lines().filter(|l| l.contains(" fe be/")).take(10).collect();
 
@@ -363,7 +380,11 @@ fn twenty_upgrades_of_each_instance_behind_haproxy_lose_no_request_and_no_health
         .flat_map(|d| {
             let (_, stderr) = d.proc.text();
             let notable = ["still open at the deadline", "run ended: ", "Upgrade failed", "AddressSanitizer", "runtime error"];
-            stderr.lines().filter(|l| notable.iter().any(|n| l.contains(n))).map(|l| format!("{}: {l}", d.name)).collect::<Vec<_>>()
+            stderr
+                .lines()
+                .filter(|l| notable.iter().any(|n| l.contains(n)))
+                .map(|l| format!("{}: {l}", d.name))
+                .collect::<Vec<_>>()
         })
         .take(10)
         .collect();

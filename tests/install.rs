@@ -23,7 +23,8 @@ fn make_install_then_build_with_pkg_config() {
     }
     assert_eq!(std::fs::read_link(lib.join("liblameduck.so.0")).unwrap().to_str(), Some("liblameduck.so.0.1.0"));
     assert!(prefix.join("include/lameduck.h").exists());
-    let version = std::process::Command::new(prefix.join("bin/start_server")).arg("--version").output().expect("start_server is installed");
+    let version =
+        std::process::Command::new(prefix.join("bin/start_server")).arg("--version").output().expect("start_server is installed");
     assert!(version.status.success() && String::from_utf8_lossy(&version.stdout).starts_with("0.35"));
 
     let pkg = Command::new("pkg-config")

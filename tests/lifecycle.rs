@@ -45,7 +45,11 @@ impl Server for TestServer {
     }
 }
 
-fn test_server(serve: Option<Hook>, shutdown: Hook, close: Box<dyn Fn() -> Result<(), HookError> + Send + Sync>) -> Arc<TestServer> {
+fn test_server(
+    serve: Option<Hook>,
+    shutdown: Hook,
+    close: Box<dyn Fn() -> Result<(), HookError> + Send + Sync>,
+) -> Arc<TestServer> {
     Arc::new(TestServer { serve, shutdown, close, closes: AtomicUsize::new(0), stopped: AtomicBool::new(false) })
 }
 
@@ -153,10 +157,13 @@ fn host_delivered_signals_follow_the_repeat_policy() {
     let mut options = host_options();
     options.period = Duration::from_secs(60);
     options.repeat_signal = RepeatSignalPolicy::Force;
-    let s = server(Box::new(|ctx| {
-        ctx.wait(None);
-        Err(HookError::deadline_exceeded())
-    }), Box::new(|| Ok(())));
+    let s = server(
+        Box::new(|ctx| {
+            ctx.wait(None);
+            Err(HookError::deadline_exceeded())
+        }),
+        Box::new(|| Ok(())),
+    );
     let runner = Arc::new(Runner::new(s.clone(), options).unwrap());
     let handle = run_in_background(Arc::clone(&runner));
     assert_eq!(runner.deliver_signal(libc::SIGINT).unwrap_err().kind(), ErrorKind::InvalidArgument);

@@ -117,7 +117,11 @@ fn worker_environment_matches_perl() {
         let report = env_report(&dir, 1);
         let ports = report.lines().next().unwrap().trim_start_matches("SERVER_STARTER_PORT=").to_string();
         let keys: Vec<&str> = ports.split(';').map(|e| e.rsplit_once('=').unwrap().0).collect();
-        assert_eq!(keys, [p1.to_string(), format!("127.0.0.1:{p2}"), format!("localhost:{p3}"), sock.display().to_string()], "{name}: {ports}");
+        assert_eq!(
+            keys,
+            [p1.to_string(), format!("127.0.0.1:{p2}"), format!("localhost:{p3}"), sock.display().to_string()],
+            "{name}: {ports}"
+        );
         if name == "ours" {
             assert_eq!(ports, format!("{p1}=3;127.0.0.1:{p2}=4;localhost:{p3}=5;{}=6", sock.display()));
             assert!(report.contains("LISTEN_FDS=4\nLISTEN_PID_IS_ME=True"), "{report}");
@@ -140,7 +144,11 @@ fn hup_status_file_and_signal_on_hup_match_perl() {
     for (name, bin) in implementations() {
         let dir = scratch(&format!("hup-{name}"));
         let (port, status) = (common::free_port(), dir.join("status"));
-        let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--signal-on-hup=usr1".into()];
+        let args = vec![
+            format!("--port=127.0.0.1:{port}"),
+            format!("--status-file={}", status.display()),
+            "--signal-on-hup=usr1".into(),
+        ];
         let run = Running::start(&bin, &args, &[("REPORT_DIR", dir.display().to_string()), ("SLEEP_ON_SIGNAL", "1".into())]);
         wait_until("generation 1", || generations(&status) == [1]);
         let first_pid: i32 = read(&status).trim().split(':').nth(1).unwrap().parse().unwrap();
@@ -174,7 +182,8 @@ fn a_failing_new_worker_keeps_the_old_one_serving() {
         // Each failed attempt is logged. On a busy machine a worker may outlive the interval before
         // it exits (Python starting slowly): then it counted as started and died unexpectedly.
         let stderr = run.proc.text().1;
-        let failures = stderr.matches("seems to have failed to start").count() + stderr.matches("died unexpectedly with status:256").count();
+        let failures =
+            stderr.matches("seems to have failed to start").count() + stderr.matches("died unexpectedly with status:256").count();
         assert_eq!(failures, 2, "{name}: {stderr}");
         let (code, stderr) = run.finish();
         assert_eq!(code, Some(0), "{name}: {stderr}");
@@ -206,7 +215,8 @@ fn envdir_is_reread_on_every_hup() {
 fn kill_old_delay_unexpected_exit_and_queued_hups() {
     let dir = scratch("delay");
     let (port, status) = (common::free_port(), dir.join("status"));
-    let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--kill-old-delay=2".into()];
+    let args =
+        vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--kill-old-delay=2".into()];
     let run = Running::start(&ours(), &args, &[]);
     wait_until("generation 1", || generations(&status) == [1]);
     run.proc.signal(libc::SIGHUP);
@@ -268,10 +278,8 @@ impl Owned for Command {
 fn daemonize_with_log_file() {
     let dir = scratch("daemon");
     let (pid_file, log, sock) = (dir.join("pid"), dir.join("log"), dir.join("d.sock"));
-    let (code, _, stderr) = common::run_limited(
-        Command::new(ours()).args(["--daemonize", "--port=0", "--"]).args(worker()).to_owned_cmd(),
-        LIMIT,
-    );
+    let (code, _, stderr) =
+        common::run_limited(Command::new(ours()).args(["--daemonize", "--port=0", "--"]).args(worker()).to_owned_cmd(), LIMIT);
     assert_ne!(code.code(), Some(0));
     assert!(stderr.contains("--log-file option must be specified together with --daemonize"), "{stderr}");
     let mut cmd = Command::new(ours());
@@ -285,7 +293,10 @@ fn daemonize_with_log_file() {
     let daemon: i32 = read(&pid_file).trim().parse().unwrap();
     wait_until("a worker", || read(&log).contains("starting new worker"));
     assert!(sock.exists(), "the daemonizing parents leave the socket alone");
-    let (code, _, _) = common::run_limited(Command::new(ours()).arg("--stop").arg(format!("--pid-file={}", pid_file.display())).to_owned_cmd(), LIMIT);
+    let (code, _, _) = common::run_limited(
+        Command::new(ours()).arg("--stop").arg(format!("--pid-file={}", pid_file.display())).to_owned_cmd(),
+        LIMIT,
+    );
     assert_eq!(code.code(), Some(0));
     // SAFETY: signal 0 only checks for the process.
     assert!(unsafe { libc::kill(daemon, 0) } != 0 || read(format!("/proc/{daemon}/stat").as_ref()).contains(") Z "));

@@ -31,7 +31,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// The start_server under test: ours, or the one `START_SERVER_HARDENING_BIN` names (to see
 /// these tests fail against a build without the hardening).
 fn ours() -> PathBuf {
-    std::env::var_os("START_SERVER_HARDENING_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_start_server")), PathBuf::from)
+    std::env::var_os("START_SERVER_HARDENING_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_start_server")), PathBuf::from)
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -160,12 +161,16 @@ fn gated(dir: &Path) -> Running {
     std::fs::write(&worker, GATED_WORKER).unwrap();
     let status = dir.join("status");
     let mut cmd = Command::new(ours());
-    cmd.args([format!("--port=127.0.0.1:{}", common::free_port()), "--interval=600".into(), format!("--status-file={}", status.display())])
-        .arg("--")
-        .arg("python3")
-        .arg(&worker)
-        .env("DIR", dir)
-        .env("STATUS", &status);
+    cmd.args([
+        format!("--port=127.0.0.1:{}", common::free_port()),
+        "--interval=600".into(),
+        format!("--status-file={}", status.display()),
+    ])
+    .arg("--")
+    .arg("python3")
+    .arg(&worker)
+    .env("DIR", dir)
+    .env("STATUS", &status);
     Running::start(cmd)
 }
 
@@ -202,7 +207,12 @@ struct NotifyDirLitter(Option<PathBuf>);
 impl NotifyDirLitter {
     fn of_worker(pid: i32) -> NotifyDirLitter {
         let socket = notify_socket_of(pid);
-        NotifyDirLitter(socket.parent().filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("start_server."))).map(Path::to_path_buf))
+        NotifyDirLitter(
+            socket
+                .parent()
+                .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("start_server.")))
+                .map(Path::to_path_buf),
+        )
     }
 }
 
@@ -336,7 +346,11 @@ fn other_users_cannot_reach_the_notify_socket_and_a_flood_delays_nothing() {
             assert!(code.success(), "the attacker failed: {stderr}");
             let lines: Vec<&str> = stdout.lines().collect();
             for path in [&address, &second_address] {
-                assert!(lines.contains(&format!("path {}", path.display()).as_str()), "the attacker found {}:\n{stdout}", path.display());
+                assert!(
+                    lines.contains(&format!("path {}", path.display()).as_str()),
+                    "the attacker found {}:\n{stdout}",
+                    path.display()
+                );
             }
             assert!(lines.contains(&"sent 0"), "the attacker reached a notify socket:\n{stdout}");
             let attempts = lines.iter().find_map(|l| l.strip_prefix("attempts ")).unwrap();
@@ -382,7 +396,13 @@ fn planted_pid_files_are_refused_and_their_targets_untouched() {
     let secret = "secret\n";
     let target = victim(&dir, "victim", secret);
     let serve = |pid_file: &Path| {
-        start_server_output(&[format!("--pid-file={}", pid_file.display()), "--port=127.0.0.1:0".into(), "--".into(), "sleep".into(), "60".into()])
+        start_server_output(&[
+            format!("--pid-file={}", pid_file.display()),
+            "--port=127.0.0.1:0".into(),
+            "--".into(),
+            "sleep".into(),
+            "60".into(),
+        ])
     };
 
     let link = dir.join("pid");
@@ -492,7 +512,10 @@ fn stop_and_restart_signal_nothing_without_a_start_server_holding_the_pid_file()
     std::fs::write(&status_file, "1:1\n").unwrap();
     let commands = |pid_file: &Path| -> Vec<Vec<String>> {
         let pid_file = format!("--pid-file={}", pid_file.display());
-        vec![vec!["--stop".into(), pid_file.clone()], vec!["--restart".into(), pid_file, format!("--status-file={}", status_file.display())]]
+        vec![
+            vec!["--stop".into(), pid_file.clone()],
+            vec!["--restart".into(), pid_file, format!("--status-file={}", status_file.display())],
+        ]
     };
 
     // Planted by another user: a regular file naming the sleeper.
@@ -572,7 +595,13 @@ fn the_log_file_is_never_reached_through_a_planted_link_or_a_foreign_file() {
     let secret = "secret\n";
     let target = victim(&dir, "victim", secret);
     let serve = |log: &Path| {
-        start_server_output(&[format!("--log-file={}", log.display()), "--port=127.0.0.1:0".into(), "--".into(), "sleep".into(), "60".into()])
+        start_server_output(&[
+            format!("--log-file={}", log.display()),
+            "--port=127.0.0.1:0".into(),
+            "--".into(),
+            "sleep".into(),
+            "60".into(),
+        ])
     };
     let link = dir.join("log");
     common::plant_symlink(&target, &link);
@@ -781,7 +810,9 @@ fn bad_envdir_values_at_run_time_are_warnings_and_upgrades_go_on() {
         wait_until(&format!("generation {generation} alone"), || generations(&status_path) == [generation]);
     }
     let stderr = run.stderr();
-    for warning in ["ignoring KILL_OLD_DELAY=\"1e20\"", "ignoring AUTO_RESTART_INTERVAL=\"NaN\"", "BAD: its value contains a NUL byte"] {
+    for warning in
+        ["ignoring KILL_OLD_DELAY=\"1e20\"", "ignoring AUTO_RESTART_INTERVAL=\"NaN\"", "BAD: its value contains a NUL byte"]
+    {
         assert_eq!(stderr.matches(warning).count(), 1, "{warning:?} logged once:\n{stderr}");
     }
     assert!(!stderr.contains("sleeping"), "the old KILL_OLD_DELAY (0) stays in force:\n{stderr}");
@@ -906,6 +937,9 @@ fn restart_fails_fast_when_start_server_goes_away() {
     let killed = Instant::now();
     let (status, stderr) = restart.finish(Duration::from_secs(30));
     assert_eq!(status.code(), Some(255), "{stderr}");
-    assert!(stderr.contains(&format!("start_server (pid:{}) exited before a new generation took over", run.proc.pid())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("start_server (pid:{}) exited before a new generation took over", run.proc.pid())),
+        "{stderr}"
+    );
     assert!(killed.elapsed() < Duration::from_secs(20), "it took {:?}", killed.elapsed());
 }

@@ -173,7 +173,8 @@ fn slow_request(port: u16) -> JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(LIMIT)).unwrap();
-        s.write_all(b"GET /sleep?ms=2000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+        s.write_all(b"GET /sleep?ms=2000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
         let mut answer = String::new();
         let read = s.read_to_string(&mut answer);
         if answer.starts_with("HTTP/1.1 200") && answer.ends_with("slept 2000 ms\n") {
@@ -355,7 +356,10 @@ fn term_during_an_old_workers_lame_duck_is_not_a_repeat() {
     let mut starts = started(&stderr);
     starts.sort_unstable();
     let everyone = starts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-    assert!(stderr.contains(&format!("received TERM, sending TERM to all workers:{everyone}")), "the log still lists every worker:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("received TERM, sending TERM to all workers:{everyone}")),
+        "the log still lists every worker:\n{stderr}"
+    );
 }
 
 /// `GET /` on a new connection; the body's first line.

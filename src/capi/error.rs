@@ -51,8 +51,20 @@ impl ld_status {
     pub(crate) fn from_kind(kind: ErrorKind) -> ld_status {
         use ld_status::*;
         const BY_NUMBER: [ld_status; 15] = [
-            LD_OK, LD_EXPIRED, LD_FAILED, LD_SHUTDOWN_FAILED, LD_FORCED, LD_CANCELED, LD_INVALID_ARGUMENT,
-            LD_NULL_ARGUMENT, LD_BUSY, LD_PANIC, LD_SIGNAL_SETUP, LD_TIMEOUT, LD_NOT_RUNNING, LD_SYSTEM,
+            LD_OK,
+            LD_EXPIRED,
+            LD_FAILED,
+            LD_SHUTDOWN_FAILED,
+            LD_FORCED,
+            LD_CANCELED,
+            LD_INVALID_ARGUMENT,
+            LD_NULL_ARGUMENT,
+            LD_BUSY,
+            LD_PANIC,
+            LD_SIGNAL_SETUP,
+            LD_TIMEOUT,
+            LD_NOT_RUNNING,
+            LD_SYSTEM,
             LD_UPGRADE_FAILED,
         ];
         // ld_status and ErrorKind share their numbers; tests/c checks every one round-trips.

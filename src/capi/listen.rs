@@ -12,10 +12,7 @@ fn text<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
         return Ok(None);
     }
     // SAFETY: a non-NULL pointer the caller promises is a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .map(Some)
-        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+    unsafe { CStr::from_ptr(ptr) }.to_str().map(Some).map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
 /// Returns a listening socket for `address` in `*fd_out`:
@@ -40,7 +37,12 @@ fn text<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
 ///   The message names the value.
 /// - `LD_SYSTEM`: bind/listen failed, for example because the address is in use.
 #[no_mangle]
-pub extern "C" fn ld_listen(address: *const c_char, name: *const c_char, fd_out: *mut c_int, error_out: *mut *mut ld_error) -> ld_status {
+pub extern "C" fn ld_listen(
+    address: *const c_char,
+    name: *const c_char,
+    fd_out: *mut c_int,
+    error_out: *mut *mut ld_error,
+) -> ld_status {
     guard_result(error_out, || {
         if fd_out.is_null() {
             return Err(null_arg("fd_out"));

@@ -183,7 +183,7 @@ pub extern "C" fn ld_options_set_logger(options: *mut ld_options, log_fn: ld_log
             };
             let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
             let data = data; // the whole ForeignData, not its raw field
-            // SAFETY: a C function pointer the caller registered, with its own user_data.
+                             // SAFETY: a C function pointer the caller registered, with its own user_data.
             unsafe { log_fn(data.0, level, text.as_ptr()) }
         }));
         ld_status::LD_OK
@@ -220,7 +220,11 @@ pub extern "C" fn ld_options_set_repeat_signal_policy(options: *mut ld_options, 
 /// metrics). `user_data` is borrowed, as for the logger. NULL `state_fn` removes the observer.
 /// Errors: `LD_NULL_ARGUMENT` when options is NULL.
 #[no_mangle]
-pub extern "C" fn ld_options_set_state_observer(options: *mut ld_options, state_fn: ld_state_fn, user_data: *mut c_void) -> ld_status {
+pub extern "C" fn ld_options_set_state_observer(
+    options: *mut ld_options,
+    state_fn: ld_state_fn,
+    user_data: *mut c_void,
+) -> ld_status {
     let data = ForeignData(user_data);
     with_options(options, move |o| {
         o.state_observer = state_fn.map(|f| {

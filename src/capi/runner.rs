@@ -204,9 +204,7 @@ pub extern "C" fn ld_runner_upgrade(runner: *const ld_runner, pid_out: *mut c_in
 /// an upgrade signal.
 #[no_mangle]
 pub extern "C" fn ld_runner_deliver_signal(runner: *const ld_runner, signal: c_int) -> ld_status {
-    guard(ld_status::LD_PANIC, || {
-        with_runner(runner, ld_status::LD_NULL_ARGUMENT, |r| ld_status::of(r.deliver_signal(signal)))
-    })
+    guard(ld_status::LD_PANIC, || with_runner(runner, ld_status::LD_NULL_ARGUMENT, |r| ld_status::of(r.deliver_signal(signal))))
 }
 
 /// Waits until the run is ready: signal handlers installed and serve called (with explicit

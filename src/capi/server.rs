@@ -196,8 +196,10 @@ pub extern "C" fn ld_context_wait(ctx: *const ld_context, timeout_ms: i64) -> bo
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_context_ready(ctx: *const ld_context) -> ld_status {
-    guard(ld_status::LD_PANIC, || with_context(ctx, ld_status::LD_NULL_ARGUMENT, |c| {
-        c.ready();
-        ld_status::LD_OK
-    }))
+    guard(ld_status::LD_PANIC, || {
+        with_context(ctx, ld_status::LD_NULL_ARGUMENT, |c| {
+            c.ready();
+            ld_status::LD_OK
+        })
+    })
 }

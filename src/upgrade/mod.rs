@@ -21,7 +21,6 @@ use crate::error::{Error, ErrorKind};
 use crate::format::{go_duration, signal_name};
 use crate::options::Options;
 
-
 /// How long a new process that failed the upgrade gets to exit after SIGTERM before SIGKILL.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -81,7 +80,17 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
     let lineage: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.lineage).map(|(i, _)| i).collect();
     let env: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect();
-    let plan = spawn::Plan { program: &program, args: &args, env, fds: &fds, names: &names, owned: &owned, required: &required, lineage: &lineage, dir };
+    let plan = spawn::Plan {
+        program: &program,
+        args: &args,
+        env,
+        fds: &fds,
+        names: &names,
+        owned: &owned,
+        required: &required,
+        lineage: &lineage,
+        dir,
+    };
     let spawned = spawn::spawn(&plan)?;
     Ok(Candidate { pid: spawned.pid as u32, program, handed: fds, spawned })
 }
@@ -101,9 +110,7 @@ fn resolve(program: &Path, start_dir: Option<&Path>) -> Result<PathBuf, Error> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable_file(candidate))
-        .ok_or_else(|| {
-            Error::new(ErrorKind::UpgradeFailed, format!("cannot start {}: not found in PATH", program.display()))
-        })
+        .ok_or_else(|| Error::new(ErrorKind::UpgradeFailed, format!("cannot start {}: not found in PATH", program.display())))
 }
 
 fn is_executable_file(path: &Path) -> bool {
@@ -153,7 +160,11 @@ impl Candidate {
                 wait = wait.min(Duration::from_millis(50)); // no pidfd: look at waitpid often
             }
             let mut fds = [
-                libc::pollfd { fd: if ready_open { self.spawned.ready.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if ready_open { self.spawned.ready.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
                 libc::pollfd { fd: self.spawned.pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: cancel, events: libc::POLLIN, revents: 0 },
             ];
@@ -179,7 +190,10 @@ impl Candidate {
                 }
                 if let Some(why) = failure_reported(&received) {
                     let how = self.terminate();
-                    return Err(Error::new(ErrorKind::UpgradeFailed, format!("new process {pid} cannot take over: {why}; {how}")));
+                    return Err(Error::new(
+                        ErrorKind::UpgradeFailed,
+                        format!("new process {pid} cannot take over: {why}; {how}"),
+                    ));
                 }
                 if !confirming && ready_reported(&received, !ready_open) {
                     confirming = true;

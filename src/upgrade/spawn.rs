@@ -108,8 +108,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
 
     // Everything the child needs, allocated now.
     let program = c_string(plan.program.as_os_str().as_bytes(), "the program path")?;
-    let args: Vec<CString> =
-        plan.args.iter().map(|a| c_string(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
+    let args: Vec<CString> = plan.args.iter().map(|a| c_string(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 7);
     for (key, value) in &plan.env {
         let mut entry = key.as_bytes().to_vec();
@@ -280,11 +279,7 @@ unsafe fn child(
     }
     for (i, &fd) in sources.iter().enumerate() {
         let target = FIRST_FD + i as RawFd;
-        let placed = if fd == target {
-            libc::fcntl(fd, libc::F_SETFD, 0)
-        } else {
-            libc::dup2(fd, target)
-        };
+        let placed = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, target) };
         if placed < 0 {
             fail(error_fd);
         }

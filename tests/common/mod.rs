@@ -53,11 +53,7 @@ pub fn build_c(name: &str, sources: &[&str]) -> PathBuf {
     }
     cmd.arg("-L").arg(lib).arg("-llameduck").arg(format!("-Wl,-rpath,{}", lib.display())).arg("-o").arg(&out);
     let output = cmd.output().expect("a C compiler (cc) is installed");
-    assert!(
-        output.status.success(),
-        "compiling {sources:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "compiling {sources:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     out
 }
 
@@ -158,7 +154,11 @@ impl Proc {
                 for line in std::io::BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     let mut l = lines.0.lock().unwrap();
-                    if is_err { l.stderr.push(line) } else { l.stdout.push(line) }
+                    if is_err {
+                        l.stderr.push(line)
+                    } else {
+                        l.stdout.push(line)
+                    }
                     lines.1.notify_all();
                 }
             }));
@@ -194,9 +194,9 @@ impl Proc {
             if let Some(found) = l.stderr.iter().filter(|line| line.contains(needle)).nth(n - 1) {
                 return found.clone();
             }
-            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| {
-                panic!("no {n} lines containing {needle:?} within {limit:?}; stderr: {:?}", l.stderr)
-            });
+            let left = limit
+                .checked_sub(start.elapsed())
+                .unwrap_or_else(|| panic!("no {n} lines containing {needle:?} within {limit:?}; stderr: {:?}", l.stderr));
             l = self.lines.1.wait_timeout(l, left).unwrap().0;
         }
     }

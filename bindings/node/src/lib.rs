@@ -119,7 +119,10 @@ impl Server for JsServer {
 
 fn millis(name: &str, value: f64) -> Result<Duration> {
     if !value.is_finite() || value < 0.0 {
-        return Err(Error::new(Status::InvalidArg, format!("{name}={value} is invalid: it must be a finite, non-negative number of milliseconds")));
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("{name}={value} is invalid: it must be a finite, non-negative number of milliseconds"),
+        ));
     }
     Ok(Duration::from_secs_f64(value / 1000.0))
 }
@@ -199,7 +202,9 @@ impl NativeRunner {
         let upgrade_timeout = millis("upgradeTimeout", upgrade_timeout_ms)?;
         lameduck::validate_upgrade_timeout(upgrade_timeout).map_err(|e| invalid("upgradeTimeout", upgrade_timeout_ms, e))?;
         let upgrade_command = upgrade_command
-            .map(|argv| lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", json_strings(&argv), e)))
+            .map(|argv| {
+                lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", json_strings(&argv), e))
+            })
             .transpose()?;
         let listen_timeout = millis("listenTimeout", listen_timeout_ms)?;
         lameduck::validate_listen_timeout(listen_timeout).map_err(|e| invalid("listenTimeout", listen_timeout_ms, e))?;
@@ -272,7 +277,8 @@ impl NativeRunner {
                     done.message = Some(err.message().to_string());
                     done.code = Some(err.code());
                     done.abandoned = Some(err.abandoned());
-                    done.cause = err.take_cause().and_then(|mut c| c.take_payload()).and_then(|p| p.downcast::<u32>().ok()).map(|id| *id);
+                    done.cause =
+                        err.take_cause().and_then(|mut c| c.take_payload()).and_then(|p| p.downcast::<u32>().ok()).map(|id| *id);
                 }
                 bridge.send(done);
                 // Release the run's dispatch function: from now on nothing of lameduck keeps
@@ -294,7 +300,8 @@ impl NativeRunner {
         let verdict = match error {
             None => Ok(()),
             Some(message) => {
-                let err = if deadline_exceeded.unwrap_or(false) { HookError::deadline_exceeded() } else { HookError::new(1, message) };
+                let err =
+                    if deadline_exceeded.unwrap_or(false) { HookError::deadline_exceeded() } else { HookError::new(1, message) };
                 Err(match cause_id {
                     Some(id) => err.with_payload(Box::new(id)),
                     None => err,
@@ -382,12 +389,10 @@ pub fn has_pending_connection(fd: i32) -> Result<bool> {
 #[napi]
 pub fn listen(address: String, name: Option<String>) -> Result<i32> {
     use std::os::fd::IntoRawFd;
-    lameduck::listener::listen(&address, name.as_deref())
-        .map(|fd| fd.into_raw_fd())
-        .map_err(|e| {
-            let status = if e.kind() == lameduck::ErrorKind::InvalidArgument { Status::InvalidArg } else { Status::GenericFailure };
-            Error::new(status, e.message().to_string())
-        })
+    lameduck::listener::listen(&address, name.as_deref()).map(|fd| fd.into_raw_fd()).map_err(|e| {
+        let status = if e.kind() == lameduck::ErrorKind::InvalidArgument { Status::InvalidArg } else { Status::GenericFailure };
+        Error::new(status, e.message().to_string())
+    })
 }
 
 /// Registers the listening socket `fd`, bound by other means, so that an upgrade hands it on

@@ -363,7 +363,8 @@ impl PyRunner {
             drain_delay: drain_s,
             close_timeout: close_s,
             logger,
-            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal).map_err(|e| invalid(py, "repeat_signal", repeat_signal, e))?,
+            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal)
+                .map_err(|e| invalid(py, "repeat_signal", repeat_signal, e))?,
             state_observer: observer,
             explicit_ready,
             signal_owner: SignalOwner::Host,
@@ -375,7 +376,8 @@ impl PyRunner {
             upgrade_confirm: confirm_s,
             upgrade_without_listeners,
         };
-        let runner = Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
+        let runner =
+            Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
         Ok(PyRunner { runner })
     }
 
@@ -437,7 +439,8 @@ impl PyRunner {
 /// accepted (see `lameduck::listener`). Only for sockets this process owns alone.
 #[pyfunction]
 fn stop_accepting(fd: i32) -> PyResult<()> {
-    lameduck::listener::stop_accepting(fd).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("stop_accepting(fd={fd}): {e}")))
+    lameduck::listener::stop_accepting(fd)
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("stop_accepting(fd={fd}): {e}")))
 }
 
 /// True when the listening socket `fd` has a connection waiting to be accepted.

@@ -66,10 +66,9 @@ impl PortSpec {
     fn address(&self) -> Result<SocketAddr, String> {
         match &self.host {
             None => Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port))),
-            Some(h) if h.contains(':') => h
-                .parse::<Ipv6Addr>()
-                .map(|ip| SocketAddr::from((ip, self.port)))
-                .map_err(|_| format!("invalid IPv6 address:{h}")),
+            Some(h) if h.contains(':') => {
+                h.parse::<Ipv6Addr>().map(|ip| SocketAddr::from((ip, self.port))).map_err(|_| format!("invalid IPv6 address:{h}"))
+            }
             Some(h) => (h.as_str(), self.port)
                 .to_socket_addrs()
                 .ok()
@@ -117,7 +116,13 @@ fn set_flag(fd: &OwnedFd, level: libc::c_int, option: libc::c_int) -> io::Result
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with a pointer to a local int and its size.
     check(unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, option, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as _)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as _,
+        )
     })
     .map(|_| ())
 }
@@ -262,7 +267,13 @@ mod tests {
         let spec = |t: &str| PortSpec::parse(t).unwrap();
         let sockets: Vec<Socket> = ["8080", "127.0.0.1:8081", "[::1]:8082"]
             .iter()
-            .map(|t| Socket { key: spec(t).key, fd: std::fs::File::open("/dev/null").unwrap().into(), wanted_fd: None, path: None, path_id: None })
+            .map(|t| Socket {
+                key: spec(t).key,
+                fd: std::fs::File::open("/dev/null").unwrap().into(),
+                wanted_fd: None,
+                path: None,
+                path_id: None,
+            })
             .collect();
         let value = server_starter_port(&sockets, &[3, 4, 5]);
         assert_eq!(value, "8080=3;127.0.0.1:8081=4;[::1]:8082=5");

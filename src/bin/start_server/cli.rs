@@ -68,8 +68,7 @@ fn full_name(given: &str) -> Result<&'static str, Usage> {
 
 /// `--interval` and the other durations: 0 to a year (see `settings`), or a usage error.
 fn seconds(name: &str, value: &str) -> Result<Duration, Usage> {
-    crate::settings::parse_seconds(value)
-        .map_err(|e| Usage(format!("Value \"{value}\" invalid for option {name} ({e})")))
+    crate::settings::parse_seconds(value).map_err(|e| Usage(format!("Value \"{value}\" invalid for option {name} ({e})")))
 }
 
 impl Cli {
@@ -125,14 +124,12 @@ impl Cli {
                 "envdir" => cli.envdir = Some(value),
                 "log-file" => cli.log_file = Some(value),
                 "backlog" => {
-                    cli.backlog = Some(
-                        value
-                            .trim()
-                            .parse()
-                            .ok()
-                            .filter(|b: &i32| *b > 0)
-                            .ok_or_else(|| Usage(format!("Value \"{value}\" invalid for option backlog (number expected)")))?,
-                    )
+                    cli.backlog =
+                        Some(
+                            value.trim().parse().ok().filter(|b: &i32| *b > 0).ok_or_else(|| {
+                                Usage(format!("Value \"{value}\" invalid for option backlog (number expected)"))
+                            })?,
+                        )
                 }
                 "kill-old-delay" => cli.kill_old_delay = Some(seconds(name, &value).map(|_| value)?),
                 _ => cli.auto_restart_interval = Some(seconds(name, &value).map(|_| value)?),
@@ -246,7 +243,9 @@ mod tests {
 
     #[test]
     fn getopt_long_forms() {
-        let cli = parse(&["--port=80", "--port", "127.0.0.1:81", "--int=2", "--env", "/e", "--daemonize", "--", "prog", "--port=1"]).unwrap();
+        let cli =
+            parse(&["--port=80", "--port", "127.0.0.1:81", "--int=2", "--env", "/e", "--daemonize", "--", "prog", "--port=1"])
+                .unwrap();
         assert_eq!(cli.ports, ["80", "127.0.0.1:81"]);
         assert_eq!(cli.interval, Some(Duration::from_secs(2)));
         assert_eq!(cli.envdir.as_deref(), Some("/e"));
@@ -261,7 +260,15 @@ mod tests {
 
     #[test]
     fn numbers_out_of_range_are_usage_errors() {
-        for (option, value) in [("interval", "1e20"), ("interval", "NaN"), ("interval", "-1"), ("interval", "inf"), ("kill-old-delay", "1e20"), ("auto-restart-interval", "99999999999999999999"), ("backlog", "99999999999")] {
+        for (option, value) in [
+            ("interval", "1e20"),
+            ("interval", "NaN"),
+            ("interval", "-1"),
+            ("interval", "inf"),
+            ("kill-old-delay", "1e20"),
+            ("auto-restart-interval", "99999999999999999999"),
+            ("backlog", "99999999999"),
+        ] {
             let e = parse(&[&format!("--{option}={value}"), "--", "true"]).unwrap_err().0;
             assert!(e.contains(&format!("Value \"{value}\" invalid for option {option}")), "{e}");
         }
@@ -274,22 +281,40 @@ mod tests {
         use std::os::unix::ffi::OsStringExt;
 
         const NAMES: [&str; 19] = [
-            "port", "path", "dir", "interval", "signal-on-hup", "signal-on-term", "pid-file", "status-file", "envdir", "log-file",
-            "backlog", "kill-old-delay", "auto-restart-interval", "daemonize", "enable-auto-restart", "restart", "stop", "help", "version",
+            "port",
+            "path",
+            "dir",
+            "interval",
+            "signal-on-hup",
+            "signal-on-term",
+            "pid-file",
+            "status-file",
+            "envdir",
+            "log-file",
+            "backlog",
+            "kill-old-delay",
+            "auto-restart-interval",
+            "daemonize",
+            "enable-auto-restart",
+            "restart",
+            "stop",
+            "help",
+            "version",
         ];
 
         /// Arguments that look like options (a name or a prefix, maybe `=value`) or anything.
         fn argument() -> impl Strategy<Value = OsString> {
             prop_oneof![
                 any::<Vec<u8>>().prop_map(OsString::from_vec),
-                (proptest::sample::select(NAMES.to_vec()), 0usize..8, proptest::option::of(any::<String>()))
-                    .prop_map(|(name, cut, value)| {
+                (proptest::sample::select(NAMES.to_vec()), 0usize..8, proptest::option::of(any::<String>())).prop_map(
+                    |(name, cut, value)| {
                         let name = &name[..name.len().min(cut.max(1))];
                         OsString::from(match value {
                             Some(v) => format!("--{name}={v}"),
                             None => format!("--{name}"),
                         })
-                    }),
+                    }
+                ),
                 any::<String>().prop_map(|s| OsString::from(format!("-{s}"))),
             ]
         }

@@ -173,10 +173,8 @@ fn open_regular(path: &Path) -> io::Result<std::fs::File> {
     if let Some(what) = kind(&before) {
         return Err(refuse(what));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path)?;
     let after = file.metadata()?;
     if let Some(what) = kind(&after) {
         return Err(refuse(what));
@@ -235,10 +233,7 @@ pub fn read_generations(path: &str) -> io::Result<Vec<u64>> {
     let mut text = String::new();
     // A status file lists a few generations: 1 MiB is plenty (a huge file cannot stall us).
     open_regular(Path::new(path))?.take(1 << 20).read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split_once(':').and_then(|(g, _)| g.trim().parse().ok()))
-        .collect())
+    Ok(text.lines().filter_map(|line| line.split_once(':').and_then(|(g, _)| g.trim().parse().ok())).collect())
 }
 
 /// The longest envdir value passed on: execve refuses a longer `NAME=value` string

@@ -92,14 +92,25 @@ fn signal_server(path: &str, file: &std::fs::File, pid: i32, signal: i32) -> Res
         if err.raw_os_error() != Some(libc::ENOSYS) {
             // ESRCH: no such process. The lock check below says why, if it is stale.
             files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
-            return Err((errno_code(&err), format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal))));
+            return Err((
+                errno_code(&err),
+                format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal)),
+            ));
         }
         None
     };
     files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
     let sent = match &pidfd {
         // SAFETY: pidfd_send_signal(2) on our pidfd, with no siginfo and no flags.
-        Some(fd) => unsafe { libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(fd), signal, std::ptr::null::<libc::siginfo_t>(), 0) },
+        Some(fd) => unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        },
         // SAFETY: kill(2) on the pid the locked pid file names.
         None => (unsafe { libc::kill(pid, signal) }) as libc::c_long,
     };
@@ -207,10 +218,11 @@ fn serve(cli: Cli) -> ExitCode {
         let name = option.as_deref().unwrap_or("TERM");
         signals::by_name(name).ok_or_else(|| format!("unknown signal name for --{what}: {name}"))
     };
-    let (signal_on_hup, signal_on_term) = match (signal(&cli.signal_on_hup, "signal-on-hup"), signal(&cli.signal_on_term, "signal-on-term")) {
-        (Ok(h), Ok(t)) => (h, t),
-        (Err(e), _) | (_, Err(e)) => return die(e),
-    };
+    let (signal_on_hup, signal_on_term) =
+        match (signal(&cli.signal_on_hup, "signal-on-hup"), signal(&cli.signal_on_term, "signal-on-term")) {
+            (Ok(h), Ok(t)) => (h, t),
+            (Err(e), _) | (_, Err(e)) => return die(e),
+        };
     if !files::program_exists(Path::new(&cli.command[0]), cli.dir.as_deref()) {
         return die(format!("server program not found: {}", cli.command[0].to_string_lossy()));
     }
@@ -225,11 +237,9 @@ fn serve(cli: Cli) -> ExitCode {
     if cli.enable_auto_restart {
         env.push(("ENABLE_AUTO_RESTART".into(), "1".into()));
     }
-    for (name, value) in [
-        ("AUTO_RESTART_INTERVAL", &cli.auto_restart_interval),
-        ("KILL_OLD_DELAY", &cli.kill_old_delay),
-        ("ENVDIR", &cli.envdir),
-    ] {
+    for (name, value) in
+        [("AUTO_RESTART_INTERVAL", &cli.auto_restart_interval), ("KILL_OLD_DELAY", &cli.kill_old_delay), ("ENVDIR", &cli.envdir)]
+    {
         if let Some(value) = value {
             env.push((name.into(), value.into()));
         }
@@ -334,4 +344,3 @@ fn cleanup_and_die(sockets: &[bind::Socket], message: impl std::fmt::Display) ->
     remove_paths(sockets);
     die(message)
 }
-

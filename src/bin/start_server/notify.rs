@@ -399,7 +399,10 @@ mod tests {
         let mut quick = Command::new("true").spawn().unwrap();
         let gone = quick.id() as i32;
         quick.wait().unwrap();
-        assert!(!from_worker(gone, other, worker_pid), "gone, with the worker's uid: another service running as that user could have sent it");
+        assert!(
+            !from_worker(gone, other, worker_pid),
+            "gone, with the worker's uid: another service running as that user could have sent it"
+        );
         assert!(from_worker(child, other, worker_pid), "the worker's live child is heard");
         // SAFETY: kill(2) on the processes we started.
         unsafe {

@@ -133,7 +133,9 @@ mod tests {
         assert_eq!(parse_seconds(" 0.5 "), Ok(Duration::from_millis(500)));
         assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
         assert_eq!(parse_seconds("31536000"), Ok(Duration::from_secs(31_536_000)));
-        for bad in ["", "abc", "1e20", "NaN", "nan", "inf", "-inf", "-1", "-0.5", "31536000.5", "99999999999999999999", "1e308", "2x"] {
+        for bad in
+            ["", "abc", "1e20", "NaN", "nan", "inf", "-inf", "-1", "-0.5", "31536000.5", "99999999999999999999", "1e308", "2x"]
+        {
             assert!(parse_seconds(bad).is_err(), "{bad}");
         }
     }

@@ -443,7 +443,10 @@ impl Supervisor {
                         }
                     } else if now >= deadline {
                         if let Some(pid) = pid {
-                            log!("new worker {pid} seems to have failed to start, exit status:{}", status_text(died.unwrap_or(0)));
+                            log!(
+                                "new worker {pid} seems to have failed to start, exit status:{}",
+                                status_text(died.unwrap_or(0))
+                            );
                         }
                         self.start_worker(after_hup);
                     }
