@@ -138,26 +138,13 @@ fn variables_for_another_process_are_ignored() {
 #[test]
 fn a_server_starter_key_must_match_its_socket() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let actual = listener.local_addr().unwrap();
     let claimed = free_port();
     let script = format!("SERVER_STARTER_PORT='127.0.0.1:{claimed}=3' exec {} --listen 127.0.0.1:{claimed}", demo().display());
     let mut cmd = Command::new("sh");
     cmd.args(["-c", &script]);
-    let source = listener.as_raw_fd();
-    // SAFETY: dup2 in the child before exec puts the listener at fd 3 (without close-on-exec).
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec: clear it then.
-            let placed = if source == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(source, 3) };
-            if placed < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
+    common::place_fd(&mut cmd, listener.as_raw_fd(), 3);
     let (status, _, stderr) = common::run_limited(cmd, LIMIT);
     assert_eq!(status.code(), Some(1), "{stderr}");
     let want = format!("SERVER_STARTER_PORT says fd 3 is 127.0.0.1:{claimed}, but fd 3 is bound to {actual}");

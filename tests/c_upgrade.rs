@@ -502,7 +502,6 @@ fn a_stop_during_the_confirmation_window_cancels_and_leaves_no_stale_pid_file() 
 #[test]
 fn a_readiness_pipe_from_an_older_generation_still_works() {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::process::CommandExt;
     let dir = scratch_dir("pipe");
     let pid_file = dir.join("server.pid");
     let mut fds = [0; 2];
@@ -515,11 +514,7 @@ fn a_readiness_pipe_from_an_older_generation_still_works() {
     let mut cmd = common::c_command(Path::new("/bin/sh"));
     cmd.args(["-c", "LAMEDUCK_READY_PID=$$ exec \"$0\" \"$@\""]).arg(demo());
     cmd.args(["--port", "0", "--pid-file"]).arg(&pid_file).env("LAMEDUCK_READY_FD", "9");
-    let source = write_end.as_raw_fd();
-    // SAFETY: dup2 in the child before exec puts the pipe at fd 9 (without close-on-exec).
-    unsafe {
-        cmd.pre_exec(move || if libc::dup2(source, 9) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
+    common::place_fd(&mut cmd, write_end.as_raw_fd(), 9);
     let proc = Proc::spawn(cmd);
     drop(write_end);
     let mut reader = std::fs::File::from(read_end);
@@ -549,7 +544,6 @@ fn nonblocking_read(file: &mut std::fs::File) -> std::io::Result<usize> {
 #[test]
 fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::process::CommandExt;
     // Not bound to this process: a pipe at fd 9 that nobody may write to or close.
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the array; both ends are ours.
@@ -558,11 +552,7 @@ fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let mut cmd = common::c_command(demo());
     cmd.args(["--port", "0"]).env("LAMEDUCK_READY_FD", "9");
-    let source = write_end.as_raw_fd();
-    // SAFETY: dup2 in the child before exec puts the pipe at fd 9 (without close-on-exec).
-    unsafe {
-        cmd.pre_exec(move || if libc::dup2(source, 9) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
+    common::place_fd(&mut cmd, write_end.as_raw_fd(), 9);
     let proc = Proc::spawn(cmd);
     drop(write_end);
     proc.wait_line(true, "without LAMEDUCK_READY_PID naming this process is not meant for it; ignoring it", LIMIT);
@@ -582,19 +572,7 @@ fn a_readiness_fd_that_is_not_this_process_channel_is_ignored_and_untouched() {
     let mut cmd = common::c_command(Path::new("/bin/sh"));
     cmd.args(["-c", "LISTEN_PID=$$ LAMEDUCK_READY_PID=$$ exec \"$0\" \"$@\""]).arg(demo()).args(["--listen", &address]);
     cmd.env("LISTEN_FDS", "1").env("LAMEDUCK_READY_FD", "3");
-    let source = listener.as_raw_fd();
-    // SAFETY: dup2 in the child before exec puts the listener at fd 3 (without close-on-exec).
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec: clear it then.
-            let placed = if source == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(source, 3) };
-            if placed < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
+    common::place_fd(&mut cmd, listener.as_raw_fd(), 3);
     let proc = Proc::spawn(cmd);
     proc.wait_line(true, "LAMEDUCK_READY_FD=\"3\" names a listening socket, not a readiness channel; ignoring it", LIMIT);
     proc.wait_line(true, "demo: state READY", LIMIT);

@@ -390,20 +390,24 @@ fn start_server_output(args: &[String]) -> (Option<i32>, String) {
     (status.code(), stderr)
 }
 
+/// start_server with the file option `option` (`--pid-file`, `--log-file`) at `path` and a
+/// worker that sleeps: its exit code and stderr (the tests expect it to refuse at once).
+fn serve_with_file(option: &str, path: &Path) -> (Option<i32>, String) {
+    start_server_output(&[
+        format!("{option}={}", path.display()),
+        "--port=127.0.0.1:0".into(),
+        "--".into(),
+        "sleep".into(),
+        "60".into(),
+    ])
+}
+
 #[test]
 fn planted_pid_files_are_refused_and_their_targets_untouched() {
     let dir = common::shared_dir("start-server-pidfile");
     let secret = "secret\n";
     let target = victim(&dir, "victim", secret);
-    let serve = |pid_file: &Path| {
-        start_server_output(&[
-            format!("--pid-file={}", pid_file.display()),
-            "--port=127.0.0.1:0".into(),
-            "--".into(),
-            "sleep".into(),
-            "60".into(),
-        ])
-    };
+    let serve = |path: &Path| serve_with_file("--pid-file", path);
 
     let link = dir.join("pid");
     common::plant_symlink(&target, &link);
@@ -594,15 +598,7 @@ fn the_log_file_is_never_reached_through_a_planted_link_or_a_foreign_file() {
     let dir = common::shared_dir("start-server-log");
     let secret = "secret\n";
     let target = victim(&dir, "victim", secret);
-    let serve = |log: &Path| {
-        start_server_output(&[
-            format!("--log-file={}", log.display()),
-            "--port=127.0.0.1:0".into(),
-            "--".into(),
-            "sleep".into(),
-            "60".into(),
-        ])
-    };
+    let serve = |path: &Path| serve_with_file("--log-file", path);
     let link = dir.join("log");
     common::plant_symlink(&target, &link);
     let (code, stderr) = serve(&link);

@@ -356,3 +356,21 @@ pub fn plant_symlink(target: &Path, link: &Path) {
     assert!(status.success(), "the attacker could not plant {}: {stderr}", link.display());
     assert_eq!(std::fs::symlink_metadata(link).unwrap().uid(), uid, "planted by the attacker");
 }
+
+/// Makes `source` (a descriptor of this process) appear at `target` in the program `cmd` runs,
+/// inherited across exec, as systemd or a previous generation would place it. A `source` that
+/// already is `target` only loses its close-on-exec flag (dup2 onto itself would keep it).
+pub fn place_fd(cmd: &mut Command, source: i32, target: i32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2/fcntl are async-signal-safe system calls on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let placed = if source == target { libc::fcntl(target, libc::F_SETFD, 0) } else { libc::dup2(source, target) };
+            if placed < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}

@@ -280,41 +280,22 @@ mod tests {
         use proptest::prelude::*;
         use std::os::unix::ffi::OsStringExt;
 
-        const NAMES: [&str; 19] = [
-            "port",
-            "path",
-            "dir",
-            "interval",
-            "signal-on-hup",
-            "signal-on-term",
-            "pid-file",
-            "status-file",
-            "envdir",
-            "log-file",
-            "backlog",
-            "kill-old-delay",
-            "auto-restart-interval",
-            "daemonize",
-            "enable-auto-restart",
-            "restart",
-            "stop",
-            "help",
-            "version",
-        ];
-
         /// Arguments that look like options (a name or a prefix, maybe `=value`) or anything.
         fn argument() -> impl Strategy<Value = OsString> {
             prop_oneof![
                 any::<Vec<u8>>().prop_map(OsString::from_vec),
-                (proptest::sample::select(NAMES.to_vec()), 0usize..8, proptest::option::of(any::<String>())).prop_map(
-                    |(name, cut, value)| {
+                (
+                    proptest::sample::select(WITH_VALUE.iter().chain(FLAGS.iter()).copied().collect::<Vec<_>>()),
+                    0usize..8,
+                    proptest::option::of(any::<String>())
+                )
+                    .prop_map(|(name, cut, value)| {
                         let name = &name[..name.len().min(cut.max(1))];
                         OsString::from(match value {
                             Some(v) => format!("--{name}={v}"),
                             None => format!("--{name}"),
                         })
-                    }
-                ),
+                    }),
                 any::<String>().prop_map(|s| OsString::from(format!("-{s}"))),
             ]
         }
