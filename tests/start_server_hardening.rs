@@ -55,19 +55,8 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The status file's `generation:pid` entries.
-fn status(path: &Path) -> Vec<(u64, i32)> {
-    read(path)
-        .lines()
-        .filter_map(|l| {
-            let (g, p) = l.split_once(':')?;
-            Some((g.parse().ok()?, p.parse().ok()?))
-        })
-        .collect()
-}
-
 fn generations(path: &Path) -> Vec<u64> {
-    status(path).into_iter().map(|(g, _)| g).collect()
+    common::status_entries(path).into_iter().map(|(g, _)| g).collect()
 }
 
 /// Whether `pid` has exited (gone, or a zombie nobody reaped yet).
@@ -836,7 +825,7 @@ fn workers_get_the_signal_on_term_when_start_server_is_killed() {
     .env("REPORT_DIR", &dir);
     let run = Running::start(cmd);
     wait_until("generation 1", || generations(&status_path) == [1]);
-    let worker = status(&status_path)[0].1;
+    let worker = common::status_entries(&status_path)[0].1;
     assert!(common::get_body(port, LIMIT).starts_with("1:"));
     let _litter = NotifyDirLitter::of_worker(worker);
     run.proc.signal(libc::SIGKILL);
@@ -928,7 +917,7 @@ fn restart_fails_fast_when_start_server_goes_away() {
     restart.arg("--restart").args(&files);
     let restart = Proc::spawn(restart);
     run.line("seems to have failed to start");
-    let _litter = NotifyDirLitter::of_worker(status(&status_path)[0].1);
+    let _litter = NotifyDirLitter::of_worker(common::status_entries(&status_path)[0].1);
     run.proc.signal(libc::SIGKILL);
     let killed = Instant::now();
     let (status, stderr) = restart.finish(Duration::from_secs(30));

@@ -65,17 +65,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// The status file's `generation:pid` entries.
-fn status_entries(status: &Path) -> Vec<(u64, i32)> {
-    read(status)
-        .lines()
-        .filter_map(|l| {
-            let (g, p) = l.split_once(':')?;
-            Some((g.parse().ok()?, p.parse().ok()?))
-        })
-        .collect()
-}
-
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
@@ -209,7 +198,7 @@ fn hup_storm(bin: &Path, extra: &[&str]) -> StormResult {
     let worker = [demo.as_os_str(), "--listen".as_ref(), address.as_ref(), "--period".as_ref(), "3000".as_ref()];
     let run = Starter::spawn(bin, &args, &worker);
     run.nth("demo: state READY", 1);
-    wait_until("generation 1", LIMIT, || status_entries(&status).len() == 1);
+    wait_until("generation 1", LIMIT, || common::status_entries(&status).len() == 1);
 
     let load = Load::start(port, 20);
     load.wait_for_more(50, LIMIT);
@@ -225,7 +214,7 @@ fn hup_storm(bin: &Path, extra: &[&str]) -> StormResult {
     let count = |needle: &str| run.stderr().matches(needle).count();
     wait_until("the storm to settle", STORM_LIMIT, || {
         let hups = count("received HUP, spawning a new worker");
-        hups > 0 && hups == count("killing old workers") && status_entries(&status).len() == 1
+        hups > 0 && hups == count("killing old workers") && common::status_entries(&status).len() == 1
     });
     let hups = count("received HUP, spawning a new worker");
     load.wait_for_more(50, LIMIT);
@@ -292,8 +281,8 @@ fn a_group_sighup_gives_one_generation_and_stop_leaves_nothing() {
     let worker = [demo.as_os_str(), "--listen".as_ref(), address.as_ref(), "--period".as_ref(), "3000".as_ref()];
     let run = Starter::spawn(&ours(), &args, &worker);
     run.nth("demo: state READY", 1);
-    wait_until("generation 1", LIMIT, || status_entries(&status).len() == 1);
-    let (_, first) = status_entries(&status)[0];
+    wait_until("generation 1", LIMIT, || common::status_entries(&status).len() == 1);
+    let (_, first) = common::status_entries(&status)[0];
     let load = Load::start(port, 4);
     load.wait_for_more(20, LIMIT);
 
@@ -301,8 +290,8 @@ fn a_group_sighup_gives_one_generation_and_stop_leaves_nothing() {
     assert_eq!(unsafe { libc::kill(-run.pgid, libc::SIGHUP) }, 0);
     run.nth("received HUP, spawning a new worker", 1);
     run.nth(&format!("old worker {first} died, status:0"), 1);
-    wait_until("generation 2 alone", LIMIT, || status_entries(&status).iter().map(|e| e.0).eq([2]));
-    let (_, second) = status_entries(&status)[0];
+    wait_until("generation 2 alone", LIMIT, || common::status_entries(&status).iter().map(|e| e.0).eq([2]));
+    let (_, second) = common::status_entries(&status)[0];
     load.wait_for_more(20, LIMIT);
     let answers: Vec<String> = (0..10).map(|_| hello(port)).collect();
     let expected = format!("hello from lameduck (pid {second})");

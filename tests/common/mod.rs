@@ -374,3 +374,16 @@ pub fn place_fd(cmd: &mut Command, source: i32, target: i32) -> &mut Command {
         })
     }
 }
+
+/// A start_server status file's `generation:pid` entries, in file order (none when it is
+/// missing; lines that are not `N:PID` are skipped).
+pub fn status_entries(path: &Path) -> Vec<(u64, i32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (g, p) = l.split_once(':')?;
+            Some((g.parse().ok()?, p.parse().ok()?))
+        })
+        .collect()
+}
