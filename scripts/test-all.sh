@@ -2,7 +2,8 @@
 # Runs every test: formatting and lints (cargo fmt, clippy), Rust unit and integration tests,
 # the C tests (AddressSanitizer/UBSan, then valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
 # Python package's tests (pytest, mypy --strict) in a project venv (.venv), and the Node
-# package's tests (node --test) with its dependencies in bindings/node/node_modules.
+# package's tests (node --test) with its dependencies in bindings/node/node_modules, and the
+# conformance suite (tests/conformance) in all three languages.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
 # haproxy) by itself.
 set -euo pipefail
@@ -64,5 +65,9 @@ echo "== Node: npm install (builds the addon with @napi-rs/cli), node --test"
 # npm install, not npm ci: npm 11 leaves other platforms' optional packages out of the lockfile
 # and then npm ci rejects it. npm install still follows the lockfile.
 (cd bindings/node && npm install --no-audit --no-fund --loglevel=error && npm test)
+
+echo "== conformance: every scenario in tests/conformance/scenarios.toml, in C, Python and Node"
+LAMEDUCK_CONFORMANCE=c,python,node LAMEDUCK_CONFORMANCE_PYTHON="$PWD/.venv/bin/python" \
+  cargo test --test conformance -- --nocapture 2>&1
 
 echo "== all tests passed"

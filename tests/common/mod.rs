@@ -201,6 +201,56 @@ impl Proc {
         }
     }
 
+    /// Waits until a stdout line at index `from` or later contains `needle`; returns its index,
+    /// or None when `limit` passes first.
+    pub fn wait_stdout_from(&self, needle: &str, from: usize, limit: Duration) -> Option<usize> {
+        let start = Instant::now();
+        let mut l = self.lines.0.lock().unwrap();
+        loop {
+            if let Some(i) = l.stdout.iter().skip(from).position(|line| line.contains(needle)) {
+                return Some(from + i);
+            }
+            let left = limit.checked_sub(start.elapsed())?;
+            l = self.lines.1.wait_timeout(l, left).unwrap().0;
+        }
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.lines.0.lock().unwrap().stdout.clone()
+    }
+
+    /// Waits (bounded) for the process to exit, without waiting for its output to end (a
+    /// grandchild may still hold the pipes); None if it is still running at `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (bounded) until every holder of the process's stdout and stderr has closed them,
+    /// so that every line written is collected; false if some holder is still alive at `limit`.
+    pub fn wait_output_end(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.readers.iter().any(|r| !r.is_finished()) {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        true
+    }
+
     /// All stdout and stderr lines so far.
     pub fn text(&self) -> (String, String) {
         let l = self.lines.0.lock().unwrap();
