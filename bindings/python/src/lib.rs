@@ -144,8 +144,20 @@ impl<'py> Given<'_, 'py> {
         self.raw(field)?.map(|v| v.extract::<T>().map_err(Into::into)).transpose()
     }
 
-    fn seconds(&self, py: Python<'py>, field: OptionField) -> PyResult<Option<Duration>> {
-        self.get::<f64>(field)?.map(|v| seconds(py, python_name(field).unwrap_or_default(), v)).transpose()
+    /// Stores the option in `target` when it was given.
+    fn set<T: FromPyObjectOwned<'py>>(&self, field: OptionField, target: &mut T) -> PyResult<()> {
+        if let Some(value) = self.get(field)? {
+            *target = value;
+        }
+        Ok(())
+    }
+
+    /// Stores the option, a number of seconds, in `target` when it was given.
+    fn set_seconds(&self, py: Python<'py>, field: OptionField, target: &mut Duration) -> PyResult<()> {
+        if let Some(value) = self.get::<f64>(field)? {
+            *target = seconds(py, python_name(field).unwrap_or_default(), value)?;
+        }
+        Ok(())
     }
 
     /// A core error as a ValueError; one about an option names the argument and its value.
@@ -416,18 +428,10 @@ impl PyRunner {
         let given = Given { options };
         given.check_names()?;
         let mut o = Options { signal_owner: SignalOwner::Host, ..Options::default() };
-        if let Some(v) = given.seconds(py, OptionField::Period)? {
-            o.period = v;
-        }
-        if let Some(v) = given.get(OptionField::Signals)? {
-            o.signals = v;
-        }
-        if let Some(v) = given.seconds(py, OptionField::DrainDelay)? {
-            o.drain_delay = v;
-        }
-        if let Some(v) = given.seconds(py, OptionField::CloseTimeout)? {
-            o.close_timeout = v;
-        }
+        given.set_seconds(py, OptionField::Period, &mut o.period)?;
+        given.set(OptionField::Signals, &mut o.signals)?;
+        given.set_seconds(py, OptionField::DrainDelay, &mut o.drain_delay)?;
+        given.set_seconds(py, OptionField::CloseTimeout, &mut o.close_timeout)?;
         if let Some(v) = given.get::<Option<Py<PyAny>>>(OptionField::Logger)? {
             o.logger = v.map(python_logger);
         }
@@ -437,33 +441,19 @@ impl PyRunner {
         if let Some(v) = given.get::<Option<Py<PyAny>>>(OptionField::StateObserver)? {
             o.state_observer = v.map(python_observer);
         }
-        if let Some(v) = given.get(OptionField::ExplicitReady)? {
-            o.explicit_ready = v;
-        }
-        if let Some(v) = given.get(OptionField::UpgradeSignals)? {
-            o.upgrade_signals = v;
-        }
-        if let Some(v) = given.seconds(py, OptionField::UpgradeTimeout)? {
-            o.upgrade_timeout = v;
-        }
+        given.set(OptionField::ExplicitReady, &mut o.explicit_ready)?;
+        given.set(OptionField::UpgradeSignals, &mut o.upgrade_signals)?;
+        given.set_seconds(py, OptionField::UpgradeTimeout, &mut o.upgrade_timeout)?;
         if let Some(argv) = given.get::<Option<Vec<std::path::PathBuf>>>(OptionField::UpgradeCommand)? {
             o.upgrade_command = argv.map(|argv| {
                 let program = argv.first().cloned().unwrap_or_default();
                 lameduck::UpgradeCommand { program, args: argv.into_iter().map(Into::into).collect() }
             });
         }
-        if let Some(v) = given.get(OptionField::PidFile)? {
-            o.pid_file = v;
-        }
-        if let Some(v) = given.seconds(py, OptionField::ListenTimeout)? {
-            o.listen_timeout = v;
-        }
-        if let Some(v) = given.seconds(py, OptionField::UpgradeConfirm)? {
-            o.upgrade_confirm = v;
-        }
-        if let Some(v) = given.get(OptionField::UpgradeWithoutListeners)? {
-            o.upgrade_without_listeners = v;
-        }
+        given.set(OptionField::PidFile, &mut o.pid_file)?;
+        given.set_seconds(py, OptionField::ListenTimeout, &mut o.listen_timeout)?;
+        given.set_seconds(py, OptionField::UpgradeConfirm, &mut o.upgrade_confirm)?;
+        given.set(OptionField::UpgradeWithoutListeners, &mut o.upgrade_without_listeners)?;
         let runner = Runner::new(Arc::new(PyServer { bridge }), o).map_err(|e| given.invalid(e))?;
         Ok(PyRunner { runner })
     }
