@@ -240,6 +240,10 @@ typedef struct ld_error ld_error;
  * Run options. Make with `ld_options_new`, free with `ld_options_free`. Runners copy the
  * options when they are made, so the options may be changed or freed afterwards.
  * Not thread-safe: set options from one thread at a time.
+ *
+ * Every `ld_options_set_*` either stores its value and returns `LD_OK`, or returns an error
+ * and leaves the options unchanged (no partial update). `ld_runner_new` checks the options as
+ * a whole again, for values that conflict with each other.
  */
 typedef struct ld_options ld_options;
 
@@ -415,7 +419,8 @@ void ld_options_free(struct ld_options *options);
 
 /**
  * Sets the lame-duck period: shutdown's deadline is trigger (+ drain delay) + period.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or more than 86400000 (24 h).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or more than
+ * 86400000 (24 h).
  */
 enum ld_status ld_options_set_period_ms(struct ld_options *options, uint64_t period_ms);
 
@@ -423,14 +428,15 @@ enum ld_status ld_options_set_period_ms(struct ld_options *options, uint64_t per
  * Sets the drain delay: after the trigger the state is `LD_STATE_DRAINING` (not ready) and
  * serve keeps serving this long before shutdown is called, so load balancers stop sending
  * traffic first. 0 (the default) means no drain.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
  */
 enum ld_status ld_options_set_drain_delay_ms(struct ld_options *options, uint64_t delay_ms);
 
 /**
  * Sets how long the run waits, once close was called, for close (and for serve and shutdown)
  * to return before it gives up on them and returns anyway (`ld_error_abandoned`).
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+ * 86400000 (24 h).
  */
 enum ld_status ld_options_set_close_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
 
@@ -439,8 +445,8 @@ enum ld_status ld_options_set_close_timeout_ms(struct ld_options *options, uint6
  * copied. Signals that cannot or must not be trapped are rejected: 0, negatives, above
  * SIGRTMAX, SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL and the C library's reserved
  * real-time signals.
- * Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0; options are then
- * unchanged); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
+ * Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
+ * count > 0); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
  */
 enum ld_status ld_options_set_signals(struct ld_options *options, const int *signals, size_t count);
 
@@ -461,7 +467,7 @@ enum ld_status ld_options_disable_logging(struct ld_options *options);
 /**
  * Sets what repeated trigger signals do: one of `LD_REPEAT_FORCE` (default),
  * `LD_REPEAT_IGNORE`, `LD_REPEAT_EXIT`.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for any other value (options unchanged).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for any other value.
  */
 enum ld_status ld_options_set_repeat_signal_policy(struct ld_options *options, int policy);
 
@@ -494,8 +500,8 @@ enum ld_status ld_options_set_install_signal_handlers(struct ld_options *options
  * Replaces the upgrade signals (default SIGHUP) with `signals[0..count]`; count 0 turns
  * upgrades by signal off (`ld_runner_upgrade` still works). The same signals are accepted as
  * for `ld_options_set_signals`, and none may also be a trigger signal.
- * Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0);
- * `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
+ * Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
+ * count > 0); `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
  * `ld_runner_new`).
  */
 enum ld_status ld_options_set_upgrade_signals(struct ld_options *options,
@@ -505,7 +511,8 @@ enum ld_status ld_options_set_upgrade_signals(struct ld_options *options,
 /**
  * Sets how long an upgrade's new process has to report ready before it is terminated and
  * the upgrade fails (the old process goes on serving). Default 60000.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+ * 86400000 (24 h).
  */
 enum ld_status ld_options_set_upgrade_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
 
@@ -514,7 +521,8 @@ enum ld_status ld_options_set_upgrade_timeout_ms(struct ld_options *options, uin
  * take every listener the previous generation handed over, before it reports ready. When the
  * time is up the upgrade fails (the old process goes on serving) with a message naming the
  * listeners nobody took. Default 10000.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+ * 86400000 (24 h).
  */
 enum ld_status ld_options_set_listen_timeout_ms(struct ld_options *options, uint64_t timeout_ms);
 
@@ -522,7 +530,7 @@ enum ld_status ld_options_set_listen_timeout_ms(struct ld_options *options, uint
  * Sets how long the old process keeps serving beside a new one that reported ready before it
  * hands over and enters lame-duck. A new process that exits within this window fails the
  * upgrade and the old process simply goes on serving. 0 hands over at once. Default 1000.
- * Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
  */
 enum ld_status ld_options_set_upgrade_confirm_ms(struct ld_options *options, uint64_t window_ms);
 
@@ -540,7 +548,8 @@ enum ld_status ld_options_set_upgrade_without_listeners(struct ld_options *optio
  * started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
  * `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the
  * program and arguments this process was started with.
- * Errors: `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or a NULL entry);
+ * Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or
+ * a NULL entry);
  * `LD_INVALID_ARGUMENT` when `argc` is 0 or `program` is empty.
  */
 enum ld_status ld_options_set_upgrade_command(struct ld_options *options,
@@ -552,7 +561,8 @@ enum ld_status ld_options_set_upgrade_command(struct ld_options *options,
  * Sets a pid file (copied), written atomically (temporary file + rename) by whichever
  * process is the current generation once its run is ready, and removed when the last
  * generation stops. NULL removes the setting.
- * Errors: `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT` for "".
+ * Errors (options unchanged): `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT`
+ * for "".
  */
 enum ld_status ld_options_set_pid_file(struct ld_options *options, const char *path);
 

@@ -9,105 +9,85 @@ use std::any::Any;
 use std::ffi::CStr;
 use std::fmt;
 
-/// The kind of a failed run or API call. The numbers are the C ABI's `ld_status` values and
-/// are never reused once retired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum ErrorKind {
+use crate::options::OptionField;
+
+/// Defines [`ErrorKind`] from one table: each kind's `ld_status` number, its name (the C status
+/// without `LD_`) and its `ld_status_str` text are written once, next to each other, so a new
+/// kind cannot be added without all three. The C enum (`capi::error::ld_status`) is checked
+/// against this table at compile time.
+macro_rules! error_kinds {
+    ($( $(#[$doc:meta])* $kind:ident = $number:literal, $name:literal, $text:literal; )*) => {
+        /// The kind of a failed run or API call. The numbers are the C ABI's `ld_status` values
+        /// and are never reused once retired.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(i32)]
+        pub enum ErrorKind {
+            $( $(#[$doc])* $kind = $number, )*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in `ld_status` order.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$kind),*];
+
+            /// The kind's stable name, shared by the bindings: `EXPIRED`, `SHUTDOWN_FAILED`, …
+            /// (the C status without its `LD_` prefix).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( ErrorKind::$kind => $name, )*
+                }
+            }
+
+            /// Static English text for the kind, as returned by `ld_status_str`.
+            pub const fn description(self) -> &'static CStr {
+                match self {
+                    $( ErrorKind::$kind => $text, )*
+                }
+            }
+        }
+    };
+}
+
+error_kinds! {
     /// The lame-duck period ran out (or `shutdown` said so) and `close` was called.
-    Expired = 1,
+    Expired = 1, "EXPIRED", c"lame-duck period expired; close was called";
     /// `serve` failed: before any trigger, or on its own during lame-duck.
-    Failed = 2,
+    Failed = 2, "FAILED", c"serve failed";
     /// `shutdown` returned its own error.
-    ShutdownFailed = 3,
+    ShutdownFailed = 3, "SHUTDOWN_FAILED", c"shutdown failed";
     /// A repeated trigger signal cut the lame-duck period short and `close` was called.
-    Forced = 4,
+    Forced = 4, "FORCED", c"forced by a repeated signal; close was called";
     /// The run was stopped before it started; no hook was called.
-    Canceled = 5,
-    /// An option or argument has a value that cannot be used.
-    InvalidArgument = 6,
+    Canceled = 5, "CANCELED", c"canceled before the run started";
+    /// An option or argument has a value that cannot be used ([`Error::field`] names the option).
+    InvalidArgument = 6, "INVALID_ARGUMENT", c"invalid argument";
     /// A required pointer was NULL (C ABI only).
-    NullArgument = 7,
+    NullArgument = 7, "NULL_ARGUMENT", c"NULL argument";
     /// The runner is running or has already run; or an upgrade is already in flight.
-    Busy = 8,
+    Busy = 8, "BUSY", c"busy: the runner is running or has already run, or an upgrade is in flight";
     /// A hook (or the library itself) panicked; the panic was caught.
-    Panic = 9,
+    Panic = 9, "PANIC", c"a panic was caught";
     /// The signal handlers could not be installed.
-    SignalSetup = 10,
+    SignalSetup = 10, "SIGNAL_SETUP", c"signal handlers could not be installed";
     /// A wait ran out of time (`wait_ready`).
-    Timeout = 11,
+    Timeout = 11, "TIMEOUT", c"timed out";
     /// The run ended without ever becoming ready (`wait_ready`).
-    NotRunning = 12,
+    NotRunning = 12, "NOT_RUNNING", c"the run ended before the server became ready";
     /// The operating system refused a resource (a thread or a pipe).
-    System = 13,
+    System = 13, "SYSTEM", c"system resource error";
     /// An upgrade failed: the new process could not start, exited, or was not ready in time.
     /// It was terminated and the old process goes on serving.
-    UpgradeFailed = 14,
+    UpgradeFailed = 14, "UPGRADE_FAILED", c"upgrade failed; the old process goes on serving";
 }
 
 impl ErrorKind {
-    /// Every kind, in `ld_status` order.
-    const ALL: [ErrorKind; 14] = [
-        ErrorKind::Expired,
-        ErrorKind::Failed,
-        ErrorKind::ShutdownFailed,
-        ErrorKind::Forced,
-        ErrorKind::Canceled,
-        ErrorKind::InvalidArgument,
-        ErrorKind::NullArgument,
-        ErrorKind::Busy,
-        ErrorKind::Panic,
-        ErrorKind::SignalSetup,
-        ErrorKind::Timeout,
-        ErrorKind::NotRunning,
-        ErrorKind::System,
-        ErrorKind::UpgradeFailed,
-    ];
+    /// The kind's `ld_status` number.
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
 
     /// The kind with this `ld_status` number, if any.
     pub fn from_code(code: i32) -> Option<ErrorKind> {
-        ErrorKind::ALL.into_iter().find(|k| *k as i32 == code)
-    }
-
-    /// Static English text for the kind, as returned by `ld_status_str`.
-    pub fn description(self) -> &'static CStr {
-        match self {
-            ErrorKind::Expired => c"lame-duck period expired; close was called",
-            ErrorKind::Failed => c"serve failed",
-            ErrorKind::ShutdownFailed => c"shutdown failed",
-            ErrorKind::Forced => c"forced by a repeated signal; close was called",
-            ErrorKind::Canceled => c"canceled before the run started",
-            ErrorKind::InvalidArgument => c"invalid argument",
-            ErrorKind::NullArgument => c"NULL argument",
-            ErrorKind::Busy => c"busy: the runner is running or has already run, or an upgrade is in flight",
-            ErrorKind::Panic => c"a panic was caught",
-            ErrorKind::SignalSetup => c"signal handlers could not be installed",
-            ErrorKind::Timeout => c"timed out",
-            ErrorKind::NotRunning => c"the run ended before the server became ready",
-            ErrorKind::System => c"system resource error",
-            ErrorKind::UpgradeFailed => c"upgrade failed; the old process goes on serving",
-        }
-    }
-
-    /// The kind's stable name, shared by the bindings: `EXPIRED`, `SHUTDOWN_FAILED`, …
-    /// (the C status without its `LD_` prefix).
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Expired => "EXPIRED",
-            ErrorKind::Failed => "FAILED",
-            ErrorKind::ShutdownFailed => "SHUTDOWN_FAILED",
-            ErrorKind::Forced => "FORCED",
-            ErrorKind::Canceled => "CANCELED",
-            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorKind::NullArgument => "NULL_ARGUMENT",
-            ErrorKind::Busy => "BUSY",
-            ErrorKind::Panic => "PANIC",
-            ErrorKind::SignalSetup => "SIGNAL_SETUP",
-            ErrorKind::Timeout => "TIMEOUT",
-            ErrorKind::NotRunning => "NOT_RUNNING",
-            ErrorKind::System => "SYSTEM",
-            ErrorKind::UpgradeFailed => "UPGRADE_FAILED",
-        }
+        ErrorKind::ALL.iter().copied().find(|k| k.code() == code)
     }
 
     /// [`ErrorKind::description`] as a `&str`.
@@ -121,7 +101,9 @@ impl ErrorKind {
 /// `code` is the return code of the hook the kind is about: `serve`'s for [`ErrorKind::Failed`],
 /// `shutdown`'s for [`ErrorKind::ShutdownFailed`], `close`'s for [`ErrorKind::Expired`] and
 /// [`ErrorKind::Forced`] (0 when `close` succeeded). `cause` keeps the hook's own error, so a
-/// binding can hand the original exception back to its caller.
+/// binding can hand the original exception back to its caller. `field` names the option an
+/// [`ErrorKind::InvalidArgument`] is about, so each binding can name it in its own spelling
+/// (`drain_delay`, `drainDelay`, `ld_options_set_drain_delay_ms`) without redoing the check.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -129,6 +111,7 @@ pub struct Error {
     code: i32,
     message: String,
     abandoned: bool,
+    field: Option<OptionField>,
     #[source]
     cause: Option<HookError>,
 }
@@ -136,7 +119,7 @@ pub struct Error {
 impl Error {
     /// An error with no hook behind it.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, code: 0, message: message.into(), abandoned: false, cause: None }
+        Error { kind, code: 0, message: message.into(), abandoned: false, field: None, cause: None }
     }
 
     pub(crate) fn with_cause(mut self, code: i32, cause: Option<HookError>) -> Self {
@@ -154,6 +137,18 @@ impl Error {
         Error::new(ErrorKind::InvalidArgument, message)
     }
 
+    /// An [`ErrorKind::InvalidArgument`] about `field`.
+    pub(crate) fn invalid_option(field: OptionField, message: impl Into<String>) -> Self {
+        Error::invalid(message).in_field(field)
+    }
+
+    /// The same error, about `field` (a check shared by several options, such as one signal's,
+    /// learns which option it was checking from its caller).
+    pub(crate) fn in_field(mut self, field: OptionField) -> Self {
+        self.field = Some(field);
+        self
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -161,6 +156,10 @@ impl Error {
     /// The return code of the hook the kind is about (0 when there is none).
     pub fn code(&self) -> i32 {
         self.code
+    }
+    /// The option an [`ErrorKind::InvalidArgument`] is about, when it is about one.
+    pub fn field(&self) -> Option<OptionField> {
+        self.field
     }
     /// The human-readable message (Go's `LameDuckError.Error()` text for run outcomes).
     pub fn message(&self) -> &str {

@@ -40,9 +40,10 @@ pub use error::{Error, ErrorKind, HookError, HookFailure};
 pub use format::{go_duration, signal_list, signal_name};
 pub use generation::READY_FD_ENV;
 pub use options::{
-    stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_period, validate_signal,
-    validate_signals, validate_upgrade_command, validate_upgrade_confirm, validate_upgrade_signals, validate_upgrade_timeout,
-    Level, Logger, Options, RepeatSignalPolicy, SignalOwner, StateObserver, UpgradeCommand, MAX_DURATION,
+    stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_period, validate_pid_file,
+    validate_signal, validate_signals, validate_upgrade_command, validate_upgrade_confirm, validate_upgrade_signals,
+    validate_upgrade_timeout, Level, Logger, OptionField, Options, RepeatSignalPolicy, SignalOwner, StateObserver,
+    UpgradeCommand, MAX_DURATION,
 };
 pub use runner::Runner;
 pub use server::Server;

@@ -2,7 +2,9 @@
 //!
 //! Options are plain values; [`Options::validate`] is the one place that decides what is
 //! acceptable, so the C setters, the Python keyword arguments and the Node options object all
-//! reject the same values with the same messages, before anything starts.
+//! reject the same values with the same messages, before anything starts. Each rejection names
+//! its [`OptionField`], so a binding says which of its own arguments was wrong from one table of
+//! spellings instead of repeating the checks to find out.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -16,6 +18,96 @@ use crate::state::State;
 /// The longest period, drain delay or close timeout accepted: one day. Anything longer is
 /// almost certainly a unit mistake (seconds passed as milliseconds).
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// One field of [`Options`], as named by a validation error ([`Error::field`]). Each binding
+/// maps these to its own spelling in one table (Python `drain_delay`, Node `drainDelay`, C
+/// `ld_options_set_drain_delay_ms`). Deliberately not `#[non_exhaustive]`: a new option should
+/// fail to compile in each binding's exhaustive `match` until it has a spelling there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptionField {
+    /// [`Options::period`].
+    Period,
+    /// [`Options::signals`].
+    Signals,
+    /// [`Options::drain_delay`].
+    DrainDelay,
+    /// [`Options::close_timeout`].
+    CloseTimeout,
+    /// [`Options::logger`].
+    Logger,
+    /// [`Options::repeat_signal`].
+    RepeatSignal,
+    /// [`Options::state_observer`].
+    StateObserver,
+    /// [`Options::explicit_ready`].
+    ExplicitReady,
+    /// [`Options::signal_owner`].
+    SignalOwner,
+    /// [`Options::upgrade_signals`].
+    UpgradeSignals,
+    /// [`Options::upgrade_timeout`].
+    UpgradeTimeout,
+    /// [`Options::upgrade_command`].
+    UpgradeCommand,
+    /// [`Options::pid_file`].
+    PidFile,
+    /// [`Options::listen_timeout`].
+    ListenTimeout,
+    /// [`Options::upgrade_confirm`].
+    UpgradeConfirm,
+    /// [`Options::upgrade_without_listeners`].
+    UpgradeWithoutListeners,
+}
+
+impl OptionField {
+    /// Every field, in the order of [`Options`].
+    pub const ALL: &'static [OptionField] = &[
+        OptionField::Period,
+        OptionField::Signals,
+        OptionField::DrainDelay,
+        OptionField::CloseTimeout,
+        OptionField::Logger,
+        OptionField::RepeatSignal,
+        OptionField::StateObserver,
+        OptionField::ExplicitReady,
+        OptionField::SignalOwner,
+        OptionField::UpgradeSignals,
+        OptionField::UpgradeTimeout,
+        OptionField::UpgradeCommand,
+        OptionField::PidFile,
+        OptionField::ListenTimeout,
+        OptionField::UpgradeConfirm,
+        OptionField::UpgradeWithoutListeners,
+    ];
+
+    /// The Rust name of the field in [`Options`]: `period`, `drain_delay`, …
+    pub const fn name(self) -> &'static str {
+        match self {
+            OptionField::Period => "period",
+            OptionField::Signals => "signals",
+            OptionField::DrainDelay => "drain_delay",
+            OptionField::CloseTimeout => "close_timeout",
+            OptionField::Logger => "logger",
+            OptionField::RepeatSignal => "repeat_signal",
+            OptionField::StateObserver => "state_observer",
+            OptionField::ExplicitReady => "explicit_ready",
+            OptionField::SignalOwner => "signal_owner",
+            OptionField::UpgradeSignals => "upgrade_signals",
+            OptionField::UpgradeTimeout => "upgrade_timeout",
+            OptionField::UpgradeCommand => "upgrade_command",
+            OptionField::PidFile => "pid_file",
+            OptionField::ListenTimeout => "listen_timeout",
+            OptionField::UpgradeConfirm => "upgrade_confirm",
+            OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
+        }
+    }
+}
+
+impl std::fmt::Display for OptionField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,9 +149,10 @@ impl RepeatSignalPolicy {
             "force" => Ok(RepeatSignalPolicy::Force),
             "ignore" => Ok(RepeatSignalPolicy::Ignore),
             "exit" | "exit-now" | "exit_now" => Ok(RepeatSignalPolicy::ExitNow),
-            other => {
-                Err(Error::invalid(format!("repeat signal policy {other:?} is invalid: use \"force\", \"ignore\" or \"exit\"")))
-            }
+            other => Err(Error::invalid_option(
+                OptionField::RepeatSignal,
+                format!("repeat signal policy {other:?} is invalid: use \"force\", \"ignore\" or \"exit\""),
+            )),
         }
     }
 }
@@ -223,8 +316,8 @@ impl Options {
         if let Some(command) = &self.upgrade_command {
             validate_upgrade_command(command)?;
         }
-        if self.pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(Error::invalid("pid file \"\" is invalid: give a path, or no pid file"));
+        if let Some(path) = &self.pid_file {
+            validate_pid_file(path)?;
         }
         Ok(())
     }
@@ -235,51 +328,54 @@ impl Options {
             SignalOwner::Library => validate_signals(&self.signals),
             SignalOwner::Host => self.signals.iter().try_for_each(|&s| validate_signal(s)),
         }
+        .map_err(|e| e.in_field(OptionField::Signals))
     }
 }
 
 /// A duration that must be above zero and at most [`MAX_DURATION`]; the message names `what`.
-fn validate_positive(what: &str, value: Duration) -> Result<(), Error> {
+fn validate_positive(field: OptionField, what: &str, value: Duration) -> Result<(), Error> {
     if value.is_zero() || value > MAX_DURATION {
-        return Err(Error::invalid(format!(
-            "{what} {} is invalid: it must be greater than zero and at most {}",
-            go_duration(value),
-            go_duration(MAX_DURATION)
-        )));
+        return Err(Error::invalid_option(
+            field,
+            format!(
+                "{what} {} is invalid: it must be greater than zero and at most {}",
+                go_duration(value),
+                go_duration(MAX_DURATION)
+            ),
+        ));
     }
     Ok(())
 }
 
 /// The period must be above zero and at most [`MAX_DURATION`].
 pub fn validate_period(period: Duration) -> Result<(), Error> {
-    validate_positive("lame-duck period", period)
+    validate_positive(OptionField::Period, "lame-duck period", period)
 }
 
 /// The drain delay may be zero, and at most [`MAX_DURATION`].
 pub fn validate_drain_delay(delay: Duration) -> Result<(), Error> {
     if delay > MAX_DURATION {
-        return Err(Error::invalid(format!(
-            "drain delay {} is invalid: it must be at most {}",
-            go_duration(delay),
-            go_duration(MAX_DURATION)
-        )));
+        return Err(Error::invalid_option(
+            OptionField::DrainDelay,
+            format!("drain delay {} is invalid: it must be at most {}", go_duration(delay), go_duration(MAX_DURATION)),
+        ));
     }
     Ok(())
 }
 
 /// The close timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_close_timeout(timeout: Duration) -> Result<(), Error> {
-    validate_positive("close timeout", timeout)
+    validate_positive(OptionField::CloseTimeout, "close timeout", timeout)
 }
 
 /// The upgrade timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_upgrade_timeout(timeout: Duration) -> Result<(), Error> {
-    validate_positive("upgrade timeout", timeout)
+    validate_positive(OptionField::UpgradeTimeout, "upgrade timeout", timeout)
 }
 
 /// The listen timeout must be above zero and at most [`MAX_DURATION`].
 pub fn validate_listen_timeout(timeout: Duration) -> Result<(), Error> {
-    validate_positive("listen timeout", timeout)
+    validate_positive(OptionField::ListenTimeout, "listen timeout", timeout)
 }
 
 /// The upgrade confirmation window may be zero, and at most one minute: the old and the new
@@ -287,11 +383,10 @@ pub fn validate_listen_timeout(timeout: Duration) -> Result<(), Error> {
 pub fn validate_upgrade_confirm(window: Duration) -> Result<(), Error> {
     let max = Duration::from_secs(60);
     if window > max {
-        return Err(Error::invalid(format!(
-            "upgrade confirmation window {} is invalid: it must be at most {}",
-            go_duration(window),
-            go_duration(max)
-        )));
+        return Err(Error::invalid_option(
+            OptionField::UpgradeConfirm,
+            format!("upgrade confirmation window {} is invalid: it must be at most {}", go_duration(window), go_duration(max)),
+        ));
     }
     Ok(())
 }
@@ -299,12 +394,12 @@ pub fn validate_upgrade_confirm(window: Duration) -> Result<(), Error> {
 /// Upgrade signals (possibly none): each trappable, and none also a trigger signal.
 pub fn validate_upgrade_signals(upgrade: &[i32], triggers: &[i32]) -> Result<(), Error> {
     for &signal in upgrade {
-        validate_signal(signal)?;
+        validate_signal(signal).map_err(|e| e.in_field(OptionField::UpgradeSignals))?;
         if triggers.contains(&signal) {
-            return Err(Error::invalid(format!(
-                "signal {signal} ({}) cannot both trigger lame-duck and start an upgrade",
-                signal_name(signal)
-            )));
+            return Err(Error::invalid_option(
+                OptionField::UpgradeSignals,
+                format!("signal {signal} ({}) cannot both trigger lame-duck and start an upgrade", signal_name(signal)),
+            ));
         }
     }
     Ok(())
@@ -313,15 +408,25 @@ pub fn validate_upgrade_signals(upgrade: &[i32], triggers: &[i32]) -> Result<(),
 /// An upgrade command needs a program and at least `argv[0]`, without NUL bytes.
 pub fn validate_upgrade_command(command: &UpgradeCommand) -> Result<(), Error> {
     use std::os::unix::ffi::OsStrExt;
+    let invalid =
+        |why: &str| Err(Error::invalid_option(OptionField::UpgradeCommand, format!("upgrade command is invalid: {why}")));
     if command.program.as_os_str().is_empty() {
-        return Err(Error::invalid("upgrade command is invalid: the program is empty"));
+        return invalid("the program is empty");
     }
     if command.args.is_empty() {
-        return Err(Error::invalid("upgrade command is invalid: give at least argv[0]"));
+        return invalid("give at least argv[0]");
     }
     let has_nul = |s: &std::ffi::OsStr| s.as_bytes().contains(&0);
     if has_nul(command.program.as_os_str()) || command.args.iter().any(|a| has_nul(a)) {
-        return Err(Error::invalid("upgrade command is invalid: it contains a NUL byte"));
+        return invalid("it contains a NUL byte");
+    }
+    Ok(())
+}
+
+/// A pid file needs a path: "" is refused (no pid file is `None`).
+pub fn validate_pid_file(path: &std::path::Path) -> Result<(), Error> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::invalid_option(OptionField::PidFile, "pid file \"\" is invalid: give a path, or no pid file"));
     }
     Ok(())
 }
@@ -373,40 +478,71 @@ mod tests {
 
     #[test]
     fn rejects_bad_values_naming_them() {
-        let cases: Vec<(Options, &str)> = vec![
-            (Options { period: Duration::ZERO, ..Options::default() }, "period 0s"),
-            (Options { period: MAX_DURATION + Duration::from_millis(1), ..Options::default() }, "period 24h0m0.001s"),
-            (Options { drain_delay: Duration::from_secs(90_000), ..Options::default() }, "drain delay 25h0m0s"),
-            (Options { close_timeout: Duration::ZERO, ..Options::default() }, "close timeout 0s"),
-            (Options { signals: vec![], ..Options::default() }, "empty"),
-            (Options { signals: vec![0], ..Options::default() }, "signal 0"),
-            (Options { signals: vec![-3], ..Options::default() }, "signal -3"),
-            (Options { signals: vec![libc::SIGTERM, 65], ..Options::default() }, "signal 65"),
-            (Options { signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9 (killed)"),
-            (Options { signals: vec![libc::SIGSTOP], ..Options::default() }, "signal 19"),
-            (Options { signals: vec![libc::SIGSEGV], ..Options::default() }, "signal 11"),
-            (Options { signals: vec![libc::SIGBUS], ..Options::default() }, "signal 7"),
-            (Options { signals: vec![libc::SIGFPE], ..Options::default() }, "signal 8"),
-            (Options { signals: vec![libc::SIGILL], ..Options::default() }, "signal 4"),
-            (Options { signals: vec![32], ..Options::default() }, "signal 32"),
-            (Options { upgrade_timeout: Duration::ZERO, ..Options::default() }, "upgrade timeout 0s"),
-            (Options { listen_timeout: Duration::ZERO, ..Options::default() }, "listen timeout 0s"),
-            (Options { upgrade_confirm: Duration::from_secs(61), ..Options::default() }, "confirmation window 1m1s"),
+        let cases: Vec<(Options, &str, OptionField)> = vec![
+            (Options { period: Duration::ZERO, ..Options::default() }, "period 0s", OptionField::Period),
+            (
+                Options { period: MAX_DURATION + Duration::from_millis(1), ..Options::default() },
+                "period 24h0m0.001s",
+                OptionField::Period,
+            ),
+            (
+                Options { drain_delay: Duration::from_secs(90_000), ..Options::default() },
+                "drain delay 25h0m0s",
+                OptionField::DrainDelay,
+            ),
+            (Options { close_timeout: Duration::ZERO, ..Options::default() }, "close timeout 0s", OptionField::CloseTimeout),
+            (Options { signals: vec![], ..Options::default() }, "empty", OptionField::Signals),
+            (Options { signals: vec![0], ..Options::default() }, "signal 0", OptionField::Signals),
+            (Options { signals: vec![-3], ..Options::default() }, "signal -3", OptionField::Signals),
+            (Options { signals: vec![libc::SIGTERM, 65], ..Options::default() }, "signal 65", OptionField::Signals),
+            (Options { signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9 (killed)", OptionField::Signals),
+            (Options { signals: vec![libc::SIGSTOP], ..Options::default() }, "signal 19", OptionField::Signals),
+            (Options { signals: vec![libc::SIGSEGV], ..Options::default() }, "signal 11", OptionField::Signals),
+            (Options { signals: vec![libc::SIGBUS], ..Options::default() }, "signal 7", OptionField::Signals),
+            (Options { signals: vec![libc::SIGFPE], ..Options::default() }, "signal 8", OptionField::Signals),
+            (Options { signals: vec![libc::SIGILL], ..Options::default() }, "signal 4", OptionField::Signals),
+            (Options { signals: vec![32], ..Options::default() }, "signal 32", OptionField::Signals),
+            (
+                Options { upgrade_timeout: Duration::ZERO, ..Options::default() },
+                "upgrade timeout 0s",
+                OptionField::UpgradeTimeout,
+            ),
+            (Options { listen_timeout: Duration::ZERO, ..Options::default() }, "listen timeout 0s", OptionField::ListenTimeout),
+            (
+                Options { upgrade_confirm: Duration::from_secs(61), ..Options::default() },
+                "confirmation window 1m1s",
+                OptionField::UpgradeConfirm,
+            ),
             (
                 Options { upgrade_signals: vec![libc::SIGTERM], ..Options::default() },
                 "both trigger lame-duck and start an upgrade",
+                OptionField::UpgradeSignals,
             ),
-            (Options { upgrade_signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9"),
+            (Options { upgrade_signals: vec![libc::SIGKILL], ..Options::default() }, "signal 9", OptionField::UpgradeSignals),
             (
                 Options { upgrade_command: Some(UpgradeCommand { program: "x".into(), args: vec![] }), ..Options::default() },
                 "at least argv[0]",
+                OptionField::UpgradeCommand,
             ),
-            (Options { pid_file: Some("".into()), ..Options::default() }, "pid file"),
+            (Options { pid_file: Some("".into()), ..Options::default() }, "pid file", OptionField::PidFile),
         ];
-        for (options, needle) in cases {
+        for (options, needle, field) in cases {
             let err = options.validate().expect_err(needle);
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
             assert!(err.message().contains(needle), "{:?} should contain {needle:?}", err.message());
+            assert_eq!(err.field(), Some(field), "{needle}");
+        }
+    }
+
+    #[test]
+    fn every_field_is_listed_once_with_its_own_name() {
+        let names: std::collections::HashSet<&str> = OptionField::ALL.iter().map(|f| f.name()).collect();
+        assert_eq!(names.len(), OptionField::ALL.len());
+        // The Debug output lists every field of Options by name: each must have an OptionField.
+        let debug = format!("{:?}", Options::default());
+        assert_eq!(debug.matches(": ").count(), OptionField::ALL.len(), "{debug}");
+        for field in OptionField::ALL {
+            assert!(debug.contains(&format!("{}: ", field.name())), "{field} is not a field of Options");
         }
     }
 
@@ -421,6 +557,8 @@ mod tests {
         assert_eq!(RepeatSignalPolicy::from_name("force").unwrap(), RepeatSignalPolicy::Force);
         assert_eq!(RepeatSignalPolicy::from_name("ignore").unwrap(), RepeatSignalPolicy::Ignore);
         assert_eq!(RepeatSignalPolicy::from_name("exit").unwrap(), RepeatSignalPolicy::ExitNow);
-        assert!(RepeatSignalPolicy::from_name("nope").unwrap_err().message().contains("\"nope\""));
+        let err = RepeatSignalPolicy::from_name("nope").unwrap_err();
+        assert!(err.message().contains("\"nope\""));
+        assert_eq!(err.field(), Some(OptionField::RepeatSignal));
     }
 }

@@ -1,5 +1,5 @@
-//! Runs the C tests (`tests/c/test_api.c`) against the freshly built `liblameduck.so`: one
-//! process per sub-test, real signals, AddressSanitizer/UBSan by default
+//! Runs the C tests (`tests/c/*.c`: one program, its sub-tests in files by concern, `main.c`
+//! dispatching by name) against the freshly built `liblameduck.so`: one process per sub-test, real signals, AddressSanitizer/UBSan by default
 //! (`LAMEDUCK_C_MODE=valgrind` runs them under valgrind instead).
 
 mod common;
@@ -11,7 +11,32 @@ use std::time::Duration;
 
 fn program() -> &'static PathBuf {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| common::build_c("test_api", &["tests/c/test_api.c"]))
+    PROGRAM.get_or_init(|| common::build_c("test_api", SOURCES))
+}
+
+/// The C test program's files (every `.c` in tests/c except the pkg-config smoke test, which
+/// `tests/install.rs` builds on its own).
+const SOURCES: &[&str] = &[
+    "tests/c/main.c",
+    "tests/c/common.c",
+    "tests/c/lifecycle.c",
+    "tests/c/signals.c",
+    "tests/c/ownership.c",
+    "tests/c/options.c",
+    "tests/c/null_args.c",
+    "tests/c/upgrade.c",
+];
+
+/// A new C file must be compiled in, or its sub-tests would silently never run.
+#[test]
+fn every_c_file_is_compiled() {
+    let dir = common::repo().join("tests/c");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".c") && name != "pkgconfig_smoke.c" {
+            assert!(SOURCES.contains(&format!("tests/c/{name}").as_str()), "tests/c/{name} is not in SOURCES");
+        }
+    }
 }
 
 enum Expect {
@@ -43,6 +68,7 @@ macro_rules! c_tests {
 c_tests!(
     custom_signals_replace,
     validation,
+    rejected_setters_change_nothing,
     shutdown_ok,
     serve_outlives_deadline,
     deadline_exceeded,

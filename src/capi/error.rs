@@ -47,30 +47,42 @@ pub enum ld_status {
     LD_UPGRADE_FAILED = 14,
 }
 
-impl ld_status {
-    pub(crate) fn from_kind(kind: ErrorKind) -> ld_status {
-        use ld_status::*;
-        const BY_NUMBER: [ld_status; 15] = [
-            LD_OK,
-            LD_EXPIRED,
-            LD_FAILED,
-            LD_SHUTDOWN_FAILED,
-            LD_FORCED,
-            LD_CANCELED,
-            LD_INVALID_ARGUMENT,
-            LD_NULL_ARGUMENT,
-            LD_BUSY,
-            LD_PANIC,
-            LD_SIGNAL_SETUP,
-            LD_TIMEOUT,
-            LD_NOT_RUNNING,
-            LD_SYSTEM,
-            LD_UPGRADE_FAILED,
-        ];
-        // ld_status and ErrorKind share their numbers; tests/c checks every one round-trips.
-        BY_NUMBER[kind as usize]
-    }
+/// Pairs each `ld_status` with its [`ErrorKind`]: the conversion is an exhaustive `match` (a new
+/// kind without a C status does not compile), and the numbers are checked equal at compile
+/// time, so the C enum above cannot drift from the core's table.
+macro_rules! statuses_of_kinds {
+    ($($kind:ident => $status:ident),* $(,)?) => {
+        impl ld_status {
+            pub(crate) const fn from_kind(kind: ErrorKind) -> ld_status {
+                match kind {
+                    $( ErrorKind::$kind => ld_status::$status, )*
+                }
+            }
+        }
+        const _: () = {
+            $( assert!(ErrorKind::$kind.code() == ld_status::$status as i32); )*
+        };
+    };
+}
 
+statuses_of_kinds! {
+    Expired => LD_EXPIRED,
+    Failed => LD_FAILED,
+    ShutdownFailed => LD_SHUTDOWN_FAILED,
+    Forced => LD_FORCED,
+    Canceled => LD_CANCELED,
+    InvalidArgument => LD_INVALID_ARGUMENT,
+    NullArgument => LD_NULL_ARGUMENT,
+    Busy => LD_BUSY,
+    Panic => LD_PANIC,
+    SignalSetup => LD_SIGNAL_SETUP,
+    Timeout => LD_TIMEOUT,
+    NotRunning => LD_NOT_RUNNING,
+    System => LD_SYSTEM,
+    UpgradeFailed => LD_UPGRADE_FAILED,
+}
+
+impl ld_status {
     pub(crate) fn of(result: Result<(), Error>) -> ld_status {
         match result {
             Ok(()) => ld_status::LD_OK,
@@ -163,10 +175,12 @@ pub unsafe extern "C" fn ld_error_free(error: *mut ld_error) {
 /// Never NULL, never to be freed.
 #[no_mangle]
 pub extern "C" fn ld_status_str(status: c_int) -> *const c_char {
-    let text = match ErrorKind::from_code(status) {
-        _ if status == 0 => c"ok",
-        Some(kind) => kind.description(),
-        None => c"unknown status",
-    };
-    text.as_ptr()
+    guard(c"unknown status".as_ptr(), || {
+        let text = match ErrorKind::from_code(status) {
+            _ if status == ld_status::LD_OK as c_int => c"ok",
+            Some(kind) => kind.description(),
+            None => c"unknown status",
+        };
+        text.as_ptr()
+    })
 }

@@ -1,9 +1,10 @@
 //! `ld_options`: the run options, set one by one.
 //!
-//! Setters store what they are given and return the verdict on it at once (`LD_OK` or
-//! `LD_INVALID_ARGUMENT`); `ld_runner_new` and `ld_run` validate everything again and put a
-//! message naming the bad value in their `error_out`, so an ignored setter status still stops
-//! the run before anything starts.
+//! One contract for every setter, as in rustls-ffi ("no partial successes"): the change is made
+//! on a copy, checked, and kept only when the verdict is `LD_OK`; a rejected value leaves the
+//! options exactly as they were. `ld_runner_new` and `ld_run` validate everything again and put
+//! a message naming the bad value in their `error_out`, for what only the combination decides
+//! (an upgrade signal that a later `ld_options_set_signals` made a trigger signal too).
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
@@ -18,6 +19,10 @@ use crate::options::{self, Level, Options, RepeatSignalPolicy};
 /// Run options. Make with `ld_options_new`, free with `ld_options_free`. Runners copy the
 /// options when they are made, so the options may be changed or freed afterwards.
 /// Not thread-safe: set options from one thread at a time.
+///
+/// Every `ld_options_set_*` either stores its value and returns `LD_OK`, or returns an error
+/// and leaves the options unchanged (no partial update). `ld_runner_new` checks the options as
+/// a whole again, for values that conflict with each other.
 pub struct ld_options {
     pub(crate) options: Options,
 }
@@ -77,6 +82,19 @@ fn with_options(options: *mut ld_options, f: impl FnOnce(&mut Options) -> ld_sta
     }
 }
 
+/// The setter contract: `change` works on a copy, which replaces the options only when it
+/// returns `LD_OK`, so a rejected value leaves them unchanged.
+fn update(options: *mut ld_options, change: impl FnOnce(&mut Options) -> ld_status) -> ld_status {
+    with_options(options, |o| {
+        let mut next = o.clone();
+        let status = change(&mut next);
+        if status == ld_status::LD_OK {
+            *o = next;
+        }
+        status
+    })
+}
+
 fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
@@ -118,10 +136,11 @@ pub unsafe extern "C" fn ld_options_free(options: *mut ld_options) {
 }
 
 /// Sets the lame-duck period: shutdown's deadline is trigger (+ drain delay) + period.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or more than 86400000 (24 h).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or more than
+/// 86400000 (24 h).
 #[no_mangle]
 pub extern "C" fn ld_options_set_period_ms(options: *mut ld_options, period_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.period = millis(period_ms);
         verdict(options::validate_period(o.period))
     })
@@ -130,10 +149,10 @@ pub extern "C" fn ld_options_set_period_ms(options: *mut ld_options, period_ms: 
 /// Sets the drain delay: after the trigger the state is `LD_STATE_DRAINING` (not ready) and
 /// serve keeps serving this long before shutdown is called, so load balancers stop sending
 /// traffic first. 0 (the default) means no drain.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
 #[no_mangle]
 pub extern "C" fn ld_options_set_drain_delay_ms(options: *mut ld_options, delay_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.drain_delay = millis(delay_ms);
         verdict(options::validate_drain_delay(o.drain_delay))
     })
@@ -141,10 +160,11 @@ pub extern "C" fn ld_options_set_drain_delay_ms(options: *mut ld_options, delay_
 
 /// Sets how long the run waits, once close was called, for close (and for serve and shutdown)
 /// to return before it gives up on them and returns anyway (`ld_error_abandoned`).
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+/// 86400000 (24 h).
 #[no_mangle]
 pub extern "C" fn ld_options_set_close_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.close_timeout = millis(timeout_ms);
         verdict(options::validate_close_timeout(o.close_timeout))
     })
@@ -154,11 +174,11 @@ pub extern "C" fn ld_options_set_close_timeout_ms(options: *mut ld_options, time
 /// copied. Signals that cannot or must not be trapped are rejected: 0, negatives, above
 /// SIGRTMAX, SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL and the C library's reserved
 /// real-time signals.
-/// Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0; options are then
-/// unchanged); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
+/// Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
+/// count > 0); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
 #[no_mangle]
 pub extern "C" fn ld_options_set_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         let Some(list) = signal_array(signals, count) else { return ld_status::LD_NULL_ARGUMENT };
         o.signals = list;
         verdict(o.validate_signal_setting())
@@ -173,7 +193,7 @@ pub extern "C" fn ld_options_set_signals(options: *mut ld_options, signals: *con
 pub extern "C" fn ld_options_set_logger(options: *mut ld_options, log_fn: ld_log_fn, user_data: *mut c_void) -> ld_status {
     let Some(log_fn) = log_fn else { return ld_status::LD_NULL_ARGUMENT };
     let data = ForeignData(user_data);
-    with_options(options, move |o| {
+    update(options, move |o| {
         o.logger = Some(Arc::new(move |level: Level, message: &str| {
             let level = match level {
                 Level::Debug => ld_log_level::LD_LOG_DEBUG,
@@ -194,7 +214,7 @@ pub extern "C" fn ld_options_set_logger(options: *mut ld_options, log_fn: ld_log
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_disable_logging(options: *mut ld_options) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.logger = None;
         ld_status::LD_OK
     })
@@ -202,10 +222,10 @@ pub extern "C" fn ld_options_disable_logging(options: *mut ld_options) -> ld_sta
 
 /// Sets what repeated trigger signals do: one of `LD_REPEAT_FORCE` (default),
 /// `LD_REPEAT_IGNORE`, `LD_REPEAT_EXIT`.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for any other value (options unchanged).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for any other value.
 #[no_mangle]
 pub extern "C" fn ld_options_set_repeat_signal_policy(options: *mut ld_options, policy: c_int) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.repeat_signal = match policy {
             0 => RepeatSignalPolicy::Force,
             1 => RepeatSignalPolicy::Ignore,
@@ -226,7 +246,7 @@ pub extern "C" fn ld_options_set_state_observer(
     user_data: *mut c_void,
 ) -> ld_status {
     let data = ForeignData(user_data);
-    with_options(options, move |o| {
+    update(options, move |o| {
         o.state_observer = state_fn.map(|f| {
             Arc::new(move |old: crate::State, new: crate::State| {
                 let data = data;
@@ -244,7 +264,7 @@ pub extern "C" fn ld_options_set_state_observer(
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explicit_ready: bool) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.explicit_ready = explicit_ready;
         ld_status::LD_OK
     })
@@ -256,7 +276,7 @@ pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explic
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_options, install: bool) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.signal_owner = if install { options::SignalOwner::Library } else { options::SignalOwner::Host };
         ld_status::LD_OK
     })
@@ -265,12 +285,12 @@ pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_option
 /// Replaces the upgrade signals (default SIGHUP) with `signals[0..count]`; count 0 turns
 /// upgrades by signal off (`ld_runner_upgrade` still works). The same signals are accepted as
 /// for `ld_options_set_signals`, and none may also be a trigger signal.
-/// Errors: `LD_NULL_ARGUMENT` (options NULL, or signals NULL with count > 0);
-/// `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
+/// Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
+/// count > 0); `LD_INVALID_ARGUMENT` for a bad signal (checked against the trigger signals again by
 /// `ld_runner_new`).
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         let Some(list) = signal_array(signals, count) else { return ld_status::LD_NULL_ARGUMENT };
         o.upgrade_signals = list;
         verdict(options::validate_upgrade_signals(&o.upgrade_signals, &o.signals))
@@ -279,10 +299,11 @@ pub extern "C" fn ld_options_set_upgrade_signals(options: *mut ld_options, signa
 
 /// Sets how long an upgrade's new process has to report ready before it is terminated and
 /// the upgrade fails (the old process goes on serving). Default 60000.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+/// 86400000 (24 h).
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.upgrade_timeout = millis(timeout_ms);
         verdict(options::validate_upgrade_timeout(o.upgrade_timeout))
     })
@@ -292,10 +313,11 @@ pub extern "C" fn ld_options_set_upgrade_timeout_ms(options: *mut ld_options, ti
 /// take every listener the previous generation handed over, before it reports ready. When the
 /// time is up the upgrade fails (the old process goes on serving) with a message naming the
 /// listeners nobody took. Default 10000.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above 86400000 (24 h).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above
+/// 86400000 (24 h).
 #[no_mangle]
 pub extern "C" fn ld_options_set_listen_timeout_ms(options: *mut ld_options, timeout_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.listen_timeout = millis(timeout_ms);
         verdict(options::validate_listen_timeout(o.listen_timeout))
     })
@@ -304,10 +326,10 @@ pub extern "C" fn ld_options_set_listen_timeout_ms(options: *mut ld_options, tim
 /// Sets how long the old process keeps serving beside a new one that reported ready before it
 /// hands over and enters lame-duck. A new process that exits within this window fails the
 /// upgrade and the old process simply goes on serving. 0 hands over at once. Default 1000.
-/// Errors: `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 60000 (1 min).
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_confirm_ms(options: *mut ld_options, window_ms: u64) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.upgrade_confirm = millis(window_ms);
         verdict(options::validate_upgrade_confirm(o.upgrade_confirm))
     })
@@ -320,7 +342,7 @@ pub extern "C" fn ld_options_set_upgrade_confirm_ms(options: *mut ld_options, wi
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_without_listeners(options: *mut ld_options, allow: bool) -> ld_status {
-    with_options(options, |o| {
+    update(options, |o| {
         o.upgrade_without_listeners = allow;
         ld_status::LD_OK
     })
@@ -330,7 +352,8 @@ pub extern "C" fn ld_options_set_upgrade_without_listeners(options: *mut ld_opti
 /// started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
 /// `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the
 /// program and arguments this process was started with.
-/// Errors: `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or a NULL entry);
+/// Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, argv NULL with a program, or
+/// a NULL entry);
 /// `LD_INVALID_ARGUMENT` when `argc` is 0 or `program` is empty.
 #[no_mangle]
 pub extern "C" fn ld_options_set_upgrade_command(
@@ -340,7 +363,7 @@ pub extern "C" fn ld_options_set_upgrade_command(
     argc: usize,
 ) -> ld_status {
     use std::os::unix::ffi::OsStrExt;
-    with_options(options, |o| {
+    update(options, |o| {
         if program.is_null() {
             o.upgrade_command = None;
             return ld_status::LD_OK;
@@ -362,9 +385,7 @@ pub extern "C" fn ld_options_set_upgrade_command(
         }
         let command = options::UpgradeCommand { program: program.into(), args };
         let status = verdict(options::validate_upgrade_command(&command));
-        if status == ld_status::LD_OK {
-            o.upgrade_command = Some(command);
-        }
+        o.upgrade_command = Some(command);
         status
     })
 }
@@ -372,21 +393,19 @@ pub extern "C" fn ld_options_set_upgrade_command(
 /// Sets a pid file (copied), written atomically (temporary file + rename) by whichever
 /// process is the current generation once its run is ready, and removed when the last
 /// generation stops. NULL removes the setting.
-/// Errors: `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT` for "".
+/// Errors (options unchanged): `LD_NULL_ARGUMENT` when options is NULL; `LD_INVALID_ARGUMENT`
+/// for "".
 #[no_mangle]
 pub extern "C" fn ld_options_set_pid_file(options: *mut ld_options, path: *const c_char) -> ld_status {
     use std::os::unix::ffi::OsStrExt;
-    with_options(options, |o| {
+    update(options, |o| {
         if path.is_null() {
             o.pid_file = None;
             return ld_status::LD_OK;
         }
         // SAFETY: non-NULL and NUL-terminated per the contract.
-        let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
-        if bytes.is_empty() {
-            return ld_status::LD_INVALID_ARGUMENT;
-        }
-        o.pid_file = Some(std::ffi::OsStr::from_bytes(bytes).into());
-        ld_status::LD_OK
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes()));
+        o.pid_file = Some(path.into());
+        verdict(options::validate_pid_file(path))
     })
 }

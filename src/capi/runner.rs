@@ -52,22 +52,36 @@ pub enum ld_state {
     LD_STATE_HANDING_OVER = 11,
 }
 
-impl From<State> for ld_state {
-    fn from(state: State) -> ld_state {
-        match state {
-            State::NotStarted => ld_state::LD_STATE_NOT_STARTED,
-            State::Starting => ld_state::LD_STATE_STARTING,
-            State::Serving => ld_state::LD_STATE_SERVING,
-            State::Ready => ld_state::LD_STATE_READY,
-            State::Draining => ld_state::LD_STATE_DRAINING,
-            State::ShuttingDown => ld_state::LD_STATE_SHUTTING_DOWN,
-            State::Closing => ld_state::LD_STATE_CLOSING,
-            State::Stopped => ld_state::LD_STATE_STOPPED,
-            State::Failed => ld_state::LD_STATE_FAILED,
-            State::HandingOver => ld_state::LD_STATE_HANDING_OVER,
-            State::Upgrading => ld_state::LD_STATE_UPGRADING,
+/// Pairs each [`State`] with its `ld_state`: an exhaustive `match` (a new state without a C
+/// value does not compile) whose numbers are checked equal at compile time, so the C enum above
+/// cannot drift from the core's table.
+macro_rules! c_states {
+    ($($state:ident => $c:ident),* $(,)?) => {
+        impl From<State> for ld_state {
+            fn from(state: State) -> ld_state {
+                match state {
+                    $( State::$state => ld_state::$c, )*
+                }
+            }
         }
-    }
+        const _: () = {
+            $( assert!(State::$state as i32 == ld_state::$c as i32); )*
+        };
+    };
+}
+
+c_states! {
+    NotStarted => LD_STATE_NOT_STARTED,
+    Starting => LD_STATE_STARTING,
+    Serving => LD_STATE_SERVING,
+    Ready => LD_STATE_READY,
+    Draining => LD_STATE_DRAINING,
+    ShuttingDown => LD_STATE_SHUTTING_DOWN,
+    Closing => LD_STATE_CLOSING,
+    Stopped => LD_STATE_STOPPED,
+    Failed => LD_STATE_FAILED,
+    Upgrading => LD_STATE_UPGRADING,
+    HandingOver => LD_STATE_HANDING_OVER,
 }
 
 /// A prepared run of one server. Made by `ld_runner_new`, run once by `ld_runner_run`, freed
@@ -229,21 +243,7 @@ pub extern "C" fn ld_runner_state(runner: *const ld_runner) -> ld_state {
 /// The state's name (`"READY"`, `"DRAINING"`, …; `"UNKNOWN"` for anything else). Static.
 #[no_mangle]
 pub extern "C" fn ld_state_str(state: c_int) -> *const c_char {
-    let name = match state {
-        1 => c"NOT_STARTED",
-        2 => c"STARTING",
-        3 => c"SERVING",
-        4 => c"READY",
-        5 => c"DRAINING",
-        6 => c"SHUTTING_DOWN",
-        7 => c"CLOSING",
-        8 => c"STOPPED",
-        9 => c"FAILED",
-        10 => c"UPGRADING",
-        11 => c"HANDING_OVER",
-        _ => c"UNKNOWN",
-    };
-    name.as_ptr()
+    guard(c"UNKNOWN".as_ptr(), || State::from_code(state).map_or(c"UNKNOWN", State::c_name).as_ptr())
 }
 
 /// Frees a runner. NULL does nothing and returns `LD_OK`. Once `ld_runner_run` has begun (its

@@ -1,8 +1,10 @@
 //! `lameduck._lameduck`: the native half of the Python package.
 //!
 //! It converts and nothing more: Python objects become a `lameduck::Server`, seconds become
-//! `Duration`s, core errors become a tuple the Python half turns into `LameDuckError`
-//! subclasses (with the hook's own exception as `__cause__`). The lifecycle is the core's.
+//! `Duration`s, keyword options become `lameduck::Options` (validated by the core alone, whose
+//! errors name the `OptionField`, spelled here by [`python_name`]), core errors become a
+//! `RunFailure` the Python half turns into `LameDuckError` subclasses (with the hook's own
+//! exception as `__cause__`). The lifecycle is the core's.
 //! Signals are owned by the Python half (`signal.signal` / `loop.add_signal_handler`), which
 //! forwards them with `NativeRunner.deliver_signal`; the core installs no handler here.
 //!
@@ -16,10 +18,10 @@
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lameduck::{Context, HookError, Level, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State};
+use lameduck::{Context, HookError, Level, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State};
 use pyo3::exceptions::{PyBaseException, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::BoundObject;
 
 /// Keeps the core's threads out of Python once the interpreter exits. `exiting` is set by an
@@ -90,9 +92,82 @@ fn seconds(py: Python<'_>, name: &str, value: f64) -> PyResult<Duration> {
     })
 }
 
-/// A core validation error as a ValueError that names the Python argument and its value.
-fn invalid<'py, T: IntoPyObject<'py>>(py: Python<'py>, name: &str, value: T, err: lameduck::Error) -> PyErr {
-    PyValueError::new_err(format!("{name}={}: {}", py_repr(py, value), err.message()))
+/// The keyword argument of `lameduck.Runner` for each option: the one table of this binding's
+/// spellings. `None` for an option Python does not offer (the Python half owns the signals).
+fn python_name(field: OptionField) -> Option<&'static str> {
+    Some(match field {
+        OptionField::Period => "period",
+        OptionField::Signals => "signals",
+        OptionField::DrainDelay => "drain_delay",
+        OptionField::CloseTimeout => "close_timeout",
+        OptionField::Logger => "logger",
+        OptionField::RepeatSignal => "repeat_signal",
+        OptionField::StateObserver => "on_state_change",
+        OptionField::ExplicitReady => "explicit_ready",
+        OptionField::SignalOwner => return None,
+        OptionField::UpgradeSignals => "upgrade_signals",
+        OptionField::UpgradeTimeout => "upgrade_timeout",
+        OptionField::UpgradeCommand => "upgrade_command",
+        OptionField::PidFile => "pid_file",
+        OptionField::ListenTimeout => "listen_timeout",
+        OptionField::UpgradeConfirm => "upgrade_confirm",
+        OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
+    })
+}
+
+/// The keyword options given to `NativeRunner`, read by [`OptionField`] through
+/// [`python_name`]. An option that is absent keeps the core's default.
+struct Given<'a, 'py> {
+    options: Option<&'a Bound<'py, PyDict>>,
+}
+
+impl<'py> Given<'_, 'py> {
+    /// Refuses a keyword that names no option (a typo in the Python half).
+    fn check_names(&self) -> PyResult<()> {
+        for key in self.options.iter().flat_map(|d| d.keys()) {
+            let key: String = key.extract()?;
+            if !OptionField::ALL.iter().any(|f| python_name(*f) == Some(key.as_str())) {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!("{key:?} is not an option")));
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&self, field: OptionField) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match (self.options, python_name(field)) {
+            (Some(options), Some(name)) => options.get_item(name),
+            _ => Ok(None),
+        }
+    }
+
+    fn get<T: FromPyObjectOwned<'py>>(&self, field: OptionField) -> PyResult<Option<T>> {
+        self.raw(field)?.map(|v| v.extract::<T>().map_err(Into::into)).transpose()
+    }
+
+    /// Stores the option in `target` when it was given.
+    fn set<T: FromPyObjectOwned<'py>>(&self, field: OptionField, target: &mut T) -> PyResult<()> {
+        if let Some(value) = self.get(field)? {
+            *target = value;
+        }
+        Ok(())
+    }
+
+    /// Stores the option, a number of seconds, in `target` when it was given.
+    fn set_seconds(&self, py: Python<'py>, field: OptionField, target: &mut Duration) -> PyResult<()> {
+        if let Some(value) = self.get::<f64>(field)? {
+            *target = seconds(py, python_name(field).unwrap_or_default(), value)?;
+        }
+        Ok(())
+    }
+
+    /// A core error as a ValueError; one about an option names the argument and its value.
+    fn invalid(&self, err: lameduck::Error) -> PyErr {
+        let named = err.field().and_then(|f| Some((python_name(f)?, self.raw(f).ok()??)));
+        match named {
+            Some((name, value)) => PyValueError::new_err(format!("{name}={}: {}", py_repr(value.py(), value), err.message())),
+            None => PyValueError::new_err(err.message().to_string()),
+        }
+    }
 }
 
 fn optional_seconds(py: Python<'_>, name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
@@ -274,132 +349,127 @@ fn python_level(level: Level) -> i32 {
     }
 }
 
+/// The logger option: log lines go to `logger.log(level, message)`, on the core's coordinator
+/// thread (the one in `NativeRunner.run`, without the GIL).
+fn python_logger(logger: Py<PyAny>) -> lameduck::Logger {
+    Arc::new(move |level: Level, message: &str| {
+        attach_unless_exiting(|py| {
+            if let Err(err) = logger.bind(py).call_method1("log", (python_level(level), message)) {
+                err.write_unraisable(py, None);
+            }
+        });
+    })
+}
+
+/// The `on_state_change` option: called with `(old, new)` state names, on the coordinator thread.
+fn python_observer(callback: Py<PyAny>) -> lameduck::StateObserver {
+    Arc::new(move |old: State, new: State| {
+        attach_unless_exiting(|py| {
+            if let Err(err) = callback.bind(py).call1((old.name(), new.name())) {
+                err.write_unraisable(py, None);
+            }
+        });
+    })
+}
+
 /// The core runner, driven by `lameduck.Runner`.
 #[pyclass(frozen, name = "NativeRunner", module = "lameduck._lameduck")]
 struct PyRunner {
     runner: Runner,
 }
 
-/// What `NativeRunner.run` returns for a failed run:
-/// `(kind, code, message, abandoned, cause-or-None)`.
-type RunFailure = (&'static str, i32, String, bool, Option<Py<PyAny>>);
+/// A failed run or upgrade as the Python half receives it (`lameduck.errors._from_native`
+/// makes the exception): the core's `Error`, field by field, with the hook's own exception.
+#[pyclass(frozen, get_all, name = "RunFailure", module = "lameduck._lameduck")]
+struct RunFailure {
+    /// The `ErrorKind` name: `EXPIRED`, `FAILED`, …
+    kind: &'static str,
+    /// The failing hook's return code (1 for a Python hook that raised; 0 when none failed).
+    code: i32,
+    /// The core's message (Go's texts).
+    message: String,
+    /// True when a hook was left running past the close timeout.
+    abandoned: bool,
+    /// The hook's own exception, if the failure came from one.
+    cause: Option<Py<PyAny>>,
+}
+
+impl RunFailure {
+    fn from_error(py: Python<'_>, mut err: lameduck::Error) -> RunFailure {
+        let cause = err
+            .take_cause()
+            .and_then(|mut c| c.take_payload())
+            .and_then(|p| p.downcast::<PyErr>().ok())
+            .map(|e| e.into_value(py).into_any());
+        RunFailure {
+            kind: err.kind().name(),
+            code: err.code(),
+            message: err.message().to_string(),
+            abandoned: err.abandoned(),
+            cause,
+        }
+    }
+}
+
+#[pymethods]
+impl RunFailure {
+    fn __repr__(&self) -> String {
+        format!("RunFailure(kind={:?}, code={}, message={:?}, abandoned={})", self.kind, self.code, self.message, self.abandoned)
+    }
+}
 
 #[pymethods]
 impl PyRunner {
+    /// `options` are the keywords of `lameduck.Runner` (see [`python_name`]), already checked
+    /// for their Python types by the Python half; the core checks their values.
     #[new]
-    #[pyo3(signature = (bridge, *, period, signals, drain_delay, close_timeout, logger, repeat_signal, on_state_change, explicit_ready,
-                        upgrade_signals, upgrade_timeout, upgrade_command, pid_file, listen_timeout, upgrade_confirm,
-                        upgrade_without_listeners))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        bridge: Py<PyAny>,
-        period: f64,
-        signals: Vec<i32>,
-        drain_delay: f64,
-        close_timeout: f64,
-        logger: Option<Py<PyAny>>,
-        repeat_signal: &str,
-        on_state_change: Option<Py<PyAny>>,
-        explicit_ready: bool,
-        upgrade_signals: Vec<i32>,
-        upgrade_timeout: f64,
-        upgrade_command: Option<Vec<std::path::PathBuf>>,
-        pid_file: Option<std::path::PathBuf>,
-        listen_timeout: f64,
-        upgrade_confirm: f64,
-        upgrade_without_listeners: bool,
-    ) -> PyResult<Self> {
-        // Both run on the core's coordinator thread (the one in NativeRunner.run, without the GIL).
-        let logger = logger.map(|logger| {
-            Arc::new(move |level: Level, message: &str| {
-                attach_unless_exiting(|py| {
-                    if let Err(err) = logger.bind(py).call_method1("log", (python_level(level), message)) {
-                        err.write_unraisable(py, None);
-                    }
-                });
-            }) as lameduck::Logger
-        });
-        let observer = on_state_change.map(|callback| {
-            Arc::new(move |old: State, new: State| {
-                attach_unless_exiting(|py| {
-                    if let Err(err) = callback.bind(py).call1((old.name(), new.name())) {
-                        err.write_unraisable(py, None);
-                    }
-                });
-            }) as lameduck::StateObserver
-        });
-        let period_s = seconds(py, "period", period)?;
-        lameduck::validate_period(period_s).map_err(|e| invalid(py, "period", period, e))?;
-        let drain_s = seconds(py, "drain_delay", drain_delay)?;
-        lameduck::validate_drain_delay(drain_s).map_err(|e| invalid(py, "drain_delay", drain_delay, e))?;
-        let close_s = seconds(py, "close_timeout", close_timeout)?;
-        lameduck::validate_close_timeout(close_s).map_err(|e| invalid(py, "close_timeout", close_timeout, e))?;
-        for &signal in &signals {
-            lameduck::validate_signal(signal).map_err(|e| invalid(py, "signals", &signals, e))?;
+    #[pyo3(signature = (bridge, **options))]
+    fn new(py: Python<'_>, bridge: Py<PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let given = Given { options };
+        given.check_names()?;
+        let mut o = Options { signal_owner: SignalOwner::Host, ..Options::default() };
+        given.set_seconds(py, OptionField::Period, &mut o.period)?;
+        given.set(OptionField::Signals, &mut o.signals)?;
+        given.set_seconds(py, OptionField::DrainDelay, &mut o.drain_delay)?;
+        given.set_seconds(py, OptionField::CloseTimeout, &mut o.close_timeout)?;
+        if let Some(v) = given.get::<Option<Py<PyAny>>>(OptionField::Logger)? {
+            o.logger = v.map(python_logger);
         }
-        lameduck::validate_upgrade_signals(&upgrade_signals, &signals)
-            .map_err(|e| invalid(py, "upgrade_signals", &upgrade_signals, e))?;
-        let upgrade_s = seconds(py, "upgrade_timeout", upgrade_timeout)?;
-        lameduck::validate_upgrade_timeout(upgrade_s).map_err(|e| invalid(py, "upgrade_timeout", upgrade_timeout, e))?;
-        let listen_s = seconds(py, "listen_timeout", listen_timeout)?;
-        lameduck::validate_listen_timeout(listen_s).map_err(|e| invalid(py, "listen_timeout", listen_timeout, e))?;
-        let confirm_s = seconds(py, "upgrade_confirm", upgrade_confirm)?;
-        lameduck::validate_upgrade_confirm(confirm_s).map_err(|e| invalid(py, "upgrade_confirm", upgrade_confirm, e))?;
-        let upgrade_command = upgrade_command
-            .map(|argv| {
-                lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| {
-                    let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-                    invalid(py, "upgrade_command", shown, e)
-                })
-            })
-            .transpose()?;
-        if pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(PyValueError::new_err("pid_file='' is invalid: give a path, or None"));
+        if let Some(v) = given.get::<String>(OptionField::RepeatSignal)? {
+            o.repeat_signal = RepeatSignalPolicy::from_name(&v).map_err(|e| given.invalid(e))?;
         }
-        let options = Options {
-            period: period_s,
-            signals,
-            drain_delay: drain_s,
-            close_timeout: close_s,
-            logger,
-            repeat_signal: RepeatSignalPolicy::from_name(repeat_signal)
-                .map_err(|e| invalid(py, "repeat_signal", repeat_signal, e))?,
-            state_observer: observer,
-            explicit_ready,
-            signal_owner: SignalOwner::Host,
-            upgrade_signals,
-            upgrade_timeout: upgrade_s,
-            upgrade_command,
-            pid_file,
-            listen_timeout: listen_s,
-            upgrade_confirm: confirm_s,
-            upgrade_without_listeners,
-        };
-        let runner =
-            Runner::new(Arc::new(PyServer { bridge }), options).map_err(|e| PyValueError::new_err(e.message().to_string()))?;
+        if let Some(v) = given.get::<Option<Py<PyAny>>>(OptionField::StateObserver)? {
+            o.state_observer = v.map(python_observer);
+        }
+        given.set(OptionField::ExplicitReady, &mut o.explicit_ready)?;
+        given.set(OptionField::UpgradeSignals, &mut o.upgrade_signals)?;
+        given.set_seconds(py, OptionField::UpgradeTimeout, &mut o.upgrade_timeout)?;
+        if let Some(argv) = given.get::<Option<Vec<std::path::PathBuf>>>(OptionField::UpgradeCommand)? {
+            o.upgrade_command = argv.map(|argv| {
+                let program = argv.first().cloned().unwrap_or_default();
+                lameduck::UpgradeCommand { program, args: argv.into_iter().map(Into::into).collect() }
+            });
+        }
+        given.set(OptionField::PidFile, &mut o.pid_file)?;
+        given.set_seconds(py, OptionField::ListenTimeout, &mut o.listen_timeout)?;
+        given.set_seconds(py, OptionField::UpgradeConfirm, &mut o.upgrade_confirm)?;
+        given.set(OptionField::UpgradeWithoutListeners, &mut o.upgrade_without_listeners)?;
+        let runner = Runner::new(Arc::new(PyServer { bridge }), o).map_err(|e| given.invalid(e))?;
         Ok(PyRunner { runner })
     }
 
-    /// Runs to the end without holding the GIL. None on success, else a `RunFailure` tuple.
+    /// Runs to the end without holding the GIL. None on success, else a `RunFailure`.
     fn run(&self, py: Python<'_>) -> Option<RunFailure> {
         let result = py.detach(|| self.runner.run());
-        result.err().map(|mut err| {
-            let cause = err
-                .take_cause()
-                .and_then(|mut c| c.take_payload())
-                .and_then(|p| p.downcast::<PyErr>().ok())
-                .map(|e| e.into_value(py).into_any());
-            (err.kind().name(), err.code(), err.message().to_string(), err.abandoned(), cause)
-        })
+        result.err().map(|err| RunFailure::from_error(py, err))
     }
 
     /// Upgrades without holding the GIL: `(new pid, None)` once the new process is ready, or
-    /// `(0, (kind, message))` when it did not happen.
-    fn upgrade(&self, py: Python<'_>) -> (u32, Option<(&'static str, String)>) {
+    /// `(0, RunFailure)` when it did not happen.
+    fn upgrade(&self, py: Python<'_>) -> (u32, Option<RunFailure>) {
         match py.detach(|| self.runner.upgrade()) {
             Ok(pid) => (pid, None),
-            Err(err) => (0, Some((err.kind().name(), err.message().to_string()))),
+            Err(err) => (0, Some(RunFailure::from_error(py, err))),
         }
     }
 
@@ -498,6 +568,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRunner>()?;
     m.add_class::<PyContext>()?;
     m.add_class::<PyHookDone>()?;
+    m.add_class::<RunFailure>()?;
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;

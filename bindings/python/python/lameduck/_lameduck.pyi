@@ -1,6 +1,6 @@
 """Type stubs for the native half of lameduck (PyO3). Use the classes in ``lameduck`` instead."""
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 __version__: str
 VERSION: Tuple[int, int, int]
@@ -17,31 +17,18 @@ class NativeContext:
 class HookDone:
     def __call__(self, error: Optional[BaseException]) -> None: ...
 
-RunFailure = Tuple[str, int, str, bool, Optional[BaseException]]
+class RunFailure:
+    kind: str
+    code: int
+    message: str
+    abandoned: bool
+    cause: Optional[BaseException]
 
 class NativeRunner:
-    def __init__(
-        self,
-        bridge: Any,
-        *,
-        period: float,
-        signals: list[int],
-        drain_delay: float,
-        close_timeout: float,
-        logger: Any,
-        repeat_signal: str,
-        on_state_change: Optional[Callable[[str, str], Any]],
-        explicit_ready: bool,
-        upgrade_signals: list[int],
-        upgrade_timeout: float,
-        upgrade_command: Optional[list[str]],
-        pid_file: Optional[str],
-        listen_timeout: float,
-        upgrade_confirm: float,
-        upgrade_without_listeners: bool,
-    ) -> None: ...
+    # The options are lameduck.Runner's keyword arguments, checked there.
+    def __init__(self, bridge: Any, **options: Any) -> None: ...
     def run(self) -> Optional[RunFailure]: ...
-    def upgrade(self) -> Tuple[int, Optional[Tuple[str, str]]]: ...
+    def upgrade(self) -> Tuple[int, Optional[RunFailure]]: ...
     def stop(self) -> None: ...
     def deliver_signal(self, signal: int) -> None: ...
     def wait_ready(self, timeout: Optional[float] = None) -> bool: ...

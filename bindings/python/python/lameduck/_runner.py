@@ -410,8 +410,7 @@ class Runner:
         """
         pid, failure = self._native.upgrade()
         if failure is not None:
-            kind, message = failure
-            raise _from_native(kind, 0, message, False, None)
+            raise _from_native(failure)
         return pid
 
     async def upgrade_async(self) -> int:
@@ -458,7 +457,7 @@ class Runner:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if failure is not None:
-            raise _from_native(*failure)
+            raise _from_native(failure)
 
     def _run_native(self) -> Any:
         """Runs the core on a helper thread while this (main) thread waits in Python, so the
@@ -538,7 +537,7 @@ class Runner:
             for dispatch in joined:
                 dispatch.leave(self)
         if failure is not None:
-            raise _from_native(*failure)
+            raise _from_native(failure)
 
 
 def run(
@@ -562,24 +561,7 @@ def run(
 ) -> None:
     """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
     See :class:`Runner` for the options and errors."""
-    Runner(
-        server,
-        period=period,
-        signals=signals,
-        drain_delay=drain_delay,
-        close_timeout=close_timeout,
-        logger=logger,
-        repeat_signal=repeat_signal,
-        explicit_ready=explicit_ready,
-        on_state_change=on_state_change,
-        upgrade_signals=upgrade_signals,
-        upgrade_timeout=upgrade_timeout,
-        upgrade_command=upgrade_command,
-        pid_file=pid_file,
-        listen_timeout=listen_timeout,
-        upgrade_confirm=upgrade_confirm,
-        upgrade_without_listeners=upgrade_without_listeners,
-    ).run()
+    Runner(**locals()).run()  # the arguments, exactly as given: server and each option once
 
 
 async def run_async(
@@ -602,21 +584,4 @@ async def run_async(
     upgrade_without_listeners: bool = False,
 ) -> None:
     """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
-    await Runner(
-        server,
-        period=period,
-        signals=signals,
-        drain_delay=drain_delay,
-        close_timeout=close_timeout,
-        logger=logger,
-        repeat_signal=repeat_signal,
-        explicit_ready=explicit_ready,
-        on_state_change=on_state_change,
-        upgrade_signals=upgrade_signals,
-        upgrade_timeout=upgrade_timeout,
-        upgrade_command=upgrade_command,
-        pid_file=pid_file,
-        listen_timeout=listen_timeout,
-        upgrade_confirm=upgrade_confirm,
-        upgrade_without_listeners=upgrade_without_listeners,
-    ).run_async()
+    await Runner(**locals()).run_async()  # the arguments, exactly as given

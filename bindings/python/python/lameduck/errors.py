@@ -6,7 +6,10 @@ Err}``. A hook's own exception is the ``__cause__``, with its traceback intact.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import TYPE_CHECKING, Dict, Type
+
+if TYPE_CHECKING:
+    from . import _lameduck
 
 
 class LameDuckError(Exception):
@@ -14,14 +17,17 @@ class LameDuckError(Exception):
 
     ``kind`` is the core's name for what happened (``"EXPIRED"``, ``"FAILED"``,
     ``"SHUTDOWN_FAILED"``, ``"FORCED"``, ``"CANCELED"``, …). ``abandoned`` is True when a hook
-    did not return within the close timeout and was left running on its thread.
+    did not return within the close timeout and was left running on its thread. ``code`` is the
+    core's return code of the failing hook (1 for a Python hook that raised: its exception,
+    the ``__cause__``, says more; 0 when no hook failed).
     """
 
-    def __init__(self, message: str, *, kind: str = "", abandoned: bool = False) -> None:
+    def __init__(self, message: str, *, kind: str = "", abandoned: bool = False, code: int = 0) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.abandoned = abandoned
+        self.code = code
 
     @property
     def expired(self) -> bool:
@@ -92,11 +98,9 @@ _BY_KIND: Dict[str, Type[LameDuckError]] = {
 }
 
 
-def _from_native(
-    kind: str, code: int, message: str, abandoned: bool, cause: Optional[BaseException]
-) -> LameDuckError:
-    """The exception for a failed run, as reported by the native runner."""
-    del code  # a Python hook's failure is its exception, not a number
-    error = _BY_KIND.get(kind, LameDuckError)(message, kind=kind, abandoned=abandoned)
-    error.__cause__ = cause
+def _from_native(failure: "_lameduck.RunFailure") -> LameDuckError:
+    """The exception for a failed run or upgrade, as reported by the native runner."""
+    kind = failure.kind
+    error = _BY_KIND.get(kind, LameDuckError)(failure.message, kind=kind, abandoned=failure.abandoned, code=failure.code)
+    error.__cause__ = failure.cause
     return error
