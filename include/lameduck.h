@@ -444,9 +444,10 @@ enum ld_status ld_options_set_close_timeout_ms(struct ld_options *options, uint6
  * Replaces the trigger signals with `signals[0..count]` (duplicates are fine). The array is
  * copied. Signals that cannot or must not be trapped are rejected: 0, negatives, above
  * SIGRTMAX, SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL and the C library's reserved
- * real-time signals.
+ * real-time signals. An empty list (count 0) means no trigger signal: only `ld_runner_stop`
+ * starts lame-duck (as `signals: []` in Python and Node; Go's lameduck refuses it).
  * Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
- * count > 0); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
+ * count > 0); `LD_INVALID_ARGUMENT` for a bad signal.
  */
 enum ld_status ld_options_set_signals(struct ld_options *options, const int *signals, size_t count);
 
@@ -491,7 +492,7 @@ enum ld_status ld_options_set_explicit_ready(struct ld_options *options, bool ex
 /**
  * When false, the library installs no signal handlers: the program catches the signals
  * itself (signalfd, an event loop) and forwards them with `ld_runner_deliver_signal`.
- * The signal list may then be empty. Default true.
+ * Default true.
  * Errors: `LD_NULL_ARGUMENT`.
  */
 enum ld_status ld_options_set_install_signal_handlers(struct ld_options *options, bool install);

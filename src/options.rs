@@ -322,13 +322,11 @@ impl Options {
         Ok(())
     }
 
-    /// The signal list: non-empty when the library owns the signals, each one trappable.
+    /// The signal list: each one trappable. It may be empty, whoever owns the signals: then
+    /// only a stop (or, with host-owned signals, a delivered signal) starts lame-duck, as with
+    /// `signals: []` in Python and Node, which a Node worker thread needs.
     pub fn validate_signal_setting(&self) -> Result<(), Error> {
-        match self.signal_owner {
-            SignalOwner::Library => validate_signals(&self.signals),
-            SignalOwner::Host => self.signals.iter().try_for_each(|&s| validate_signal(s)),
-        }
-        .map_err(|e| e.in_field(OptionField::Signals))
+        validate_signals(&self.signals).map_err(|e| e.in_field(OptionField::Signals))
     }
 }
 
@@ -431,11 +429,8 @@ pub fn validate_pid_file(path: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// A non-empty list of signals that can be trapped.
+/// A list of signals that can be trapped (empty: only a stop triggers lame-duck).
 pub fn validate_signals(signals: &[i32]) -> Result<(), Error> {
-    if signals.is_empty() {
-        return Err(Error::invalid("the trigger signal list is empty: give at least one signal"));
-    }
     signals.iter().try_for_each(|&s| validate_signal(s))
 }
 
@@ -491,7 +486,6 @@ mod tests {
                 OptionField::DrainDelay,
             ),
             (Options { close_timeout: Duration::ZERO, ..Options::default() }, "close timeout 0s", OptionField::CloseTimeout),
-            (Options { signals: vec![], ..Options::default() }, "empty", OptionField::Signals),
             (Options { signals: vec![0], ..Options::default() }, "signal 0", OptionField::Signals),
             (Options { signals: vec![-3], ..Options::default() }, "signal -3", OptionField::Signals),
             (Options { signals: vec![libc::SIGTERM, 65], ..Options::default() }, "signal 65", OptionField::Signals),
@@ -547,9 +541,10 @@ mod tests {
     }
 
     #[test]
-    fn host_owned_signals_may_be_empty() {
-        let o = Options { signals: vec![], signal_owner: SignalOwner::Host, ..Options::default() };
-        o.validate().unwrap();
+    fn signals_may_be_empty_whoever_owns_them() {
+        for signal_owner in [SignalOwner::Host, SignalOwner::Library] {
+            Options { signals: vec![], signal_owner, ..Options::default() }.validate().unwrap();
+        }
     }
 
     #[test]

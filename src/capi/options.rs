@@ -173,9 +173,10 @@ pub extern "C" fn ld_options_set_close_timeout_ms(options: *mut ld_options, time
 /// Replaces the trigger signals with `signals[0..count]` (duplicates are fine). The array is
 /// copied. Signals that cannot or must not be trapped are rejected: 0, negatives, above
 /// SIGRTMAX, SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL and the C library's reserved
-/// real-time signals.
+/// real-time signals. An empty list (count 0) means no trigger signal: only `ld_runner_stop`
+/// starts lame-duck (as `signals: []` in Python and Node; Go's lameduck refuses it).
 /// Errors (options unchanged): `LD_NULL_ARGUMENT` (options NULL, or signals NULL with
-/// count > 0); `LD_INVALID_ARGUMENT` for an empty list or a bad signal.
+/// count > 0); `LD_INVALID_ARGUMENT` for a bad signal.
 #[no_mangle]
 pub extern "C" fn ld_options_set_signals(options: *mut ld_options, signals: *const c_int, count: usize) -> ld_status {
     update(options, |o| {
@@ -272,7 +273,7 @@ pub extern "C" fn ld_options_set_explicit_ready(options: *mut ld_options, explic
 
 /// When false, the library installs no signal handlers: the program catches the signals
 /// itself (signalfd, an event loop) and forwards them with `ld_runner_deliver_signal`.
-/// The signal list may then be empty. Default true.
+/// Default true.
 /// Errors: `LD_NULL_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn ld_options_set_install_signal_handlers(options: *mut ld_options, install: bool) -> ld_status {
