@@ -1,5 +1,6 @@
 /// <reference types="node" />
-// Types for lameduck (Node). The implementation is index.js over the Rust core.
+// Types for lameduck (Node): the public surface. The implementation is index.js, which re-exports
+// lib/{errors,options,runner,listen,http}.js, over the Rust core (its native half: native.d.ts).
 
 import type { Server as NetServer } from 'node:net'
 
@@ -122,6 +123,8 @@ export interface Options {
 
 /** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
 export class LameDuckError extends Error {
+  /** `code` defaults to 'LD_ERROR'; the run's own errors carry 'LD_' + the core's error kind. */
+  constructor(message?: string, options?: { code?: string; abandoned?: boolean; cause?: unknown })
   /** 'LD_EXPIRED', 'LD_FAILED', 'LD_SHUTDOWN_FAILED', 'LD_FORCED', 'LD_CANCELED', 'LD_BUSY', … */
   readonly code: string
   /** True when a hook did not settle within the close timeout and was left running. */

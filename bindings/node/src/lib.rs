@@ -1,11 +1,13 @@
 //! The native half of the Node package (napi-rs).
 //!
-//! It converts; the lifecycle is the core's. Everything the core does that JS must see goes
-//! through one ThreadsafeFunction per run, in order: log lines, state changes, hook calls and
-//! the final result. That function keeps the event loop alive while the run is active and is
-//! released when the run ends, so nothing of lameduck keeps the process alive afterwards.
-//! A hook call blocks its core thread (never the JS thread) until JS settles it with
-//! `settle()`. Signals are taken by JS with `process.on` and forwarded with `deliverSignal()`.
+//! It converts; the lifecycle is the core's, and so is validation: an option the core rejects is
+//! named in JS's spelling by [`js_option`], the one table of JS names. Everything the core does
+//! that JS must see goes through one ThreadsafeFunction per run, in order, as an [`Event`]: log
+//! lines, state changes, hook calls and the final result. That function keeps the event loop
+//! alive while the run is active and is released when the run ends, so nothing of lameduck keeps
+//! the process alive afterwards. A hook call blocks its core thread (never the JS thread) until
+//! JS settles it with `settle()`. Signals are taken by JS with `process.on` and forwarded with
+//! `deliverSignal()`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,49 +15,113 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lameduck::{Context, HookError, Level, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State};
+use lameduck::{Context, HookError, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-/// What the core tells JS. `kind` is `log`, `state`, `hook` or `done`.
+/// The options of one run, in JS's spelling and units (milliseconds, signal numbers). lib/runner.js
+/// has checked their types and filled in the defaults; the values are the core's to judge.
 #[napi(object)]
-pub struct Event {
+pub struct RunnerOptions {
+    pub period: f64,
+    pub signals: Vec<i32>,
+    pub drain_delay: f64,
+    pub close_timeout: f64,
+    /// `force`, `ignore` or `exit`.
+    pub repeat_signal: String,
+    pub explicit_ready: bool,
+    /// False when the JS logger is `false`: the core then has no logger at all (no log events).
+    pub logging: bool,
+    pub upgrade_signals: Vec<i32>,
+    pub upgrade_timeout: f64,
+    pub upgrade_command: Option<Vec<String>>,
+    pub pid_file: Option<String>,
+    pub listen_timeout: f64,
+    pub upgrade_confirm: f64,
+    pub upgrade_without_listeners: bool,
+}
+
+/// The method of JS's logger a line goes to (the core's `Level`).
+#[napi(string_enum = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl From<lameduck::Level> for LogLevel {
+    fn from(level: lameduck::Level) -> Self {
+        match level {
+            lameduck::Level::Debug => LogLevel::Debug,
+            lameduck::Level::Info => LogLevel::Info,
+            lameduck::Level::Warn => LogLevel::Warn,
+            lameduck::Level::Error => LogLevel::Error,
+        }
+    }
+}
+
+/// The server hook the core calls.
+#[napi(string_enum = "lowercase")]
+pub enum Hook {
+    Serve,
+    Shutdown,
+    Close,
+}
+
+impl Hook {
+    fn name(&self) -> &'static str {
+        match self {
+            Hook::Serve => "serve",
+            Hook::Shutdown => "shutdown",
+            Hook::Close => "close",
+        }
+    }
+}
+
+/// Why a run failed: the core's error, for lib/runner.js to turn into a LameDuckError subclass.
+#[napi(object)]
+pub struct RunError {
+    /// The core's error kind (`EXPIRED`, `FAILED`, …); the JS code is `LD_` + kind.
     pub kind: String,
-    /// log: 0 debug, 1 info, 2 warn, 3 error.
-    pub level: Option<u32>,
-    /// log: the line; done: the error message.
-    pub message: Option<String>,
-    /// state: the old and new state names.
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// hook: `serve`, `shutdown` or `close`, and the token to settle it with.
-    pub hook: Option<String>,
-    pub token: Option<u32>,
-    /// done: the error's kind (`EXPIRED`, …; absent on success), hook code, abandoned flag,
-    /// and the id of the JS error a hook threw, if that is the cause.
-    pub error: Option<String>,
-    pub code: Option<i32>,
-    pub abandoned: Option<bool>,
+    pub message: String,
+    /// A hook did not settle within the close timeout and was left running.
+    pub abandoned: bool,
+    /// The id under which JS keeps the error a hook threw, when that is the cause.
     pub cause: Option<u32>,
 }
 
-impl Event {
-    fn new(kind: &str) -> Event {
-        Event {
-            kind: kind.into(),
-            level: None,
-            message: None,
-            from: None,
-            to: None,
-            hook: None,
-            token: None,
-            error: None,
-            code: None,
-            abandoned: None,
-            cause: None,
-        }
+impl From<lameduck::Error> for RunError {
+    fn from(mut err: lameduck::Error) -> Self {
+        // A hook's error carries the id JS keeps the thrown value under (see `settle`).
+        let cause = err.take_cause().and_then(|mut c| c.take_payload()).and_then(|p| p.downcast::<u32>().ok()).map(|id| *id);
+        RunError { kind: err.kind().name().into(), message: err.message().to_string(), abandoned: err.abandoned(), cause }
     }
+}
+
+/// What the core tells JS, one shape per kind (`event.kind` tells them apart).
+#[napi(discriminant = "kind", discriminant_case = "lowercase")]
+pub enum Event {
+    /// A log line for the JS logger.
+    Log { level: LogLevel, message: String },
+    /// A state change, as the states' names.
+    State { from: String, to: String },
+    /// A hook call, to be answered with `settle(token, …)`.
+    Hook { hook: Hook, token: u32 },
+    /// The run is over: `error` is absent when it succeeded.
+    Done { error: Option<RunError> },
+}
+
+/// What a hook threw (or rejected with), as `settle()` takes it.
+#[napi(object)]
+pub struct HookFailure {
+    /// How JS describes the error (`Name: message`).
+    pub message: String,
+    /// The id under which JS keeps the error, handed back as the run's `RunError.cause`.
+    pub cause: u32,
+    /// True when shutdown reported that it ran out of time (a `TimeoutError`).
+    pub deadline_exceeded: bool,
 }
 
 type Dispatch = ThreadsafeFunction<Event, (), Event, Status, false>;
@@ -83,21 +149,19 @@ impl Bridge {
     }
 
     /// Calls the JS hook and blocks this (core) thread until JS settles it.
-    fn call_hook(&self, hook: &str, ctx: Option<&Context>) -> Verdict {
+    fn call_hook(&self, hook: Hook, ctx: Option<&Context>) -> Verdict {
         if let Some(ctx) = ctx {
             *self.context.lock().unwrap_or_else(PoisonError::into_inner) = Some(ctx.clone());
         }
+        let name = hook.name();
         let token = self.next_token.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = channel();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(token, tx);
-        let mut event = Event::new("hook");
-        event.hook = Some(hook.into());
-        event.token = Some(token);
-        if !self.send(event) {
+        if !self.send(Event::Hook { hook, token }) {
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
-            return Err(HookError::new(1, format!("{hook}: the JavaScript side is gone")));
+            return Err(HookError::new(1, format!("{name}: the JavaScript side is gone")));
         }
-        rx.recv().unwrap_or_else(|_| Err(HookError::new(1, format!("{hook}: abandoned by the JavaScript side"))))
+        rx.recv().unwrap_or_else(|_| Err(HookError::new(1, format!("{name}: abandoned by the JavaScript side"))))
     }
 }
 
@@ -107,16 +171,19 @@ struct JsServer {
 
 impl Server for JsServer {
     fn serve(&self, ctx: &Context) -> Verdict {
-        self.bridge.call_hook("serve", Some(ctx))
+        self.bridge.call_hook(Hook::Serve, Some(ctx))
     }
     fn shutdown(&self, ctx: &Context) -> Verdict {
-        self.bridge.call_hook("shutdown", Some(ctx))
+        self.bridge.call_hook(Hook::Shutdown, Some(ctx))
     }
     fn close(&self) -> Verdict {
-        self.bridge.call_hook("close", None)
+        self.bridge.call_hook(Hook::Close, None)
     }
 }
 
+/// Milliseconds as a `Duration`. Only the conversion can fail here (JS checked that the value is
+/// a finite, non-negative number; this keeps a NaN from panicking): a value too large for a
+/// `Duration` saturates, and the core rejects it as above its maximum.
 fn millis(name: &str, value: f64) -> Result<Duration> {
     if !value.is_finite() || value < 0.0 {
         return Err(Error::new(
@@ -124,41 +191,107 @@ fn millis(name: &str, value: f64) -> Result<Duration> {
             format!("{name}={value} is invalid: it must be a finite, non-negative number of milliseconds"),
         ));
     }
-    Ok(Duration::from_secs_f64(value / 1000.0))
+    Ok(Duration::try_from_secs_f64(value / 1000.0).unwrap_or(Duration::MAX))
 }
 
-/// `argv` as `JSON.stringify` writes it, for messages (never Rust's Debug form).
-fn json_strings(argv: &[String]) -> String {
+/// `s` as `JSON.stringify` writes it, for messages (never Rust's Debug form).
+fn json_string(s: &str) -> String {
     use std::fmt::Write;
-    let mut out = String::from("[");
-    for (i, arg) in argv.iter().enumerate() {
-        out.push_str(if i == 0 { "\"" } else { ",\"" });
-        for c in arg.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{8}' => out.push_str("\\b"),
-                '\u{c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
             }
+            c => out.push(c),
         }
-        out.push('"');
     }
-    out.push(']');
+    out.push('"');
     out
 }
 
-fn invalid(name: &str, value: impl std::fmt::Display, err: lameduck::Error) -> Error {
-    Error::new(Status::InvalidArg, format!("{name}={value}: {}", err.message()))
+/// The JS name and value of the option a core validation error is about, or None when the
+/// error names no option. This is the one table of JS spellings. The core's messages name their
+/// option by a leading phrase (`lame-duck period 0s is invalid…`); the signal lists' messages
+/// start with `signal N`, which is an upgrade signal's when it says so or when N is not among
+/// the trigger signals (the core checks those first).
+fn js_option(err: &lameduck::Error, o: &RunnerOptions) -> Option<(&'static str, String)> {
+    type Value = fn(&RunnerOptions) -> String;
+    const OPTIONS: [(&str, &str, Value); 9] = [
+        ("lame-duck period ", "period", |o| o.period.to_string()),
+        ("drain delay ", "drainDelay", |o| o.drain_delay.to_string()),
+        ("close timeout ", "closeTimeout", |o| o.close_timeout.to_string()),
+        ("repeat signal policy ", "repeatSignal", |o| o.repeat_signal.clone()),
+        ("upgrade timeout ", "upgradeTimeout", |o| o.upgrade_timeout.to_string()),
+        ("listen timeout ", "listenTimeout", |o| o.listen_timeout.to_string()),
+        ("upgrade confirmation window ", "upgradeConfirm", |o| o.upgrade_confirm.to_string()),
+        ("upgrade command ", "upgradeCommand", |o| {
+            let argv: Vec<String> = o.upgrade_command.iter().flatten().map(|a| json_string(a)).collect();
+            format!("[{}]", argv.join(","))
+        }),
+        ("pid file ", "pidFile", |o| json_string(o.pid_file.as_deref().unwrap_or_default())),
+    ];
+    let message = err.message();
+    if let Some((_, js, value)) = OPTIONS.iter().find(|(core, _, _)| message.starts_with(core)) {
+        return Some((js, value(o)));
+    }
+    let signal: i32 = message.strip_prefix("signal ")?.split(' ').next()?.parse().ok()?;
+    let upgrade = message.contains("start an upgrade") || !o.signals.contains(&signal);
+    Some((if upgrade { "upgradeSignals" } else { "signals" }, signal.to_string()))
 }
 
-/// The core runner, driven by `Runner` in index.js.
+/// A core error on the options as a JS one (InvalidArg), naming the option as JS spells it.
+fn invalid_option(err: lameduck::Error, o: &RunnerOptions) -> Error {
+    match js_option(&err, o) {
+        Some((name, value)) => Error::new(Status::InvalidArg, format!("{name}={value}: {}", err.message())),
+        None => Error::new(Status::InvalidArg, err.message().to_string()),
+    }
+}
+
+/// The core's options for `o`, with the JS logger and state observer going through `bridge`.
+fn core_options(o: &RunnerOptions, bridge: &Arc<Bridge>) -> Result<Options> {
+    let logger = o.logging.then(|| {
+        let bridge = Arc::clone(bridge);
+        Arc::new(move |level: lameduck::Level, message: &str| {
+            bridge.send(Event::Log { level: level.into(), message: message.to_string() });
+        }) as lameduck::Logger
+    });
+    let observer = {
+        let bridge = Arc::clone(bridge);
+        Arc::new(move |old: State, new: State| {
+            bridge.send(Event::State { from: old.name().into(), to: new.name().into() });
+        }) as lameduck::StateObserver
+    };
+    let upgrade_command =
+        o.upgrade_command.as_ref().map(UpgradeCommand::from_argv).transpose().map_err(|e| invalid_option(e, o))?;
+    Ok(Options {
+        period: millis("period", o.period)?,
+        signals: o.signals.clone(),
+        drain_delay: millis("drainDelay", o.drain_delay)?,
+        close_timeout: millis("closeTimeout", o.close_timeout)?,
+        logger,
+        repeat_signal: RepeatSignalPolicy::from_name(&o.repeat_signal).map_err(|e| invalid_option(e, o))?,
+        state_observer: Some(observer),
+        explicit_ready: o.explicit_ready,
+        signal_owner: SignalOwner::Host,
+        upgrade_signals: o.upgrade_signals.clone(),
+        upgrade_timeout: millis("upgradeTimeout", o.upgrade_timeout)?,
+        upgrade_command,
+        pid_file: o.pid_file.as_ref().map(Into::into),
+        listen_timeout: millis("listenTimeout", o.listen_timeout)?,
+        upgrade_confirm: millis("upgradeConfirm", o.upgrade_confirm)?,
+        upgrade_without_listeners: o.upgrade_without_listeners,
+    })
+}
+
+/// The core runner, driven by `Runner` in lib/runner.js.
 #[napi]
 pub struct NativeRunner {
     runner: Arc<Runner>,
@@ -167,97 +300,20 @@ pub struct NativeRunner {
 
 #[napi]
 impl NativeRunner {
-    /// Validates everything; throws (InvalidArg) naming the bad value before anything starts.
+    /// Hands the options to the core, which validates them; throws (InvalidArg) naming the bad
+    /// option as JS spells it, before anything starts.
     #[napi(constructor)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        period_ms: f64,
-        signals: Vec<i32>,
-        drain_delay_ms: f64,
-        close_timeout_ms: f64,
-        repeat_signal: String,
-        explicit_ready: bool,
-        logging: bool,
-        upgrade_signals: Vec<i32>,
-        upgrade_timeout_ms: f64,
-        upgrade_command: Option<Vec<String>>,
-        pid_file: Option<String>,
-        listen_timeout_ms: f64,
-        upgrade_confirm_ms: f64,
-        upgrade_without_listeners: bool,
-    ) -> Result<Self> {
-        let period = millis("period", period_ms)?;
-        lameduck::validate_period(period).map_err(|e| invalid("period", period_ms, e))?;
-        let drain_delay = millis("drainDelay", drain_delay_ms)?;
-        lameduck::validate_drain_delay(drain_delay).map_err(|e| invalid("drainDelay", drain_delay_ms, e))?;
-        let close_timeout = millis("closeTimeout", close_timeout_ms)?;
-        lameduck::validate_close_timeout(close_timeout).map_err(|e| invalid("closeTimeout", close_timeout_ms, e))?;
-        for &signal in &signals {
-            lameduck::validate_signal(signal).map_err(|e| invalid("signals", signal, e))?;
-        }
-        let repeat = RepeatSignalPolicy::from_name(&repeat_signal).map_err(|e| invalid("repeatSignal", &repeat_signal, e))?;
-        for &signal in &upgrade_signals {
-            lameduck::validate_upgrade_signals(&[signal], &signals).map_err(|e| invalid("upgradeSignals", signal, e))?;
-        }
-        let upgrade_timeout = millis("upgradeTimeout", upgrade_timeout_ms)?;
-        lameduck::validate_upgrade_timeout(upgrade_timeout).map_err(|e| invalid("upgradeTimeout", upgrade_timeout_ms, e))?;
-        let upgrade_command = upgrade_command
-            .map(|argv| {
-                lameduck::UpgradeCommand::from_argv(argv.clone()).map_err(|e| invalid("upgradeCommand", json_strings(&argv), e))
-            })
-            .transpose()?;
-        let listen_timeout = millis("listenTimeout", listen_timeout_ms)?;
-        lameduck::validate_listen_timeout(listen_timeout).map_err(|e| invalid("listenTimeout", listen_timeout_ms, e))?;
-        let upgrade_confirm = millis("upgradeConfirm", upgrade_confirm_ms)?;
-        lameduck::validate_upgrade_confirm(upgrade_confirm).map_err(|e| invalid("upgradeConfirm", upgrade_confirm_ms, e))?;
-        if pid_file.as_deref() == Some("") {
-            return Err(Error::new(Status::InvalidArg, "pidFile=\"\" is invalid: give a path, or leave it out"));
-        }
+    pub fn new(options: RunnerOptions) -> Result<Self> {
         let bridge = Arc::new(Bridge::default());
-        let logger = logging.then(|| {
-            let bridge = Arc::clone(&bridge);
-            Arc::new(move |level: Level, message: &str| {
-                let mut event = Event::new("log");
-                event.level = Some(level as u32);
-                event.message = Some(message.to_string());
-                bridge.send(event);
-            }) as lameduck::Logger
-        });
-        let observer = {
-            let bridge = Arc::clone(&bridge);
-            Arc::new(move |old: State, new: State| {
-                let mut event = Event::new("state");
-                event.from = Some(old.name().into());
-                event.to = Some(new.name().into());
-                bridge.send(event);
-            }) as lameduck::StateObserver
-        };
-        let options = Options {
-            period,
-            signals,
-            drain_delay,
-            close_timeout,
-            logger,
-            repeat_signal: repeat,
-            state_observer: Some(observer),
-            explicit_ready,
-            signal_owner: SignalOwner::Host,
-            upgrade_signals,
-            upgrade_timeout,
-            upgrade_command,
-            pid_file: pid_file.map(Into::into),
-            listen_timeout,
-            upgrade_confirm,
-            upgrade_without_listeners,
-        };
+        let core = core_options(&options, &bridge)?;
         let server = Arc::new(JsServer { bridge: Arc::clone(&bridge) });
-        let runner = Runner::new(server, options).map_err(|e| Error::new(Status::InvalidArg, e.message().to_string()))?;
+        let runner = Runner::new(server, core).map_err(|e| invalid_option(e, &options))?;
         Ok(NativeRunner { runner: Arc::new(runner), bridge })
     }
 
     /// Starts the run on a thread of its own; every event, then `done`, goes to `dispatch`
     /// on the JS thread. Never blocks the event loop.
-    #[napi]
+    #[napi(ts_args_type = "dispatch: (event: Event) => void")]
     pub fn run(&self, dispatch: Dispatch) -> Result<()> {
         let dispatch = Arc::new(dispatch);
         {
@@ -271,16 +327,7 @@ impl NativeRunner {
         std::thread::Builder::new()
             .name("lameduck-run".into())
             .spawn(move || {
-                let mut done = Event::new("done");
-                if let Err(mut err) = runner.run() {
-                    done.error = Some(err.kind().name().into());
-                    done.message = Some(err.message().to_string());
-                    done.code = Some(err.code());
-                    done.abandoned = Some(err.abandoned());
-                    done.cause =
-                        err.take_cause().and_then(|mut c| c.take_payload()).and_then(|p| p.downcast::<u32>().ok()).map(|id| *id);
-                }
-                bridge.send(done);
+                bridge.send(Event::Done { error: runner.run().err().map(RunError::from) });
                 // Release the run's dispatch function: from now on nothing of lameduck keeps
                 // the event loop alive (an abandoned hook thread holds only the bridge).
                 bridge.dispatch.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -290,30 +337,24 @@ impl NativeRunner {
         Ok(())
     }
 
-    /// JS's verdict on a hook call. `error` is the message of what the hook threw (absent on
-    /// success), `causeId` the id under which JS keeps that error, `deadlineExceeded` true when
-    /// shutdown reported that it ran out of time.
+    /// JS's verdict on a hook call: `failure` is absent when the hook succeeded.
     #[napi]
-    pub fn settle(&self, token: u32, error: Option<String>, cause_id: Option<u32>, deadline_exceeded: Option<bool>) {
+    pub fn settle(&self, token: u32, failure: Option<HookFailure>) {
         let sender = self.bridge.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
         let Some(sender) = sender else { return };
-        let verdict = match error {
+        let verdict = match failure {
             None => Ok(()),
-            Some(message) => {
-                let err =
-                    if deadline_exceeded.unwrap_or(false) { HookError::deadline_exceeded() } else { HookError::new(1, message) };
-                Err(match cause_id {
-                    Some(id) => err.with_payload(Box::new(id)),
-                    None => err,
-                })
+            Some(f) => {
+                let err = if f.deadline_exceeded { HookError::deadline_exceeded() } else { HookError::new(1, f.message) };
+                Err(err.with_payload(Box::new(f.cause)))
             }
         };
         let _ = sender.send(verdict);
     }
 
     /// Upgrades on a libuv worker thread (never blocking the event loop); resolves to the
-    /// outcome, which index.js turns into the new pid or an error.
-    #[napi]
+    /// outcome, which lib/runner.js turns into the new pid or an error.
+    #[napi(ts_return_type = "Promise<UpgradeOutcome>")]
     pub fn upgrade(&self) -> AsyncTask<UpgradeTask> {
         AsyncTask::new(UpgradeTask { runner: Arc::clone(&self.runner) })
     }
@@ -385,7 +426,7 @@ pub fn has_pending_connection(fd: i32) -> Result<bool> {
 }
 
 /// A listening socket's descriptor for `address`: inherited (systemd LISTEN_FDS,
-/// Server::Starter) or fresh. JS owns it (index.js hands it to `server.listen({ fd })`).
+/// Server::Starter) or fresh. JS owns it (lib/listen.js hands it to `server.listen({ fd })`).
 #[napi]
 pub fn listen(address: String, name: Option<String>) -> Result<i32> {
     use std::os::fd::IntoRawFd;
@@ -417,12 +458,14 @@ pub fn is_shared(fd: i32) -> bool {
     lameduck::listener::is_shared(fd)
 }
 
-/// What an upgrade came to: the new pid, or the core's error kind and message.
-#[napi(object)]
-pub struct UpgradeOutcome {
-    pub pid: u32,
-    pub error: Option<String>,
-    pub message: Option<String>,
+/// What an upgrade came to (`outcome.kind` tells them apart).
+#[napi(discriminant = "kind", discriminant_case = "lowercase")]
+pub enum UpgradeOutcome {
+    /// The new process took over; this run is entering lame-duck.
+    Upgraded { pid: u32 },
+    /// The upgrade failed or was refused: the core's error kind (`UPGRADE_FAILED`, `BUSY`, …)
+    /// and message.
+    Failed { error: String, message: String },
 }
 
 /// `Runner::upgrade`, which blocks, run on the libuv thread pool.
@@ -436,8 +479,8 @@ impl Task for UpgradeTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         Ok(match self.runner.upgrade() {
-            Ok(pid) => UpgradeOutcome { pid, error: None, message: None },
-            Err(e) => UpgradeOutcome { pid: 0, error: Some(e.kind().name().into()), message: Some(e.message().to_string()) },
+            Ok(pid) => UpgradeOutcome::Upgraded { pid },
+            Err(e) => UpgradeOutcome::Failed { error: e.kind().name().into(), message: e.message().to_string() },
         })
     }
 
