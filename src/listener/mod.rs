@@ -3,7 +3,7 @@
 //!
 //! - [`listen`] and [`adopt`] are how a server gets its sockets; [`should_drain`] (and its
 //!   negation [`is_shared`]) is the one answer to "may I drain this listener at shutdown?";
-//!   [`drain`] does it (see [`drain`'s module](drain) for why a listener is drained at all).
+//!   [`drain()`] does it (see [the `drain` module](mod@drain) for why a listener is drained at all).
 //! - `env` parses what systemd, Server::Starter and a previous generation put in the
 //!   environment (pure functions, fuzzed); `address` parses `listen`'s argument; `socket` holds
 //!   the system calls on descriptors; `registry` is the one list of listeners every answer is
@@ -233,7 +233,7 @@ mod tests {
         };
         let bound = Some(format!("127.0.0.1:{port}"));
         assert_eq!(record(fd), vec![(Some("web".to_string()), registry::Use::Taken { bound, owned_path: None })]);
-        assert!(handoff().iter().any(|h| h.fd == fd && h.name == "web" && h.taken));
+        assert!(registry::for_successor().iter().any(|h| h.fd == fd && h.name == "web" && h.taken));
         adopt(fd, None).unwrap();
         assert_eq!(record(fd)[0].0.as_deref(), Some("web"), "adopting again keeps the name");
         assert!(adopt(0, None).unwrap_err().message().contains("fd 0 from adopt"));
@@ -248,10 +248,10 @@ mod tests {
         assert!(should_drain(fd) && !is_shared(fd), "bound here: ours alone");
         // SAFETY: dup of a descriptor this test owns; the copy is closed below.
         let copy = unsafe { OwnedFd::from_raw_fd(libc::dup(fd)) };
-        set_handed_on(&[fd], true);
+        registry::mark_passed_on(&[fd], true);
         assert!(!should_drain(fd) && is_shared(fd), "passed on to a new generation");
         assert!(!should_drain(copy.as_raw_fd()), "a copy is the same socket");
-        set_handed_on(&[fd], false);
+        registry::mark_passed_on(&[fd], false);
         assert!(should_drain(fd) && should_drain(copy.as_raw_fd()), "the new generation failed and is gone");
         let unknown = TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(should_drain(unknown.as_raw_fd()), "not known to lameduck: bound by this process");
