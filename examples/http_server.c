@@ -18,9 +18,12 @@
  *
  * serve    reports ready (ld_context_ready), accepts until shutdown wakes it, then closes
  *          the listening socket (new connections are refused from then on).
- * shutdown stops accepting, answers requests already sent (with "Connection: close"),
- *          closes idle keep-alive connections after a short grace, and waits for the
- *          connections to finish until the deadline (then LD_DEADLINE_EXCEEDED).
+ * shutdown drains the listener (ld_listen_drain: no new connections, but every one already
+ *          waiting in its queue is accepted and answered, not reset; a listener shared with
+ *          other processes is left to them), stops accepting, answers requests already sent
+ *          (with "Connection: close"), closes idle keep-alive connections after a short grace,
+ *          and waits for the connections to finish until the deadline (then
+ *          LD_DEADLINE_EXCEEDED).
  * close    shuts every remaining connection down at once.
  */
 #define _GNU_SOURCE
@@ -244,7 +247,22 @@ static int demo_shutdown(void *ud, const ld_context *ctx) {
     pthread_mutex_lock(&d->mu);
     d->draining = 1;
     pthread_cond_broadcast(&d->changed);
+    int accepting = d->accepting;
     pthread_mutex_unlock(&d->mu);
+    /* Closing a listener resets the connections waiting in its queue: clients whose connect
+     * already succeeded, often with a request sent. So first let serve's accept loop take every
+     * one of them while no new ones join (only when serve runs: nobody else would accept).
+     * A close during the drain (a repeated signal) makes serve close the listener, which ends
+     * the drain with an error: expected then, so not reported. */
+    if (accepting) {
+        ld_error *err = NULL;
+        ld_status rc = ld_listen_drain(d->listen_fd, ld_context_remaining_ms(ctx), &err);
+        pthread_mutex_lock(&d->mu);
+        int closing = d->closing;
+        pthread_mutex_unlock(&d->mu);
+        if (rc != LD_OK && !closing) fprintf(stderr, "demo: draining the listener: %s\n", ld_error_message(err));
+        ld_error_free(err);
+    }
     char byte = 1;
     if (write(d->wake[1], &byte, 1) < 0) return errno;
     pthread_mutex_lock(&d->mu);
@@ -352,8 +370,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     announce(d.listen_fd);
-    if (getenv("LISTEN_FDS") == NULL && getenv("SERVER_STARTER_PORT") == NULL)
-        fprintf(stderr, "demo: no inherited-listener variables left in the environment\n");
+    /* Asked again at shutdown: a socket a previous generation handed over becomes ours alone
+     * once that generation has exited. */
+    fprintf(stderr, "demo: the listener is %s\n", ld_listen_should_drain(d.listen_fd) ? "ours alone" : "shared with other processes");
     for (int i = 0; i < MAX_CONNS; i++) d.conns[i] = -1;
     pthread_mutex_init(&d.mu, NULL);
     pthread_condattr_t ca;

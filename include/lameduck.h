@@ -358,8 +358,11 @@ const char *ld_status_str(int status);
  * `unix:PATH`). `name` may be NULL.
  *
  * Inherited descriptors are checked (a listening socket bound to that address) and marked
- * close-on-exec. The environment variables are read and removed on the first call; call it
- * before starting threads that read the environment.
+ * close-on-exec. The environment variables are read on the first call to any `ld_listen*`
+ * function (or by an upgrade) and never changed. A child this program starts inherits them but
+ * not the sockets (they are close-on-exec); `LISTEN_FDS` does not apply to it (`LISTEN_PID`
+ * names this process), but leave `SERVER_STARTER_PORT` out of the environment of a child that
+ * is itself a Server::Starter-aware server. Any thread.
  *
  * Ownership: the caller owns `*fd_out` and closes it.
  * Errors:
@@ -375,18 +378,68 @@ enum ld_status ld_listen(const char *address,
                          struct ld_error **error_out);
 
 /**
- * True when `fd` came from `ld_listen` as an inherited descriptor, i.e. it is shared with
- * other processes (systemd, start_server, an earlier generation). Such a listener must not be
- * drained with a socket filter; closing this process's copy loses nothing.
+ * True when `fd` is a socket this process inherited (systemd, start_server, an earlier
+ * generation), under its own number or a copy's (`dup`), whether `ld_listen` took it or not.
+ * Whether it may be drained is `ld_listen_should_drain`'s answer, not this one: a socket an
+ * earlier generation bound is ours alone once that generation has exited. Any thread.
  */
 bool ld_listen_is_inherited(int fd);
 
 /**
- * True when `fd` is shared with other processes: inherited (see `ld_listen_is_inherited`) or
- * handed to a new generation by an upgrade. A server that stops accepting should then simply
- * close its copy: draining with a socket filter would stop the other processes too.
+ * True when `fd` is shared with other processes: exactly `!ld_listen_should_drain(fd)`. A
+ * server that stops accepting should then simply close its copy: draining with a socket filter
+ * would stop the other processes too. Any thread.
  */
 bool ld_listen_is_shared(int fd);
+
+/**
+ * True when this process owns the listener `fd` alone and should drain it at shutdown (see
+ * `ld_listen_drain`); false when other processes hold the socket too: it was inherited from
+ * systemd or start_server, or from a previous generation that is still running, or an upgrade
+ * passed it on to a new generation. Copies (`dup`) of a known socket get the same answer; a
+ * socket lameduck does not know (not from `ld_listen` nor `ld_listen_adopt`, not inherited)
+ * was bound by this program: true. The answer does not depend on what was called before, and
+ * may change as generations come and go: ask when shutdown comes. Any thread.
+ */
+bool ld_listen_should_drain(int fd);
+
+/**
+ * Makes the listening socket `fd` drop new connection attempts (their SYNs, so clients retry
+ * and, once the listener is closed, are refused), while the connections already queued can
+ * still be accepted. Only for a listener `ld_listen_should_drain` says is ours alone: the
+ * filter belongs to the socket, and would stop every process sharing it. Usually called
+ * through `ld_listen_drain`. Linux only. Any thread; the descriptor stays the caller's.
+ *
+ * Errors: `LD_SYSTEM` when the filter cannot be attached (`fd` is not a socket, or not open);
+ * the message names the fd and the system's reason.
+ */
+enum ld_status ld_listen_stop_accepting(int fd, struct ld_error **error_out);
+
+/**
+ * Sets `*pending_out` to true when the listening socket `fd` has a connection waiting to be
+ * accepted, without waiting. Any thread.
+ *
+ * Errors: `LD_NULL_ARGUMENT` (pending_out); `LD_SYSTEM` when `fd` is not open (the message
+ * names it). `*pending_out` is left unchanged on error.
+ */
+enum ld_status ld_listen_has_pending(int fd, bool *pending_out, struct ld_error **error_out);
+
+/**
+ * Stops the listener `fd` without resetting the connections in its queue: when
+ * `ld_listen_should_drain(fd)`, drops new connection attempts (`ld_listen_stop_accepting`),
+ * then blocks until every queued connection has been accepted (`ld_listen_has_pending`) or
+ * `timeout_ms` has passed (negative: no limit, as in `ld_context_wait`). A shared listener is
+ * left alone (its queue survives this process's close) and the call returns at once. Close the
+ * listener afterwards, either way.
+ *
+ * The program's accept loop must keep running meanwhile, on another thread: this only watches
+ * the queue. In a shutdown hook, pass `ld_context_remaining_ms(ctx)`, then wake the accept
+ * loop and close the listener. The descriptor stays the caller's. Any thread.
+ *
+ * Errors: `LD_TIMEOUT` when connections were still queued at the timeout (closing the listener
+ * now resets them); `LD_SYSTEM` when `fd` is not a listening socket (or is closed meanwhile).
+ */
+enum ld_status ld_listen_drain(int fd, int64_t timeout_ms, struct ld_error **error_out);
 
 /**
  * Registers a listening socket this program bound itself (not with `ld_listen`), so that an

@@ -53,7 +53,7 @@ fn systemd_socket_activation() {
     let answer = get(port);
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     proc.wait_line(false, &format!("listening on http://127.0.0.1:{port} (inherited)"), LIMIT);
-    proc.wait_line(true, "demo: no inherited-listener variables left in the environment", LIMIT);
+    proc.wait_line(true, "demo: the listener is shared with other processes", LIMIT);
     proc.signal(libc::SIGTERM); // systemd-socket-activate exec()s the demo: same pid
     let (status, stderr) = proc.finish(LIMIT);
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -149,4 +149,33 @@ fn a_server_starter_key_must_match_its_socket() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     let want = format!("SERVER_STARTER_PORT says fd 3 is 127.0.0.1:{claimed}, but fd 3 is bound to {actual}");
     assert!(stderr.contains(&want), "{stderr}");
+}
+
+/// The drain API's own C tests (`tests/c/test_listen.c`), one process per sub-test (the
+/// listener registry is per process), under ASan/UBSan or valgrind like the other C tests.
+fn drain_api_test(name: &str) {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    let program = PROGRAM.get_or_init(|| common::build_c("test_listen", &["tests/c/test_listen.c"]));
+    let mut cmd = common::c_command(program);
+    cmd.arg(name);
+    let (status, stdout, stderr) = common::run_limited(cmd, LIMIT);
+    assert!(
+        status.success() && stdout.contains(&format!("ok {name}")),
+        "C sub-test {name} failed ({status:?}):\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn drain_of_an_own_listener_waits_for_the_accept_loop() {
+    drain_api_test("own_listener");
+}
+
+#[test]
+fn drain_parts_and_their_errors() {
+    drain_api_test("parts_and_errors");
+}
+
+#[test]
+fn an_inherited_listener_is_never_drained_whatever_was_called_first() {
+    drain_api_test("inherited_listener");
 }

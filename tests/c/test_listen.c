@@ -1,0 +1,247 @@
+/*
+ * The C drain API (ld_listen_should_drain, ld_listen_stop_accepting, ld_listen_has_pending,
+ * ld_listen_drain) against real sockets: one sub-test per process (the listener registry is
+ * per process), named by argv[1], run by tests/c_listen.rs under ASan/UBSan or valgrind.
+ * Prints "ok NAME" when every check passed.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lameduck.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
+            failures++;                                                               \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                                          \
+    do {                                                                                                        \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                                     \
+        if (a_ != b_) {                                                                                         \
+            fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %lld, %s == %lld\n", __FILE__, __LINE__, #a, a_, #b, b_); \
+            failures++;                                                                                         \
+        }                                                                                                       \
+    } while (0)
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int port_of(int fd) {
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) != 0) return -1;
+    return ntohs(a.sin_port);
+}
+
+/* A connected client socket, or -1. */
+static int connect_to(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* True when a connection attempt completes within `ms` (a dropped SYN never does). */
+static int connects_within(int port, int ms) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    int ok = rc == 0;
+    if (rc != 0 && errno == EINPROGRESS) {
+        struct pollfd p = {fd, POLLOUT, 0};
+        int err = 0;
+        socklen_t len = sizeof err;
+        ok = poll(&p, 1, ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+    }
+    close(fd);
+    return ok;
+}
+
+static int has_pending(int fd) {
+    bool pending = false;
+    CHECK_EQ(ld_listen_has_pending(fd, &pending, NULL), LD_OK);
+    return pending;
+}
+
+/* Waits until the kernel has queued a connection (the handshake is asynchronous). */
+static int wait_pending(int fd) {
+    for (int i = 0; i < 500 && !has_pending(fd); i++) sleep_ms(2);
+    return has_pending(fd);
+}
+
+static void *accept_one(void *arg) {
+    int fd = *(int *)arg;
+    sleep_ms(100); /* let the drain see the queue first */
+    int conn = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+    if (conn >= 0) close(conn);
+    return NULL;
+}
+
+/* A listener of our own: drained, waiting for the accept loop, bounded by the timeout. */
+static void own_listener(void) {
+    int fd = -1;
+    CHECK_EQ(ld_listen("127.0.0.1:0", NULL, &fd, NULL), LD_OK);
+    int port = port_of(fd);
+    CHECK(ld_listen_should_drain(fd));
+    CHECK(!ld_listen_is_shared(fd));
+    CHECK(!ld_listen_is_inherited(fd));
+    int copy = dup(fd);
+    CHECK(ld_listen_should_drain(copy)); /* a copy is the same socket */
+    close(copy);
+    CHECK(!has_pending(fd));
+
+    int client = connect_to(port);
+    CHECK(client >= 0);
+    CHECK(wait_pending(fd));
+    /* Nobody accepts: the drain gives up at its timeout, naming the descriptor. */
+    ld_error *err = NULL;
+    int64_t started = now_ms();
+    CHECK_EQ(ld_listen_drain(fd, 50, &err), LD_TIMEOUT);
+    CHECK(now_ms() - started >= 50);
+    CHECK(err != NULL && strstr(ld_error_message(err), "still had connections waiting") != NULL);
+    ld_error_free(err);
+    /* New connections are dropped from now on; the queued one is still there. */
+    CHECK(!connects_within(port, 200));
+    CHECK(has_pending(fd));
+    /* With an accept loop running, the drain returns once the queue is empty. */
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, accept_one, &fd), 0);
+    err = NULL;
+    CHECK_EQ(ld_listen_drain(fd, -1, &err), LD_OK);
+    CHECK(err == NULL);
+    pthread_join(t, NULL);
+    CHECK(!has_pending(fd));
+    close(client);
+    close(fd);
+    CHECK(ld_listen_should_drain(-1)); /* not known: bound by the program */
+}
+
+/* The parts, and their errors. */
+static void parts_and_errors(void) {
+    int fd = -1;
+    CHECK_EQ(ld_listen("127.0.0.1:0", NULL, &fd, NULL), LD_OK);
+    int port = port_of(fd);
+    CHECK_EQ(ld_listen_stop_accepting(fd, NULL), LD_OK);
+    CHECK(!connects_within(port, 200));
+    CHECK_EQ(ld_listen_drain(fd, 0, NULL), LD_OK); /* nothing queued: done at once */
+    close(fd);
+
+    ld_error *err = NULL;
+    CHECK_EQ(ld_listen_has_pending(0, NULL, &err), LD_NULL_ARGUMENT);
+    CHECK(err != NULL && strcmp(ld_error_message(err), "pending_out is NULL") == 0);
+    ld_error_free(err);
+    bool pending = true;
+    err = NULL;
+    CHECK_EQ(ld_listen_has_pending(-1, &pending, &err), LD_SYSTEM);
+    CHECK(pending); /* unchanged on error */
+    CHECK(err != NULL && strstr(ld_error_message(err), "fd -1") != NULL);
+    ld_error_free(err);
+    err = NULL;
+    CHECK_EQ(ld_listen_stop_accepting(-1, &err), LD_SYSTEM);
+    CHECK(err != NULL && strstr(ld_error_message(err), "cannot stop accepting on fd -1") != NULL);
+    ld_error_free(err);
+    int file = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    err = NULL;
+    CHECK_EQ(ld_listen_drain(file, 10, &err), LD_SYSTEM); /* not a socket */
+    CHECK(err != NULL && strstr(ld_error_message(err), "cannot drain fd") != NULL);
+    ld_error_free(err);
+    close(file);
+    CHECK_EQ(ld_listen_drain(-1, 10, NULL), LD_SYSTEM);
+}
+
+/* A socket handed over as systemd does (fd 3, LISTEN_FDS, LISTEN_PID): shared, so never
+ * drained, and the answer is the same before ld_listen took it as after. */
+static void inherited_listener(void) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_EQ(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    CHECK_EQ(listen(s, 16), 0);
+    int port = port_of(s);
+    if (s != 3) { /* socket() may have given fd 3 itself */
+        CHECK_EQ(dup2(s, 3), 3);
+        close(s);
+    }
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    /* Single-threaded here, before the first lameduck call: the only safe time to setenv. */
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_PID", pid, 1);
+
+    CHECK(!ld_listen_should_drain(3)); /* asked before any ld_listen: the registry reads the environment */
+    CHECK(ld_listen_is_shared(3));
+    int copy = dup(3);
+    CHECK(!ld_listen_should_drain(copy)); /* a copy of a shared socket is shared */
+    close(copy);
+    char address[64];
+    snprintf(address, sizeof address, "127.0.0.1:%d", port);
+    int fd = -1;
+    CHECK_EQ(ld_listen(address, NULL, &fd, NULL), LD_OK);
+    CHECK_EQ(fd, 3);
+    CHECK(ld_listen_is_inherited(fd));
+    CHECK(!ld_listen_should_drain(fd));
+    /* The environment is read, never changed. */
+    CHECK(getenv("LISTEN_FDS") != NULL && strcmp(getenv("LISTEN_FDS"), "1") == 0);
+    CHECK(getenv("LISTEN_PID") != NULL && strcmp(getenv("LISTEN_PID"), pid) == 0);
+    /* Draining a shared listener leaves it alone: it still accepts new connections. */
+    int client = connect_to(port);
+    CHECK(client >= 0);
+    CHECK(wait_pending(fd));
+    CHECK_EQ(ld_listen_drain(fd, 1000, NULL), LD_OK); /* at once, though a connection is queued */
+    CHECK(has_pending(fd));
+    CHECK(connects_within(port, 2000));
+    close(client);
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s own_listener|parts_and_errors|inherited_listener\n", argv[0]);
+        return 2;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "own_listener") == 0) own_listener();
+    else if (strcmp(name, "parts_and_errors") == 0) parts_and_errors();
+    else if (strcmp(name, "inherited_listener") == 0) inherited_listener();
+    else {
+        fprintf(stderr, "unknown sub-test %s\n", name);
+        return 2;
+    }
+    if (failures > 0) return 1;
+    printf("ok %s\n", name);
+    return 0;
+}
