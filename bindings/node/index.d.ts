@@ -80,7 +80,10 @@ export interface Options {
   drainDelay?: number
   /** Ms to wait for close (and the other hooks after it) before giving up on them. Default 5000. */
   closeTimeout?: number
-  /** Console-like logger (default `console`); `false` disables logging. */
+  /**
+   * Console-like logger (default `console`); `false` disables logging. Lines go to `console`
+   * prefixed with `lameduck: `, and to a logger of your own as the core's text, as in C and Python.
+   */
   logger?: Logger | false
   /** 'force' (default): a second signal closes now, a third kills; 'ignore'; 'exit': a second signal kills. */
   repeatSignal?: 'force' | 'ignore' | 'exit'

@@ -89,8 +89,7 @@ function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } =
   // filter would stop them accepting too. The core knows where each socket came from (it went
   // through listen() or adopt()), and its answer changes when it should, so it is asked when
   // shutdown comes.
-  const shared = (fd) => native.isShared(fd)
-  const drainable = (fd) => (drainListener === undefined ? !shared(fd) : !!drainListener)
+  const drainable = (fd) => (drainListener === undefined ? native.shouldDrain(fd) : !!drainListener)
   // http2 multiplexes streams on one socket: track its sessions (GOAWAY), never its sockets.
   const isHttp2 = /^Http2/.test(server.constructor?.name || '')
   const sockets = new Set() // http/https sockets; each carries its in-flight count

@@ -12,7 +12,7 @@ const { describeValue, nativeError } = require('./errors')
  * address when there is one: systemd socket activation (LISTEN_FDS with LISTEN_PID equal to this
  * process, matched by `name` or by address), then Server::Starter's SERVER_STARTER_PORT.
  * Otherwise it is a fresh one (SO_REUSEADDR, close-on-exec, backlog SOMAXCONN). The variables
- * are read, and removed, on the first call. Throws a TypeError for a non-string, a RangeError
+ * are read once, on first use, and left in the environment. Throws a TypeError for a non-string, a RangeError
  * naming the value for a bad address or a malformed variable, and an Error when binding fails.
  */
 function listen(address, name) {

@@ -203,12 +203,16 @@ class Runner {
     }
   }
 
-  /** `level` is the logger method the line goes to: 'debug', 'info', 'warn' or 'error'. */
+  /**
+   * `level` is the logger method the line goes to: 'debug', 'info', 'warn' or 'error'. A logger
+   * of your own gets the core's text as it is, as C's and Python's do; `console` (the default)
+   * gets it prefixed with `lameduck: `, since console lines carry no logger name.
+   */
   #log(level, message) {
     const logger = this.#options.logger
     if (logger === false) return
     const method = logger[level] || logger.info || logger.log
-    method.call(logger, `lameduck: ${message}`)
+    method.call(logger, logger === console ? `lameduck: ${message}` : message)
   }
 
   #onState(from, to) {

@@ -15,7 +15,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lameduck::{Context, HookError, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand};
+use lameduck::{Context, HookError, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -217,34 +217,31 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// The JS name and value of the option a core validation error is about, or None when the
-/// error names no option. This is the one table of JS spellings. The core's messages name their
-/// option by a leading phrase (`lame-duck period 0s is invalid…`); the signal lists' messages
-/// start with `signal N`, which is an upgrade signal's when it says so or when N is not among
-/// the trigger signals (the core checks those first).
+/// The JS name and value of the option a core validation error is about (the core names it by
+/// [`OptionField`]), or None when the error names no option. This is the one table of JS
+/// spellings; it is exhaustive, so a new core option does not build until it has a JS name.
 fn js_option(err: &lameduck::Error, o: &RunnerOptions) -> Option<(&'static str, String)> {
-    type Value = fn(&RunnerOptions) -> String;
-    const OPTIONS: [(&str, &str, Value); 9] = [
-        ("lame-duck period ", "period", |o| o.period.to_string()),
-        ("drain delay ", "drainDelay", |o| o.drain_delay.to_string()),
-        ("close timeout ", "closeTimeout", |o| o.close_timeout.to_string()),
-        ("repeat signal policy ", "repeatSignal", |o| o.repeat_signal.clone()),
-        ("upgrade timeout ", "upgradeTimeout", |o| o.upgrade_timeout.to_string()),
-        ("listen timeout ", "listenTimeout", |o| o.listen_timeout.to_string()),
-        ("upgrade confirmation window ", "upgradeConfirm", |o| o.upgrade_confirm.to_string()),
-        ("upgrade command ", "upgradeCommand", |o| {
+    let list = |signals: &[i32]| format!("[{}]", signals.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
+    Some(match err.field()? {
+        OptionField::Period => ("period", o.period.to_string()),
+        OptionField::Signals => ("signals", list(&o.signals)),
+        OptionField::DrainDelay => ("drainDelay", o.drain_delay.to_string()),
+        OptionField::CloseTimeout => ("closeTimeout", o.close_timeout.to_string()),
+        OptionField::RepeatSignal => ("repeatSignal", json_string(&o.repeat_signal)),
+        OptionField::ExplicitReady => ("explicitReady", o.explicit_ready.to_string()),
+        OptionField::UpgradeSignals => ("upgradeSignals", list(&o.upgrade_signals)),
+        OptionField::UpgradeTimeout => ("upgradeTimeout", o.upgrade_timeout.to_string()),
+        OptionField::UpgradeCommand => {
             let argv: Vec<String> = o.upgrade_command.iter().flatten().map(|a| json_string(a)).collect();
-            format!("[{}]", argv.join(","))
-        }),
-        ("pid file ", "pidFile", |o| json_string(o.pid_file.as_deref().unwrap_or_default())),
-    ];
-    let message = err.message();
-    if let Some((_, js, value)) = OPTIONS.iter().find(|(core, _, _)| message.starts_with(core)) {
-        return Some((js, value(o)));
-    }
-    let signal: i32 = message.strip_prefix("signal ")?.split(' ').next()?.parse().ok()?;
-    let upgrade = message.contains("start an upgrade") || !o.signals.contains(&signal);
-    Some((if upgrade { "upgradeSignals" } else { "signals" }, signal.to_string()))
+            ("upgradeCommand", format!("[{}]", argv.join(",")))
+        }
+        OptionField::PidFile => ("pidFile", json_string(o.pid_file.as_deref().unwrap_or_default())),
+        OptionField::ListenTimeout => ("listenTimeout", o.listen_timeout.to_string()),
+        OptionField::UpgradeConfirm => ("upgradeConfirm", o.upgrade_confirm.to_string()),
+        OptionField::UpgradeWithoutListeners => ("upgradeWithoutListeners", o.upgrade_without_listeners.to_string()),
+        // Set by the JS half itself (a function, or always host-owned signals): never invalid.
+        OptionField::Logger | OptionField::StateObserver | OptionField::SignalOwner => return None,
+    })
 }
 
 /// A core error on the options as a JS one (InvalidArg), naming the option as JS spells it.
@@ -456,6 +453,13 @@ pub fn is_inherited(fd: i32) -> bool {
 #[napi]
 pub fn is_shared(fd: i32) -> bool {
     lameduck::listener::is_shared(fd)
+}
+
+/// True when this process owns the listening socket `fd` alone, so shutdown should drain it
+/// (the core's one answer; `isShared` is its negation).
+#[napi]
+pub fn should_drain(fd: i32) -> bool {
+    lameduck::listener::should_drain(fd)
 }
 
 /// What an upgrade came to (`outcome.kind` tells them apart).

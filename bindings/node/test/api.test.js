@@ -199,12 +199,12 @@ test('explicit readiness, state names, logger and onStateChange', async () => {
   await running
   assert.deepEqual(states, ['STARTING', 'SERVING', 'READY', 'DRAINING', 'SHUTTING_DOWN', 'STOPPED'])
   assert.deepEqual(lines, [
-    'lameduck: Waiting for signals: [interrupt terminated]',
-    'lameduck: Upgrade on signals: [hangup]',
-    'lameduck: Starting server',
-    'lameduck: Stop requested; draining for 50ms, then entering lame-duck mode for 3s',
-    'lameduck: Completed lame-duck mode',
-    'lameduck: Server stopped',
+    'Waiting for signals: [interrupt terminated]',
+    'Upgrade on signals: [hangup]',
+    'Starting server',
+    'Stop requested; draining for 50ms, then entering lame-duck mode for 3s',
+    'Completed lame-duck mode',
+    'Server stopped',
   ])
 })
 

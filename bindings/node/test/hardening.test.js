@@ -54,7 +54,7 @@ test('in a worker thread with signals: [] the run works: the main thread takes S
   await app.waitFor('^out: worker exited 0', LIMIT)
   assert.deepEqual(await app.finish(LIMIT), { code: 0, signal: null })
   const text = app.text()
-  assert.match(text, /out: log lameduck: Stop requested; entering lame-duck mode for 5s/)
+  assert.match(text, /out: log Stop requested; entering lame-duck mode for 5s/)
   // Off the main thread the default upgrade signal (SIGHUP) is not taken, and not claimed.
   assert.doesNotMatch(text, /Upgrade on signals/)
   assert.doesNotMatch(text, /Waiting for signals: \[/)
@@ -167,6 +167,6 @@ test('error texts from the native side are in Display form, not Rust Debug', () 
   })
   assert.throws(() => new lameduck.Runner(server, { upgradeSignals: ['SIGUSR1', 'SIGTERM'] }), {
     name: 'RangeError',
-    message: 'upgradeSignals=15: signal 15 (terminated) cannot both trigger lame-duck and start an upgrade',
+    message: 'upgradeSignals=[10,15]: signal 15 (terminated) cannot both trigger lame-duck and start an upgrade',
   })
 })

@@ -557,6 +557,13 @@ fn is_shared(fd: i32) -> bool {
     lameduck::listener::is_shared(fd)
 }
 
+/// True when this process owns the listening socket `fd` alone, so shutdown should drain it
+/// (the core's one answer; `is_shared` is its negation).
+#[pyfunction]
+fn should_drain(fd: i32) -> bool {
+    lameduck::listener::should_drain(fd)
+}
+
 /// `(major, minor, patch)` of the core.
 fn version_tuple<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
     let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').filter_map(|p| p.parse().ok()).collect();
@@ -575,6 +582,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adopt, m)?)?;
     m.add_function(wrap_pyfunction!(is_inherited, m)?)?;
     m.add_function(wrap_pyfunction!(is_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(should_drain, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("VERSION", version_tuple(m.py())?)?;
     let exiting = wrap_pyfunction!(_interpreter_exiting, m)?;

@@ -18,7 +18,7 @@ def listen(address: str, name: Optional[str] = None) -> socket.socket:
     activation (``LISTEN_FDS`` with ``LISTEN_PID`` equal to this process, matched by ``name``
     against ``LISTEN_FDNAMES`` or by address), then Server::Starter's ``SERVER_STARTER_PORT``.
     Otherwise it is a fresh one, with ``SO_REUSEADDR``, not inheritable, and a backlog of
-    ``SOMAXCONN``. The variables are read, and removed, on the first call. After an upgrade
+    ``SOMAXCONN``. The variables are read once, on first use, and left in the environment. After an upgrade
     (SIGHUP or :meth:`Runner.upgrade`) the new process gets this same socket back from
     ``listen`` with the same arguments (a port of 0 matches the port first given).
 

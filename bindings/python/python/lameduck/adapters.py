@@ -59,10 +59,11 @@ def _drain_default(drain_listener: Optional[bool]) -> Optional[bool]:
 
 def _stop_accepting(sockets: Iterable[Any], drain: Optional[bool] = None) -> List[int]:
     """Attaches the drop filter to each listener to drain; returns their fds. With the default
-    (None), sockets that lameduck.listen() inherited are shared and left alone."""
+    (None), the core decides per socket (should_drain): one that is shared with other processes
+    (inherited, or handed on by an upgrade) is left alone."""
     fds = [s.fileno() for s in sockets]
     if drain is None:
-        fds = [fd for fd in fds if not _lameduck.is_shared(fd)]
+        fds = [fd for fd in fds if _lameduck.should_drain(fd)]
     for fd in fds:
         _lameduck.stop_accepting(fd)
     return fds
