@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import pytest
 
@@ -21,12 +21,14 @@ class Server:
 
     def __init__(self) -> None:
         self.released = threading.Event()
+        self.serving = threading.Event()  # set once serve runs: the run's handlers are installed
         self.calls: List[str] = []
         self.shutdown_remaining: Optional[float] = None
         self.shutdown_deadline: Optional[float] = None
 
     def serve(self, ctx: lameduck.Context) -> None:
         self.calls.append("serve")
+        self.serving.set()
         self.released.wait()
 
     def shutdown(self, ctx: lameduck.Context) -> None:
@@ -42,6 +44,20 @@ class Server:
 
 def quiet(**options: Any) -> dict:
     return {"logger": False, **options}
+
+
+def once_serving(server: Server, action: Callable[[], Any], runner: Optional[lameduck.Runner] = None) -> None:
+    """Runs `action` on another thread once `server`'s serve has begun and, given the runner,
+    once it reports ready (events, not a timer: on a busy machine a timer can fire before the
+    run has even installed its handlers)."""
+
+    def target() -> None:
+        assert server.serving.wait(30), "serve never began"
+        if runner is not None:
+            assert runner.wait_ready(30), "the run never became ready"
+        action()
+
+    threading.Thread(target=target, daemon=True).start()
 
 
 class Background:
@@ -113,7 +129,7 @@ def test_sigterm_runs_lame_duck_and_restores_handlers() -> None:
     try:
         server = Server()
         runner = lameduck.Runner(server, **quiet(period=5.0))
-        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        once_serving(server, lambda: os.kill(os.getpid(), signal.SIGTERM))
         runner.run()
         assert server.calls == ["serve", "shutdown"]
         assert server.shutdown_remaining is not None and 4.0 < server.shutdown_remaining <= 5.0
@@ -127,7 +143,7 @@ def test_sigterm_runs_lame_duck_and_restores_handlers() -> None:
 
 def test_ctrl_c_starts_lame_duck_not_keyboard_interrupt() -> None:
     server = Server()
-    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    once_serving(server, lambda: os.kill(os.getpid(), signal.SIGINT))
     lameduck.run(server, **quiet())
     assert server.calls == ["serve", "shutdown"]
 
@@ -137,7 +153,7 @@ def test_stop_from_a_python_signal_handler() -> None:
     runner = lameduck.Runner(server, **quiet(signals=[signal.SIGUSR2]))
     previous = signal.signal(signal.SIGUSR1, lambda s, f: runner.stop())
     try:
-        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        once_serving(server, lambda: os.kill(os.getpid(), signal.SIGUSR1))
         runner.run()
     finally:
         signal.signal(signal.SIGUSR1, previous)
@@ -171,8 +187,9 @@ def test_shutdown_raising_is_shutdown_error() -> None:
     with pytest.raises(lameduck.CanceledError):
         runner.run()
 
-    runner = lameduck.Runner(Bad(), **quiet(signals=()))
-    threading.Timer(0.1, runner.stop).start()
+    bad = Bad()
+    runner = lameduck.Runner(bad, **quiet(signals=()))
+    once_serving(bad, runner.stop, runner)
     with pytest.raises(lameduck.ShutdownError) as info:
         runner.run()
     assert isinstance(info.value.__cause__, RuntimeError)
@@ -191,8 +208,9 @@ def test_timeout_error_in_shutdown_means_expired_and_close_error_is_the_cause() 
             super().close()
             raise ConnectionError("reset everything")
 
-    runner = lameduck.Runner(Slow(), **quiet(signals=(), period=0.2))
-    threading.Timer(0.1, runner.stop).start()
+    slow = Slow()
+    runner = lameduck.Runner(slow, **quiet(signals=(), period=0.2))
+    once_serving(slow, runner.stop, runner)
     with pytest.raises(lameduck.ExpiredError) as info:
         runner.run()
     assert info.value.expired and not info.value.forced
@@ -205,8 +223,9 @@ def test_hook_that_never_returns_is_bounded() -> None:
         def shutdown(self, ctx: lameduck.Context) -> None:
             threading.Event().wait()  # never returns
 
-    runner = lameduck.Runner(Stuck(), **quiet(signals=(), period=0.2, close_timeout=0.3))
-    threading.Timer(0.1, runner.stop).start()
+    stuck = Stuck()
+    runner = lameduck.Runner(stuck, **quiet(signals=(), period=0.2, close_timeout=0.3))
+    once_serving(stuck, runner.stop, runner)
     began = time.monotonic()
     with pytest.raises(lameduck.ExpiredError) as info:
         runner.run()
@@ -259,10 +278,11 @@ def test_logger_and_state_observer() -> None:
     logger.addHandler(Capture())
     logger.setLevel(logging.DEBUG)
     states: List[str] = []
+    server = Server()
     runner = lameduck.Runner(
-        Server(), signals=(), drain_delay=0.1, logger=logger, on_state_change=lambda old, new: states.append(new)
+        server, signals=(), drain_delay=0.1, logger=logger, on_state_change=lambda old, new: states.append(new)
     )
-    threading.Timer(0.1, runner.stop).start()
+    once_serving(server, runner.stop, runner)
     runner.run()
     assert states == ["STARTING", "SERVING", "READY", "DRAINING", "SHUTTING_DOWN", "STOPPED"]
     assert records == [
