@@ -233,6 +233,17 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
             problems.push(format!("result: expected {want}, got {result:?}"));
         }
     }
+    let message = g0.iter().find_map(|l| l.strip_prefix("message "));
+    if let Some(want) = str_of("message") {
+        if message != Some(want.as_str()) {
+            problems.push(format!("message: expected {want:?}, got {message:?}"));
+        }
+    }
+    if let Some(want) = str_of("message_prefix") {
+        if !message.is_some_and(|m| m.starts_with(&want)) {
+            problems.push(format!("message: expected {want:?}…, got {message:?}"));
+        }
+    }
     if let Some(calls) = expect.get("calls").and_then(|c| c.as_table()) {
         for (hook, want) in calls {
             let got = g0.iter().filter(|l| **l == format!("enter {hook}")).count() as i64;

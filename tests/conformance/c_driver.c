@@ -398,6 +398,7 @@ int main(int argc, char **argv) {
             ld_error_free(again);
         }
     }
+    if (error != NULL) emit("message %s", ld_error_message(error));
     int code = ld_error_code(error);
     char cause[24] = "none";
     if (code != 0) snprintf(cause, sizeof cause, "%d", code);

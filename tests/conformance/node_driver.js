@@ -289,5 +289,6 @@ async function afterRun(err) {
     }
   }
   void listener
+  if (err !== null) ev(`message ${err.message}`)
   result(err)
 }

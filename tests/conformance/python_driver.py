@@ -314,6 +314,7 @@ def main() -> None:
 
     if failure is None:
         finish("ok")
+    emit(f"message {failure}")
     finish(failure.kind.lower(), failure.__cause__, failure.abandoned)
 
 
