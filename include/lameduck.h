@@ -99,7 +99,8 @@ typedef enum ld_status {
    */
   LD_SIGNAL_SETUP = 10,
   /**
-   * `ld_runner_wait_ready` timed out.
+   * `ld_runner_wait_ready` timed out, or `ld_listen_drain` found connections still queued
+   * at its timeout.
    */
   LD_TIMEOUT = 11,
   /**
@@ -126,7 +127,7 @@ typedef enum ld_log_level {
    */
   LD_LOG_DEBUG = 0,
   /**
-   * A lifecycle event (the Go texts: "Received signal [terminated]; entering lame-duck mode for 3s").
+   * A lifecycle event (the Go texts: `Received signal [terminated]; entering lame-duck mode for 3s`).
    */
   LD_LOG_INFO = 1,
   /**

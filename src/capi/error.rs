@@ -36,7 +36,8 @@ pub enum ld_status {
     LD_PANIC = 9,
     /// The signal handlers could not be installed.
     LD_SIGNAL_SETUP = 10,
-    /// `ld_runner_wait_ready` timed out.
+    /// `ld_runner_wait_ready` timed out, or `ld_listen_drain` found connections still queued
+    /// at its timeout.
     LD_TIMEOUT = 11,
     /// `ld_runner_wait_ready`: the run ended without ever becoming ready.
     LD_NOT_RUNNING = 12,

@@ -33,7 +33,7 @@ pub struct ld_options {
 pub enum ld_log_level {
     /// Detail about the library itself.
     LD_LOG_DEBUG = 0,
-    /// A lifecycle event (the Go texts: "Received signal [terminated]; entering lame-duck mode for 3s").
+    /// A lifecycle event (the Go texts: `Received signal [terminated]; entering lame-duck mode for 3s`).
     LD_LOG_INFO = 1,
     /// Something went wrong, the run goes on.
     LD_LOG_WARN = 2,
