@@ -256,7 +256,7 @@ fn main() {
     // In shutdown the process has: its threads at rest, the caller's thread blocked in run(),
     // and whatever lameduck started.
     println!(
-        "threads lameduck starts per run: {} (serve, shutdown; close adds 1 when called; all joined after the run)",
+        "threads lameduck starts per run: {} (serve, and shutdown and close parked from the start; all joined after the run)",
         threads_in_shutdown.saturating_sub(base_threads + 1)
     );
     let before = rss_kib();

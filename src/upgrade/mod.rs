@@ -9,7 +9,10 @@
 //! descriptor, named by `LAMEDUCK_READY_FD`. A lameduck-based program reports on it by itself
 //! when its runner is ready; any other program writes the line `READY=1\n` to it.
 
+mod coordinator;
 mod spawn;
+
+pub(crate) use coordinator::{Coordinator, Outcome, Request, Requests, Started, Waiter, Waiters};
 
 use std::ffi::OsString;
 use std::io;
