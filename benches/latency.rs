@@ -82,6 +82,8 @@ fn rss_kib() -> u64 {
 }
 
 static EXPIRED_LOG: Mutex<Option<Instant>> = Mutex::new(None);
+/// When the coordinator logged that it took the trigger signal (just before it starts `shutdown`).
+static SIGNAL_LOG: Mutex<Option<Instant>> = Mutex::new(None);
 fn options(period: Duration) -> Options {
     Options {
         signals: vec![libc::SIGUSR1],
@@ -89,6 +91,8 @@ fn options(period: Duration) -> Options {
         logger: Some(Arc::new(|_, m: &str| {
             if m.starts_with("Lame-duck period has expired") {
                 *EXPIRED_LOG.lock().unwrap() = Some(Instant::now());
+            } else if m.starts_with("Received signal [") {
+                *SIGNAL_LOG.lock().unwrap() = Some(Instant::now());
             }
         })),
         ..Options::default()
@@ -200,6 +204,7 @@ fn main() {
     }
     println!("lameduck {} benchmarks ({} runs each, {} CPUs)", env!("CARGO_PKG_VERSION"), RUNS, num_cpus());
 
+    let (mut signal_wake, mut signal_start) = (Vec::new(), Vec::new());
     let signal_latency: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let (sent, probe) = one_run(Arc::new(Probe::default()), Duration::from_secs(3), |_| {
@@ -209,11 +214,16 @@ fn main() {
                 at
             });
             let entry = probe.shutdown_entry.lock().unwrap().unwrap();
+            let logged = SIGNAL_LOG.lock().unwrap().unwrap();
+            signal_wake.push(logged.saturating_duration_since(sent));
+            signal_start.push(entry.saturating_duration_since(logged));
             entry - sent
         })
         .collect();
     let (signal_floor, timer_floor) = floors();
     summary("signal -> shutdown entry", signal_latency);
+    summary("  signal -> coordinator wake", signal_wake);
+    summary("  coordinator -> shutdown entry", signal_start);
     summary("  floor: signal -> woken thread (bare handler)", signal_floor);
 
     let stop_latency: Vec<Duration> = (0..RUNS)
