@@ -178,6 +178,11 @@ impl HookThread {
         self.returned
     }
 
+    /// True while the hook has been started and has not returned (a parked one is not).
+    pub(super) fn pending(&self) -> bool {
+        self.started && !self.returned
+    }
+
     /// The hook's result, once (after it returned).
     pub(super) fn take_result(&mut self) -> Option<Result<(), HookError>> {
         self.result.take()

@@ -276,7 +276,7 @@ impl Run {
                 let waiting: Vec<&'static str> = [&self.hooks.close, &self.hooks.serve, &self.hooks.shutdown]
                     .into_iter()
                     .flatten()
-                    .filter(|h| !h.returned())
+                    .filter(|h| h.pending())
                     .map(|h| h.name)
                     .collect();
                 if waiting.is_empty() {
