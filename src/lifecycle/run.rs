@@ -53,6 +53,8 @@ fn returned(hook: &Option<HookThread>) -> bool {
     hook.as_ref().is_some_and(HookThread::returned)
 }
 
+/// One execution of a runner, owned by the thread that called `run`: the only writer of the
+/// state and the only caller of the logger and the observer.
 pub(super) struct Run {
     shared: Arc<Shared>,
     ctx: Context,
