@@ -1,7 +1,7 @@
 //! Generates `include/lameduck.h` with cbindgen and gives `liblameduck.so` its SONAME.
 //!
 //! The header is committed. cbindgen rewrites it only when its content changes, so a
-//! current tree stays untouched; `tests/header.rs` fails when the committed copy is stale.
+//! current tree stays untouched; `tests/abi.rs` fails when the committed copy is stale.
 
 use std::env;
 use std::path::PathBuf;

@@ -3,6 +3,9 @@
 //! - signal → `shutdown` entry latency (a real SIGUSR1 sent with kill(2) to this process);
 //! - deadline accuracy: how late `close` is called after the deadline when `shutdown` ignores it;
 //! - `Runner::stop` → `shutdown` entry latency;
+//! - the floors those two latencies are measured against, in the same run and under the same
+//!   load: a bare signal handler waking a thread blocked on a pipe, and a thread blocked with a
+//!   timeout waking at it (what no coordinator can beat: the cost of a wake-up itself);
 //! - cost of a run: threads created, RSS growth over many runs, `.so` size.
 //!
 //! Each latency is measured over RUNS runs; median, p99 and max are printed.
@@ -79,6 +82,8 @@ fn rss_kib() -> u64 {
 }
 
 static EXPIRED_LOG: Mutex<Option<Instant>> = Mutex::new(None);
+/// When the coordinator logged that it took the trigger signal (just before it starts `shutdown`).
+static SIGNAL_LOG: Mutex<Option<Instant>> = Mutex::new(None);
 fn options(period: Duration) -> Options {
     Options {
         signals: vec![libc::SIGUSR1],
@@ -86,6 +91,8 @@ fn options(period: Duration) -> Options {
         logger: Some(Arc::new(|_, m: &str| {
             if m.starts_with("Lame-duck period has expired") {
                 *EXPIRED_LOG.lock().unwrap() = Some(Instant::now());
+            } else if m.starts_with("Received signal [") {
+                *SIGNAL_LOG.lock().unwrap() = Some(Instant::now());
             }
         })),
         ..Options::default()
@@ -119,12 +126,85 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// The write end of the floor's pipe, for the bare handler below.
+static FLOOR_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn floor_handler(_: libc::c_int) {
+    let byte = 1u8;
+    // SAFETY: write(2) is async-signal-safe; one byte from a local to the pipe set up below.
+    unsafe { libc::write(FLOOR_PIPE.load(std::sync::atomic::Ordering::SeqCst), (&byte as *const u8).cast(), 1) };
+}
+
+/// Blocks in ppoll(2) on `fd` (as the coordinator does) for at most `timeout` (`None`:
+/// forever); returns when it woke.
+fn poll_wake(fd: i32, timeout: Option<Duration>) -> Instant {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let timeout = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
+    let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: one valid pollfd; the timeout is NULL or a live timespec.
+    unsafe { libc::ppoll(&mut p, 1, timeout_ptr, std::ptr::null()) };
+    Instant::now()
+}
+
+/// The floors: a signal (SIGUSR2, a bare handler that writes one byte to a pipe) waking a
+/// thread blocked in poll(2) on it, and a thread blocked in poll(2) waking at its timeout.
+fn floors() -> (Vec<Duration>, Vec<Duration>) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array; both ends are closed at the end.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+    FLOOR_PIPE.store(fds[1], std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: installing a handler that only calls write(2); restored to default below.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = floor_handler as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
+    }
+    let read = fds[0];
+    let signal: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                started_tx.send(()).unwrap();
+                let woke = poll_wake(read, None);
+                let mut buf = [0u8; 16];
+                // SAFETY: draining the non-blocking pipe into a local buffer.
+                unsafe { libc::read(read, buf.as_mut_ptr().cast(), buf.len()) };
+                woke
+            });
+            started_rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(2)); // blocked in poll by now, as a run's coordinator is
+            let sent = Instant::now();
+            // SAFETY: SIGUSR2 has the handler installed above.
+            unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+            waiter.join().unwrap() - sent
+        })
+        .collect();
+    let timer: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let due = Instant::now() + Duration::from_millis(10);
+                poll_wake(read, Some(Duration::from_millis(10))).saturating_duration_since(due)
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    // SAFETY: back to the default disposition; then the pipe is ours to close.
+    unsafe {
+        libc::signal(libc::SIGUSR2, libc::SIG_DFL);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    (signal, timer)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --all-targets` lists benches; nothing to list here.
     }
     println!("lameduck {} benchmarks ({} runs each, {} CPUs)", env!("CARGO_PKG_VERSION"), RUNS, num_cpus());
 
+    let (mut signal_wake, mut signal_start) = (Vec::new(), Vec::new());
     let signal_latency: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let (sent, probe) = one_run(Arc::new(Probe::default()), Duration::from_secs(3), |_| {
@@ -134,10 +214,17 @@ fn main() {
                 at
             });
             let entry = probe.shutdown_entry.lock().unwrap().unwrap();
+            let logged = SIGNAL_LOG.lock().unwrap().unwrap();
+            signal_wake.push(logged.saturating_duration_since(sent));
+            signal_start.push(entry.saturating_duration_since(logged));
             entry - sent
         })
         .collect();
+    let (signal_floor, timer_floor) = floors();
     summary("signal -> shutdown entry", signal_latency);
+    summary("  signal -> coordinator wake", signal_wake);
+    summary("  coordinator -> shutdown entry", signal_start);
+    summary("  floor: signal -> woken thread (bare handler)", signal_floor);
 
     let stop_latency: Vec<Duration> = (0..RUNS)
         .map(|_| {
@@ -172,13 +259,14 @@ fn main() {
     summary("deadline -> close entry (shutdown ignores it)", lateness);
     summary("  deadline -> coordinator wake", WAKE.lock().unwrap().clone());
     summary("  coordinator -> close entry", SPAWN.lock().unwrap().clone());
+    summary("  floor: timeout -> woken thread (poll)", timer_floor);
 
     std::thread::sleep(Duration::from_millis(50)); // let the kernel reap exited threads
     let base_threads = thread_count();
     // In shutdown the process has: its threads at rest, the caller's thread blocked in run(),
     // and whatever lameduck started.
     println!(
-        "threads lameduck starts per run: {} (serve, shutdown; close adds 1 when called; all joined after the run)",
+        "threads lameduck starts per run: {} (serve, and shutdown and close parked from the start; all joined after the run)",
         threads_in_shutdown.saturating_sub(base_threads + 1)
     );
     let before = rss_kib();

@@ -2,12 +2,21 @@
 //! the same program again) and, when an upgrade started it, the channel on which it tells the
 //! previous generation that it is ready and learns that the previous generation handed over.
 //!
-//! Read once, the first time a runner is made. `LAMEDUCK_READY_FD` is removed from the
-//! environment and its descriptor made close-on-exec, so it never leaks into other children.
-//! It is trusted only when `LAMEDUCK_READY_PID` names this very process (as `LISTEN_PID` binds
-//! `LISTEN_FDS`) and the descriptor really is a channel (a connected unix stream socket made by
-//! the previous generation, or a pipe's write end): a variable inherited through another
-//! program, or one naming the server's own listener, is ignored and its descriptor untouched.
+//! Read once, the first time a runner is made, and never written: the library runs inside
+//! Python and Node hosts with threads of their own, where changing the environment races with
+//! every `getenv`. So `LAMEDUCK_READY_FD`, `LAMEDUCK_READY_PID` and `LAMEDUCK_PREVIOUS_PID`
+//! stay in the environment, and nothing goes stale for the children they reach:
+//! - the descriptor is made close-on-exec, so it never leaks into a child;
+//! - a child the host starts inherits `LAMEDUCK_READY_PID` naming this process, not itself, so
+//!   a lameduck program there ignores the variables (with a warning), as below;
+//! - a new generation started by an upgrade gets an environment built without them and then
+//!   its own values (`upgrade::INHERITANCE_ENV`, `upgrade::spawn`).
+//!
+//! `LAMEDUCK_READY_FD` is trusted only when `LAMEDUCK_READY_PID` names this very process (as
+//! `LISTEN_PID` binds `LISTEN_FDS`) and the descriptor really is a channel (a connected unix
+//! stream socket made by the previous generation, or a pipe's write end): a variable inherited
+//! through another program, or one naming the server's own listener, is ignored and its
+//! descriptor untouched.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -74,7 +83,8 @@ struct Predecessor {
 }
 
 impl Predecessor {
-    fn open(fd: RawFd) -> Predecessor {
+    /// Takes the channel at `fd`; `previous` is `LAMEDUCK_PREVIOUS_PID` as read at start.
+    fn open(fd: RawFd, previous: Option<&str>) -> Predecessor {
         // SAFETY: the previous generation placed this descriptor here for us alone.
         let channel = unsafe { OwnedFd::from_raw_fd(fd) };
         crate::listener::set_cloexec(fd);
@@ -83,7 +93,7 @@ impl Predecessor {
             let mut st: libc::stat = std::mem::zeroed();
             libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
         };
-        let pidfd = std::env::var(PREVIOUS_PID_ENV).ok().and_then(|v| v.trim().parse::<libc::pid_t>().ok()).and_then(|pid| {
+        let pidfd = previous.and_then(|v| v.trim().parse::<libc::pid_t>().ok()).and_then(|pid| {
             // SAFETY: getppid cannot fail; pidfd_open on a pid, checked to still be our parent
             // afterwards (so the pidfd is not of a process that reused the number).
             unsafe {
@@ -99,7 +109,6 @@ impl Predecessor {
                 (libc::getppid() == pid).then(|| Arc::new(pidfd))
             }
         });
-        std::env::remove_var(PREVIOUS_PID_ENV);
         Predecessor { channel, is_socket, pidfd }
     }
 
@@ -168,20 +177,16 @@ fn read() -> Generation {
         let text = p.to_string_lossy();
         text.strip_suffix(" (deleted)").map_or(p.clone(), PathBuf::from)
     });
-    let bound_to = std::env::var_os(READY_PID_ENV);
-    std::env::remove_var(READY_PID_ENV);
+    // One look at each variable (this runs once, under the OnceLock): the channel's
+    // descriptor is taken below, so a second reading must never take it again.
+    let bound_to = std::env::var_os(READY_PID_ENV).map(|v| v.to_string_lossy().into_owned());
+    let previous = std::env::var(PREVIOUS_PID_ENV).ok();
     let (handover, problem) = match std::env::var_os(READY_FD_ENV) {
         None => (Handover::Current, None),
         Some(value) => {
-            std::env::remove_var(READY_FD_ENV);
-            let bound_to = bound_to.map(|v| v.to_string_lossy().into_owned());
-            let previous = std::env::var(PREVIOUS_PID_ENV).ok();
             match parse_ready_fd(&value.to_string_lossy(), bound_to.as_deref(), previous.as_deref(), std::process::id()) {
-                Ok(fd) => (Handover::Pending(Predecessor::open(fd)), None),
-                Err(problem) => {
-                    std::env::remove_var(PREVIOUS_PID_ENV);
-                    (Handover::Current, Some(problem))
-                }
+                Ok(fd) => (Handover::Pending(Predecessor::open(fd, previous.as_deref())), None),
+                Err(problem) => (Handover::Current, Some(problem)),
             }
         }
     };

@@ -21,11 +21,17 @@ mod context;
 mod error;
 mod format;
 mod generation;
+mod lifecycle;
+mod lineage;
 pub mod listener;
 pub mod notify;
 mod options;
 mod pidfile;
-mod runner;
+/// `capi/boundary.rs` still names `panic_text` by its path from before the lifecycle split.
+#[cfg(feature = "capi")]
+mod runner {
+    pub(crate) use crate::lifecycle::panic_text;
+}
 mod server;
 mod signals;
 mod state;
@@ -39,13 +45,13 @@ pub use context::Context;
 pub use error::{Error, ErrorKind, HookError, HookFailure};
 pub use format::{go_duration, signal_list, signal_name};
 pub use generation::READY_FD_ENV;
+pub use lifecycle::Runner;
 pub use options::{
     stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_period, validate_pid_file,
     validate_signal, validate_signals, validate_upgrade_command, validate_upgrade_confirm, validate_upgrade_signals,
     validate_upgrade_timeout, Level, Logger, OptionField, Options, RepeatSignalPolicy, SignalOwner, StateObserver,
     UpgradeCommand, MAX_DURATION,
 };
-pub use runner::Runner;
 pub use server::Server;
 pub use state::State;
 

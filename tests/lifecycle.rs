@@ -209,3 +209,35 @@ fn run_function_validates_before_starting() {
     let err = lameduck::run(s, Options { period: Duration::ZERO, ..host_options() }).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
+
+/// A repeated signal during the drain delay forces the close before `shutdown` was ever called:
+/// the run waits for `close` and `serve` only (a hook that never started is not "still
+/// running"), ends `Forced` at once, and abandons nothing.
+#[test]
+fn forced_during_the_drain_delay_never_waits_for_shutdown() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let shutdowns = Arc::clone(&calls);
+    let server = server(
+        Box::new(move |_| {
+            shutdowns.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+        Box::new(|| Ok(())),
+    );
+    let options = Options { drain_delay: Duration::from_secs(30), close_timeout: Duration::from_secs(20), ..host_options() };
+    let runner = Arc::new(Runner::new(server.clone(), options).unwrap());
+    let handle = run_in_background(Arc::clone(&runner));
+    runner.deliver_signal(libc::SIGTERM).unwrap();
+    while runner.state() != State::Draining {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    runner.deliver_signal(libc::SIGTERM).unwrap();
+    let err = handle.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Forced, "{}", err.message());
+    assert!(!err.message().contains("abandoned"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(10), "the run waited for a hook that never started");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "shutdown is never called in a forced drain");
+    assert_eq!(server.closes.load(Ordering::SeqCst), 1);
+    assert_eq!(runner.state(), State::Stopped);
+}

@@ -9,8 +9,8 @@ use super::error::{ld_error, ld_status};
 use super::options::ld_options;
 use super::server::ld_server;
 use crate::error::Error;
+use crate::lifecycle::Runner;
 use crate::options::Options;
-use crate::runner::Runner;
 use crate::state::State;
 
 /// A runner's lifecycle state. Transitions, in order:

@@ -9,7 +9,10 @@
 //! descriptor, named by `LAMEDUCK_READY_FD`. A lameduck-based program reports on it by itself
 //! when its runner is ready; any other program writes the line `READY=1\n` to it.
 
+mod coordinator;
 mod spawn;
+
+pub(crate) use coordinator::{Coordinator, Outcome, Request, Requests, Started, Waiter, Waiters};
 
 use std::ffi::OsString;
 use std::io;
@@ -24,7 +27,9 @@ use crate::options::Options;
 /// How long a new process that failed the upgrade gets to exit after SIGTERM before SIGKILL.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Variables that describe this process's inheritance, never passed on as they are.
+/// Variables that describe this process's inheritance, never passed on as they are: the
+/// library leaves them in its own environment (see [`crate::generation`]), and the new process
+/// gets its own values from [`spawn`] instead.
 const INHERITANCE_ENV: [&str; 10] = [
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -78,8 +83,7 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
         listeners.iter().enumerate().filter_map(|(i, l)| l.owned.map(|id| (i, id))).collect();
     let required: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.taken).map(|(i, _)| i).collect();
     let lineage: Vec<usize> = listeners.iter().enumerate().filter(|(_, l)| l.lineage).map(|(i, _)| i).collect();
-    let env: Vec<(OsString, OsString)> =
-        std::env::vars_os().filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect();
+    let env = child_env(std::env::vars_os());
     let plan = spawn::Plan {
         program: &program,
         args: &args,
@@ -93,6 +97,12 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
     };
     let spawned = spawn::spawn(&plan)?;
     Ok(Candidate { pid: spawned.pid as u32, program, handed: fds, spawned })
+}
+
+/// The new process's environment before [`spawn`] adds its own variables: this process's,
+/// without the ones that describe this process's inheritance.
+fn child_env(vars: impl Iterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    vars.filter(|(k, _)| !INHERITANCE_ENV.iter().any(|name| k == name)).collect()
 }
 
 /// `program` as `execve` needs it: a path with a slash is taken as it is (relative to the
@@ -368,5 +378,23 @@ mod tests {
     fn statuses() {
         assert_eq!(describe_status(3 << 8), "exited with status 3");
         assert_eq!(describe_status(9), "was killed by signal 9 (killed)");
+    }
+
+    /// A new generation never inherits the readiness channel, the previous pid or the sockets
+    /// meant for this process (they stay in this process's environment: nothing removes them).
+    #[test]
+    fn child_env_drops_this_processs_inheritance() {
+        let ours = |k: &str, v: &str| (OsString::from(k), OsString::from(v));
+        let vars = vec![
+            ours("PATH", "/usr/bin"),
+            ours(crate::generation::READY_FD_ENV, "7"),
+            ours(crate::generation::READY_PID_ENV, "42"),
+            ours(crate::generation::PREVIOUS_PID_ENV, "41"),
+            ours("LISTEN_FDS", "1"),
+            ours("LISTEN_PID", "42"),
+            ours("NOTIFY_SOCKET", "/run/notify"),
+        ];
+        let env = child_env(vars.into_iter());
+        assert_eq!(env, vec![ours("PATH", "/usr/bin"), ours("NOTIFY_SOCKET", "/run/notify")]);
     }
 }
