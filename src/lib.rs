@@ -27,11 +27,6 @@ pub mod listener;
 pub mod notify;
 mod options;
 mod pidfile;
-/// `capi/boundary.rs` still names `panic_text` by its path from before the lifecycle split.
-#[cfg(feature = "capi")]
-mod runner {
-    pub(crate) use crate::lifecycle::panic_text;
-}
 mod server;
 mod signals;
 mod state;

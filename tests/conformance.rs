@@ -254,8 +254,12 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
     }
     if let Some(states) = expect.get("states").and_then(|s| s.as_array()) {
         let want: Vec<String> = states.iter().map(token).collect();
-        let got: Vec<String> =
-            g0.iter().filter_map(|l| l.strip_prefix("state ")).filter_map(|s| s.split_whitespace().nth(1)).map(String::from).collect();
+        let got: Vec<String> = g0
+            .iter()
+            .filter_map(|l| l.strip_prefix("state "))
+            .filter_map(|s| s.split_whitespace().nth(1))
+            .map(String::from)
+            .collect();
         if want != got {
             problems.push(format!("states: expected {want:?}, got {got:?}"));
         }
@@ -278,7 +282,8 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
             problems.push(format!("events: expected, in order, {want:?}; missing {missing:?}"));
         }
     }
-    let want_exit = str_of("exit").unwrap_or_else(|| if str_of("result").as_deref() == Some("ok") { "0".into() } else { "1".into() });
+    let want_exit =
+        str_of("exit").unwrap_or_else(|| if str_of("result").as_deref() == Some("ok") { "0".into() } else { "1".into() });
     if let Some(status) = t.exit {
         let got = match (status.code(), status.signal()) {
             (Some(code), _) => code.to_string(),

@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::error::{ld_error, ld_status, write_error};
 use crate::error::{Error, ErrorKind};
-use crate::runner::panic_text;
+use crate::lifecycle::panic_text;
 
 /// Runs `body`; a panic becomes `on_panic` instead of unwinding into C.
 pub(crate) fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {

@@ -42,11 +42,7 @@ pub use address::Address;
 pub use drain::{drain, has_pending_connection, idle_grace, stop_accepting, Drained};
 pub(crate) use env::FileId;
 pub use env::{parse_listen_fds, parse_server_starter_port, LINEAGE_FDS_ENV, MAX_INHERITED_FDS, OWNED_FDS_ENV, REQUIRED_FDS_ENV};
-/// [`registry::for_successor`], under the name `upgrade::start` calls it by.
-pub(crate) use registry::for_successor as handoff;
-/// [`registry::mark_passed_on`], under the name the run loop calls it by.
-pub(crate) use registry::mark_passed_on as set_handed_on;
-pub(crate) use registry::{any_known, remove_owned_paths, untaken, watch_takes};
+pub(crate) use registry::{any_known, for_successor, mark_passed_on, remove_owned_paths, untaken, watch_takes};
 pub(crate) use socket::set_cloexec;
 
 use env::Source;

@@ -241,7 +241,7 @@ impl Coordinator {
             Err(err) => return Err((err, Waiters(waiters))),
         };
         let (timeout, confirm) = (options.upgrade_timeout, options.upgrade_confirm);
-        started(&Started { pid: candidate.pid, program: &candidate.program, listeners: candidate.handed.len(), timeout });
+        started(&Started { pid: candidate.pid, program: &candidate.program, listeners: candidate.passed_on.len(), timeout });
         let cancel = match CancelPipe::new() {
             Ok(cancel) => Arc::new(cancel),
             Err(e) => {
@@ -265,7 +265,7 @@ impl Coordinator {
             Ok(watcher) => {
                 // Shared from now on: a lame-duck that starts before the outcome is known must
                 // not drain sockets the new process may already be accepting on.
-                listener::set_handed_on(&candidate.handed, true);
+                listener::mark_passed_on(&candidate.passed_on, true);
                 self.in_flight = Some(InFlight { candidate, cancel, outcome, watcher: Some(watcher), waiters });
                 Ok(())
             }
@@ -316,7 +316,7 @@ impl Coordinator {
         // Release the pipes and the pidfd before anyone hears the outcome, so a caller that
         // counts descriptors right after `upgrade` returns sees none of ours.
         let InFlight { candidate, cancel, waiters, .. } = upgrade;
-        let (pid, handed) = (candidate.pid, candidate.handed.clone());
+        let (pid, passed_on) = (candidate.pid, candidate.passed_on.clone());
         let result = result.and_then(|()| {
             // Before anyone hears the new process took over. A pid file that cannot name it
             // would name this process for ever after it exits (a supervisor would think the
@@ -330,7 +330,7 @@ impl Coordinator {
         });
         drop((candidate, cancel));
         if result.is_err() {
-            listener::set_handed_on(&handed, false);
+            listener::mark_passed_on(&passed_on, false);
         }
         Outcome { pid, result, waiters: Waiters(waiters) }
     }

@@ -48,7 +48,7 @@ pub(crate) struct Candidate {
     pub(crate) pid: u32,
     pub(crate) program: PathBuf,
     /// The descriptors it was given (ours), to mark as shared once it takes over.
-    pub(crate) handed: Vec<RawFd>,
+    pub(crate) passed_on: Vec<RawFd>,
     spawned: spawn::Spawned,
 }
 
@@ -76,7 +76,7 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
         }
         Err(err) => return Err(err),
     };
-    let listeners = crate::listener::handoff();
+    let listeners = crate::listener::for_successor();
     let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
     let owned: Vec<(usize, crate::listener::FileId)> =
@@ -96,7 +96,7 @@ pub(crate) fn start(options: &Options) -> Result<Candidate, Error> {
         dir,
     };
     let spawned = spawn::spawn(&plan)?;
-    Ok(Candidate { pid: spawned.pid as u32, program, handed: fds, spawned })
+    Ok(Candidate { pid: spawned.pid as u32, program, passed_on: fds, spawned })
 }
 
 /// The new process's environment before [`spawn`] adds its own variables: this process's,

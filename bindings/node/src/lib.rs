@@ -15,7 +15,9 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lameduck::{Context, HookError, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand};
+use lameduck::{
+    Context, HookError, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand,
+};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
