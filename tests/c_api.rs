@@ -14,8 +14,7 @@ fn program() -> &'static PathBuf {
     PROGRAM.get_or_init(|| common::build_c("test_api", SOURCES))
 }
 
-/// The C test program's files (every `.c` in tests/c except the pkg-config smoke test, which
-/// `tests/install.rs` builds on its own).
+/// The C test program's files: every `.c` in tests/c except those in [`OWN_PROGRAMS`].
 const SOURCES: &[&str] = &[
     "tests/c/main.c",
     "tests/c/common.c",
@@ -27,14 +26,25 @@ const SOURCES: &[&str] = &[
     "tests/c/upgrade.c",
 ];
 
-/// A new C file must be compiled in, or its sub-tests would silently never run.
+/// C files that are programs of their own, and the test that builds and runs each.
+const OWN_PROGRAMS: &[(&str, &str)] = &[("pkgconfig_smoke.c", "tests/install.rs"), ("test_listen.c", "tests/c_listen.rs")];
+
+/// A new C file must be compiled in (or built by a test of its own), or its sub-tests would
+/// silently never run.
 #[test]
 fn every_c_file_is_compiled() {
     let dir = common::repo().join("tests/c");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.ends_with(".c") && name != "pkgconfig_smoke.c" {
-            assert!(SOURCES.contains(&format!("tests/c/{name}").as_str()), "tests/c/{name} is not in SOURCES");
+        if !name.ends_with(".c") {
+            continue;
+        }
+        match OWN_PROGRAMS.iter().find(|(file, _)| *file == name) {
+            Some((file, test)) => {
+                let text = std::fs::read_to_string(common::repo().join(test)).unwrap();
+                assert!(text.contains(&format!("tests/c/{file}")), "{test} does not build tests/c/{file}");
+            }
+            None => assert!(SOURCES.contains(&format!("tests/c/{name}").as_str()), "tests/c/{name} is not in SOURCES"),
         }
     }
 }

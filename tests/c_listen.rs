@@ -155,7 +155,7 @@ fn a_server_starter_key_must_match_its_socket() {
 /// listener registry is per process), under ASan/UBSan or valgrind like the other C tests.
 fn drain_api_test(name: &str) {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    let program = PROGRAM.get_or_init(|| common::build_c("test_listen", &["tests/c/test_listen.c"]));
+    let program = PROGRAM.get_or_init(|| common::build_c("test_listen", &["tests/c/test_listen.c", "tests/c/common.c"]));
     let mut cmd = common::c_command(program);
     cmd.arg(name);
     let (status, stdout, stderr) = common::run_limited(cmd, LIMIT);

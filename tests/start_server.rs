@@ -172,7 +172,10 @@ fn a_failing_new_worker_keeps_the_old_one_serving() {
     for (name, bin) in implementations() {
         let dir = scratch(&format!("fail-{name}"));
         let (port, status) = (common::free_port(), dir.join("status"));
-        let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display())];
+        // A failing worker exits at once, but the test needs it to exit within the interval (else
+        // it counts as started and the old worker is stopped): 4 s, not the default 1 s, covers
+        // a Python start on a machine with both CPUs busy.
+        let args = vec![format!("--port=127.0.0.1:{port}"), format!("--status-file={}", status.display()), "--interval=4".into()];
         let run = Running::start(&bin, &args, &[("FAIL_GENERATIONS", "2,3".into())]);
         wait_until("generation 1", || generations(&status) == [1]);
         run.proc.signal(libc::SIGHUP);
