@@ -24,9 +24,14 @@
 //!   because `LISTEN_PID` names this process, not the child (sd_listen_fds(3), and our own
 //!   `listen`, ignore it). `SERVER_STARTER_PORT` has no such binding: a child that is itself a
 //!   Server::Starter-aware server (a lameduck one included) would look for sockets it was not
-//!   given, so leave it out of such a child's environment.
-//!   given: its `listen` fails naming the descriptor, and it takes itself for a start_server
-//!   worker (which never upgrades itself). Leave the variable out of such a child's environment.
+//!   given (its `listen` fails naming the descriptor, and it takes itself for a start_server
+//!   worker, which never upgrades itself), as under Perl's and Go's Server::Starter. Leave the
+//!   variable out of such a child's environment.
+//! - A process that re-execs itself in place (`execv` of its own program, same pid) keeps the
+//!   variables that name its own pid, but not the descriptors (close-on-exec), whose numbers
+//!   may then hold something else. Remove `LISTEN_*`, `SERVER_STARTER_PORT` and `LAMEDUCK_*`
+//!   from the environment you pass to `execve` there, as sd_listen_fds(3)'s `unset_environment`
+//!   does for systemd; or upgrade, which starts the new image as a new process.
 
 mod address;
 pub mod drain;
