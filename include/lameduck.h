@@ -162,7 +162,9 @@ typedef enum ld_state {
    */
   LD_STATE_STARTING = 2,
   /**
-   * serve is running but has not called `ld_context_ready` (explicit readiness only).
+   * serve has been started, the run is not ready yet: with explicit readiness until serve
+   * calls `ld_context_ready`; otherwise only until the coordinator reports READY, at once.
+   * Every run passes through it, so observers see `STARTING → SERVING → READY`.
    */
   LD_STATE_SERVING = 3,
   /**

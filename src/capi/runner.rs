@@ -28,7 +28,9 @@ pub enum ld_state {
     LD_STATE_NOT_STARTED = 1,
     /// `ld_runner_run` was called; installing signal handlers.
     LD_STATE_STARTING = 2,
-    /// serve is running but has not called `ld_context_ready` (explicit readiness only).
+    /// serve has been started, the run is not ready yet: with explicit readiness until serve
+    /// calls `ld_context_ready`; otherwise only until the coordinator reports READY, at once.
+    /// Every run passes through it, so observers see `STARTING → SERVING → READY`.
     LD_STATE_SERVING = 3,
     /// Handlers installed and serve running (and, with explicit readiness, accepting).
     LD_STATE_READY = 4,
