@@ -634,10 +634,11 @@ mod tests {
     #[test]
     fn every_ready_in_one_wake_up_counts() {
         // Two "workers": our parent and us (we are a descendant of both, so our datagrams are
-        // theirs). The old worker has the higher pid, so it is read last: its READY=1 must not
-        // hide the new worker's.
-        let (new, old) = (std::os::unix::process::parent_id() as i32, std::process::id() as i32);
-        assert!(new < old, "the parent's pid is lower here (no pid wrap-around in between)");
+        // theirs). The old worker is the one with the higher pid, so it is read last: its
+        // READY=1 must not hide the new worker's. (Which of the two has the higher pid depends
+        // on wrap-around, so the roles follow the numbers.)
+        let (a, b) = (std::os::unix::process::parent_id() as i32, std::process::id() as i32);
+        let (new, old) = (a.min(b), a.max(b));
         let dir = notify::NotifyDir::create().unwrap();
         let mut sockets = BTreeMap::new();
         let sender = UnixDatagram::unbound().unwrap();
