@@ -49,6 +49,7 @@ impl Lang {
                 let python = std::env::var_os("LAMEDUCK_CONFORMANCE_PYTHON")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| common::repo().join(".venv/bin/python"));
+                assert!(python.exists(), "{}: no such Python (scripts/test-all.sh makes the venv first)", python.display());
                 let mut cmd = Command::new(python);
                 cmd.arg(dir.join("python_driver.py"));
                 cmd
