@@ -263,7 +263,6 @@ impl Run {
                     }
                     if now >= deadline {
                         let shutdown_error = self.take_shutdown_error();
-                        self.ctx.set_done();
                         if shutdown_error.is_some() {
                             self.log(Level::Info, "Lame-duck period has expired while serve was still running");
                             self.start_close(CloseReason::ShutdownFailed, shutdown_error, now);
@@ -346,7 +345,6 @@ impl Run {
                         Level::Info,
                         &format!("Received signal [{signal}] again; forcing close now (another one exits at once)"),
                     );
-                    self.ctx.set_done();
                     self.start_close(CloseReason::Forced, shutdown_error, now);
                 }
                 _ => self
@@ -488,7 +486,6 @@ impl Run {
             Some(Ok(())) | None => self.log(Level::Info, "Completed lame-duck mode"),
             Some(Err(err)) if err.is_deadline_exceeded() => {
                 self.log(Level::Info, "Lame-duck period has expired");
-                self.ctx.set_done();
                 self.start_close(CloseReason::Expired, None, now);
             }
             Some(Err(err)) => {
@@ -515,6 +512,10 @@ impl Run {
             // Without a close thread there is nothing left to wait for but the deadline.
             Err(err) => self.log(Level::Error, err.message()),
         }
+        // The context is done from here on. Set after close is woken, not before: setting it
+        // wakes every thread waiting on the context (shutdown's, typically), which would
+        // otherwise take a CPU ahead of close.
+        self.ctx.set_done();
     }
 
     fn serve_returned_before_trigger(&mut self) -> Ending {
