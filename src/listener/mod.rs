@@ -77,7 +77,7 @@ pub fn listen(address: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
         _ => bound_address(l.fd).is_ok_and(|b| same_address(&b, &wanted, &resolved)),
     });
     if let Some(index) = found {
-        let listener = registry.listeners.remove(index);
+        let Some(listener) = registry.listeners.remove(index) else { unreachable!("waiting() gave an index in range") };
         let fd = listener.fd;
         let origin = match &listener.origin {
             Origin::Inherited(Source::ServerStarter { .. }) => "SERVER_STARTER_PORT",
@@ -131,7 +131,7 @@ pub fn adopt(fd: RawFd, name: Option<&str>) -> Result<(), Error> {
     if let Some(index) = registry.waiting(|l| l.fd == fd || (identity.is_some() && socket_identity(l.fd) == identity)) {
         // The host took an inherited descriptor itself: it is shared like one from `listen`,
         // and passed on under the number the host uses.
-        let mut listener = registry.listeners.remove(index);
+        let Some(mut listener) = registry.listeners.remove(index) else { unreachable!("waiting() gave an index in range") };
         let ownership = Ownership::of_waiting(&listener.state);
         let name = name.map(str::to_string).or_else(|| listener.name.take());
         listener.fd = fd;

@@ -4,6 +4,7 @@
 //! which paths do we remove at the end?) is answered from the same records, whatever was
 //! called first.
 
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -90,7 +91,12 @@ pub(super) struct Registry {
     /// Inherited ones waiting come first, in the order they were given; taken ones follow, in the
     /// order they were taken (taking one moves it to the end). An upgrade passes them on taken
     /// first, so the new process finds the sockets it will ask for at the lowest numbers.
-    pub(super) listeners: Vec<Listener>,
+    /// A deque, not a `Vec`: `listen` takes waiting ones from the front and moves them to the
+    /// back, which must stay O(1) with thousands of listeners (`benches/upgrade.rs`).
+    pub(super) listeners: VecDeque<Listener>,
+    /// The numbers of the taken ones (an index into `listeners`, kept by `take` and
+    /// `for_successor`), so that taking one need not scan them all for a stale record.
+    taken_fds: HashSet<RawFd>,
     /// What the environment got wrong, reported by every `listen` that would have used it.
     pub(super) problem: Option<String>,
 }
@@ -146,7 +152,7 @@ impl Registry {
                 }
             })
             .collect();
-        Registry { listeners, problem }
+        Registry { listeners, problem, taken_fds: HashSet::new() }
     }
 
     /// The listener `fd` refers to: the record of that number if the number still names the
@@ -188,8 +194,10 @@ impl Registry {
         listener.name = name;
         listener.socket = socket_identity(listener.fd);
         listener.state = Use::Taken { bound: bound.map(|b| b.to_string()), owned_path };
-        self.listeners.retain(|l| !(l.fd == listener.fd && l.is_taken()));
-        self.listeners.push(listener);
+        if !self.taken_fds.insert(listener.fd) {
+            self.listeners.retain(|l| !(l.fd == listener.fd && l.is_taken()));
+        }
+        self.listeners.push_back(listener);
     }
 }
 
@@ -245,6 +253,7 @@ pub(crate) struct SuccessorListener {
 pub(crate) fn for_successor() -> Vec<SuccessorListener> {
     let mut registry = lock();
     registry.listeners.retain(|l| !l.is_taken() || l.still_bound());
+    registry.taken_fds = registry.listeners.iter().filter(|l| l.is_taken()).map(|l| l.fd).collect();
     let name = |l: &Listener| l.name.clone().unwrap_or_else(|| "unknown".to_string());
     let taken = registry.listeners.iter().filter(|l| l.is_taken()).map(|l| SuccessorListener {
         fd: l.fd,
@@ -280,6 +289,7 @@ pub(crate) fn any_known() -> bool {
 /// Marks the listeners numbered `fds` as passed on to a new generation (shared from then on),
 /// from the moment it is started; unmarked again if it fails and is gone.
 pub(crate) fn mark_passed_on(fds: &[RawFd], passed_on: bool) {
+    let fds: HashSet<RawFd> = fds.iter().copied().collect();
     let mut registry = lock();
     for listener in registry.listeners.iter_mut().filter(|l| fds.contains(&l.fd)) {
         listener.passed_on = passed_on;
