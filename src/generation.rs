@@ -18,6 +18,7 @@
 //! through another program, or one naming the server's own listener, is ignored and its
 //! descriptor untouched.
 
+use crate::listener::int_option;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -230,15 +231,6 @@ fn parse_ready_fd(value: &str, bound_to: Option<&str>, previous: Option<&str>, p
     let previous = previous.and_then(|p| p.trim().parse::<libc::pid_t>().ok());
     check_channel(fd, previous).map_err(|what| format!("{READY_FD_ENV}={value:?} names {what}; ignoring it"))?;
     Ok(fd)
-}
-
-/// Reads an `int` socket option.
-fn int_option(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a local int of the size we pass.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) };
-    (r == 0).then_some(value)
 }
 
 /// A readiness channel is a connected (not listening) unix stream socket, made by the previous

@@ -460,15 +460,8 @@ impl Run {
         self.ctx.set_deadline(deadline);
         self.transition(if self.lineage.successor().is_some() { State::HandingOver } else { State::ShuttingDown });
         self.phase = Phase::ShuttingDown { deadline, examined: false, error: None };
-        let thread = match self.hooks.shutdown.take() {
-            Some(parked) => Ok(parked),
-            None => self.shutdown_thread(),
-        };
-        match thread {
-            Ok(mut thread) => {
-                thread.start();
-                self.hooks.shutdown = Some(thread);
-            }
+        match started(self.hooks.shutdown.take(), || self.shutdown_thread()) {
+            Ok(thread) => self.hooks.shutdown = Some(thread),
             Err(err) => {
                 self.log(Level::Error, err.message());
                 let shutdown_error = Some(HookError::new(-1, err.message().to_string()));
@@ -500,15 +493,8 @@ impl Run {
     fn start_close(&mut self, reason: CloseReason, shutdown_error: Option<HookError>, now: Instant) {
         self.transition(State::Closing);
         self.phase = Phase::Closing { give_up: now + self.shared.options.close_timeout, reason, shutdown_error };
-        let thread = match self.hooks.close.take() {
-            Some(parked) => Ok(parked),
-            None => self.close_thread(),
-        };
-        match thread {
-            Ok(mut thread) => {
-                thread.start();
-                self.hooks.close = Some(thread);
-            }
+        match started(self.hooks.close.take(), || self.close_thread()) {
+            Ok(thread) => self.hooks.close = Some(thread),
             // Without a close thread there is nothing left to wait for but the deadline.
             Err(err) => self.log(Level::Error, err.message()),
         }
@@ -551,4 +537,15 @@ impl Run {
             close_timeout: self.shared.options.close_timeout,
         })
     }
+}
+
+/// Starts a hook: wakes its `parked` thread, or (should parking have failed at the start of the
+/// run) a thread made now by `spawn`.
+fn started(parked: Option<HookThread>, spawn: impl FnOnce() -> Result<HookThread, Error>) -> Result<HookThread, Error> {
+    let mut thread = match parked {
+        Some(thread) => thread,
+        None => spawn()?,
+    };
+    thread.start();
+    Ok(thread)
 }

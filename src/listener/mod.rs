@@ -48,7 +48,7 @@ pub use drain::{drain, has_pending_connection, idle_grace, stop_accepting, Drain
 pub(crate) use env::FileId;
 pub use env::{parse_listen_fds, parse_server_starter_port, LINEAGE_FDS_ENV, MAX_INHERITED_FDS, OWNED_FDS_ENV, REQUIRED_FDS_ENV};
 pub(crate) use registry::{any_known, for_successor, mark_passed_on, remove_owned_paths, untaken, watch_takes};
-pub(crate) use socket::set_cloexec;
+pub(crate) use socket::{int_option, set_cloexec};
 
 use env::Source;
 use registry::{Origin, Ownership};

@@ -110,25 +110,29 @@ pub(super) fn socket_file_id(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path).ok().filter(|m| m.file_type().is_socket()).map(|m| (m.dev(), m.ino()))
 }
 
+/// Reads an `int` socket option (`SOL_SOCKET` level); None when the call fails.
+pub(crate) fn int_option(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the size we pass.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    (r == 0).then_some(value)
+}
+
 /// Checks a descriptor from outside (inherited or adopted): a stream socket, listening. The
 /// message names the fd and `origin`.
 pub(super) fn validate_listening(fd: RawFd, origin: &str) -> Result<(), Error> {
-    // SAFETY: fstat and getsockopt on an fd number, into locals of the right size.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(Error::invalid(format!("fd {fd} from {origin} is not open")));
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(Error::invalid(format!("fd {fd} from {origin} is not a socket")));
-        }
-        let mut accepting: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut accepting as *mut libc::c_int).cast(), &mut len) != 0
-            || accepting == 0
-        {
-            return Err(Error::invalid(format!("fd {fd} from {origin} is not a listening socket")));
-        }
+    // SAFETY: an all-zero stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number, into the local stat.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(Error::invalid(format!("fd {fd} from {origin} is not open")));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(Error::invalid(format!("fd {fd} from {origin} is not a socket")));
+    }
+    if int_option(fd, libc::SO_ACCEPTCONN).unwrap_or(0) == 0 {
+        return Err(Error::invalid(format!("fd {fd} from {origin} is not a listening socket")));
     }
     Ok(())
 }
