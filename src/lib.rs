@@ -30,6 +30,8 @@ mod pidfile;
 mod server;
 mod signals;
 mod state;
+#[doc(hidden)]
+pub mod sys;
 mod trigger;
 mod upgrade;
 

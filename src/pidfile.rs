@@ -15,15 +15,6 @@ use std::path::{Path, PathBuf};
 /// someone planted a file there; sixteen in a row means someone is trying very hard).
 const TEMPORARY_ATTEMPTS: usize = 16;
 
-/// Eight random bytes as hex, from the kernel; never blocks once the system has booted.
-fn random_suffix() -> String {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom fills the local buffer; a short or failed read leaves zeros, and
-    // O_EXCL still guarantees we only ever write a file we created.
-    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Refuses a pid file path that is a symlink or not a regular file (a FIFO, a device, a
 /// directory): it was not written by us, and writing through or over it is what an attacker
 /// who planted it wants.
@@ -53,7 +44,7 @@ fn create_temporary(path: &Path) -> io::Result<(PathBuf, std::fs::File)> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut last = None;
     for _ in 0..TEMPORARY_ATTEMPTS {
-        let temporary = path.with_file_name(format!(".{name}.{}.tmp", random_suffix()));
+        let temporary = path.with_file_name(format!(".{name}.{}.tmp", crate::sys::random_hex(8)?));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true) // O_CREAT|O_EXCL: a planted file or symlink is never opened

@@ -217,7 +217,7 @@ pub fn write_status(path: &str, workers: &BTreeMap<u64, i32>) {
                 if !WARNED.swap(true, Ordering::Relaxed) {
                     log!("{temporary} already exists (not ours): writing the status file through another name");
                 }
-                match crate::notify::random_hex(8) {
+                match lameduck::sys::random_hex(8) {
                     Ok(suffix) => temporary = format!("{path}.{}.{suffix}", std::process::id()),
                     Err(e) => return log!("failed to write status file:{path}:{e}"),
                 }

@@ -28,25 +28,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-/// `n` random bytes from the kernel, as hex.
-pub fn random_hex(n: usize) -> io::Result<String> {
-    let mut bytes = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom(2) writes at most `n - filled` bytes into our buffer.
-        let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        } else {
-            filled += got as usize;
-        }
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The longest socket path (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
