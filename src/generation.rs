@@ -20,7 +20,7 @@
 
 use crate::listener::int_option;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -95,35 +95,23 @@ impl Predecessor {
             libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
         };
         let pidfd = previous.and_then(|v| v.trim().parse::<libc::pid_t>().ok()).and_then(|pid| {
-            // SAFETY: getppid cannot fail; pidfd_open on a pid, checked to still be our parent
-            // afterwards (so the pidfd is not of a process that reused the number).
-            unsafe {
-                if pid <= 1 || libc::getppid() != pid {
-                    return None; // a wrapper in between, or it is gone already (EOF tells)
-                }
-                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-                if pidfd < 0 {
-                    return None;
-                }
-                let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
-                crate::listener::set_cloexec(pidfd.as_raw_fd());
-                (libc::getppid() == pid).then(|| Arc::new(pidfd))
+            // A pidfd on a pid that is checked to still be our parent afterwards, so it is not
+            // of a process that reused the number.
+            // SAFETY: getppid cannot fail.
+            if pid <= 1 || unsafe { libc::getppid() } != pid {
+                return None; // a wrapper in between, or it is gone already (EOF tells)
             }
+            let pidfd = crate::sys::pidfd_open(pid).ok()?;
+            // SAFETY: as above.
+            (unsafe { libc::getppid() } == pid).then(|| Arc::new(pidfd))
         });
         Predecessor { channel, is_socket, pidfd }
     }
 
     /// True once the previous generation has exited (its pidfd is readable).
     fn exited(&self) -> bool {
-        self.pidfd.as_deref().is_some_and(has_exited)
+        self.pidfd.as_deref().is_some_and(|pidfd| crate::sys::pidfd_exited(pidfd.as_fd()))
     }
-}
-
-/// True once the process behind `pidfd` has exited (the pidfd is readable).
-fn has_exited(pidfd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// The pid of the process that started an upgrade, set for the new process.
@@ -173,11 +161,7 @@ pub(crate) fn supervised_by_server_starter() -> bool {
 
 fn read() -> Generation {
     let supervised = supervised_by_server_starter();
-    let executable = std::fs::read_link("/proc/self/exe").ok().map(|p| {
-        // A binary replaced on disk shows as "/path (deleted)": the path is what we want.
-        let text = p.to_string_lossy();
-        text.strip_suffix(" (deleted)").map_or(p.clone(), PathBuf::from)
-    });
+    let executable = crate::sys::executable_path();
     // One look at each variable (this runs once, under the OnceLock): the channel's
     // descriptor is taken below, so a second reading must never take it again.
     let bound_to = std::env::var_os(READY_PID_ENV).map(|v| v.to_string_lossy().into_owned());
@@ -261,18 +245,12 @@ fn check_channel(fd: RawFd, previous: Option<libc::pid_t>) -> Result<(), String>
             {
                 return Err("a socket that is not a unix stream socket".into());
             }
-            let mut cred: libc::ucred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-            // SAFETY: getsockopt into a local ucred of the size we pass.
-            let r = unsafe {
-                libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
-            };
-            if r != 0 {
+            let Some(peer) = crate::sys::peer_pid(fd) else {
                 return Err("a unix socket with no peer".into());
-            }
+            };
             match previous {
-                Some(previous) if cred.pid != previous => {
-                    Err(format!("a socket made by process {}, not by the previous generation {previous}", cred.pid))
+                Some(previous) if peer != previous => {
+                    Err(format!("a socket made by process {peer}, not by the previous generation {previous}"))
                 }
                 _ => Ok(()),
             }
@@ -282,18 +260,13 @@ fn check_channel(fd: RawFd, previous: Option<libc::pid_t>) -> Result<(), String>
     }
 }
 
-/// Sends one line on the channel. `MSG_NOSIGNAL`: a reader that is gone is an error, never a
-/// SIGPIPE that kills us. Works on a pipe too (an older generation's), where SIGPIPE is blocked
-/// around the write instead.
+/// Sends one line on the channel, without blocking (a peer that stopped reading, SIGSTOPped,
+/// never blocks our coordinator) and without SIGPIPE: a reader that is gone is an error, never
+/// a signal that kills us. Works on a pipe too (an older generation's), where SIGPIPE is
+/// blocked around the write instead.
 pub(crate) fn send_line(fd: RawFd, line: &str) -> std::io::Result<()> {
     let bytes = line.as_bytes();
-    // SAFETY: sending a local buffer on a descriptor we own.
-    // MSG_DONTWAIT: a peer that stopped reading (SIGSTOPped) never blocks our coordinator.
-    let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if n >= 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    let Err(err) = crate::sys::send_nonblocking_no_sigpipe(fd, bytes) else { return Ok(()) };
     if err.raw_os_error() != Some(libc::ENOTSOCK) {
         return Err(err);
     }
@@ -333,7 +306,7 @@ impl Generation {
     /// when we were not started by an upgrade, or cannot tell (a wrapper between us): sockets
     /// stay shared then, which is the safe answer.
     pub(crate) fn previous_generation_exited(&self) -> bool {
-        self.previous_pidfd.as_deref().is_some_and(has_exited)
+        self.previous_pidfd.as_deref().is_some_and(|pidfd| crate::sys::pidfd_exited(pidfd.as_fd()))
     }
 
     /// True when this process is the current generation: not started by an upgrade, or the
@@ -479,11 +452,7 @@ mod tests {
         assert!(err.contains("a listening socket"), "{err}");
         let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
         assert!(parse(&unix.as_raw_fd().to_string()).unwrap_err().contains("not a unix stream socket"));
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the array; both ends are closed below.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: just created, owned here.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = crate::sys::pipe_cloexec().unwrap();
         assert!(parse(&read.as_raw_fd().to_string()).unwrap_err().contains("read end of a pipe"));
         assert_eq!(parse(&write.as_raw_fd().to_string()), Ok(write.as_raw_fd()));
         let file = tempfile_in_target();

@@ -22,8 +22,7 @@ pub fn send(path: &str, message: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?; // std makes it close-on-exec
     socket.set_write_timeout(Some(Duration::from_secs(1)))?;
     if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let address = crate::sys::abstract_socket_address(name.as_bytes())?;
         socket.send_to_addr(message.as_bytes(), &address)?;
     } else {
         socket.send_to(message.as_bytes(), path)?;
@@ -55,9 +54,8 @@ mod tests {
         assert_eq!(&buf[..n], b"READY=1");
         std::fs::remove_dir_all(&dir).unwrap();
 
-        use std::os::linux::net::SocketAddrExt;
         let name = format!("lameduck-notify-test-{}", std::process::id());
-        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let address = crate::sys::abstract_socket_address(name.as_bytes()).unwrap();
         let receiver = UnixDatagram::bind_addr(&address).unwrap();
         send(&format!("@{name}"), "STOPPING=1").unwrap();
         let n = receiver.recv(&mut buf).unwrap();

@@ -440,14 +440,14 @@ pub fn validate_signals(signals: &[i32]) -> Result<(), Error> {
 /// SIGSTOP), the synchronous fault signals a handler must not swallow (SIGSEGV, SIGBUS, SIGFPE,
 /// SIGILL), and the real-time signals the C library reserves for itself (below `SIGRTMIN`).
 pub fn validate_signal(signal: i32) -> Result<(), Error> {
-    let max = libc::SIGRTMAX();
+    let max = crate::sys::highest_signal();
     if signal <= 0 || signal > max {
         return Err(Error::invalid(format!("signal {signal} is invalid: signal numbers run from 1 to {max}")));
     }
     let why = match signal {
         libc::SIGKILL | libc::SIGSTOP => Some("it cannot be caught"),
         libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL => Some("it reports a fault and must not be trapped"),
-        s if s > 31 && s < libc::SIGRTMIN() => Some("it is reserved by the C library"),
+        s if s > 31 && s < crate::sys::first_free_realtime_signal() => Some("it is reserved by the C library"),
         _ => None,
     };
     match why {

@@ -188,7 +188,7 @@ fn our_handler() -> usize {
 
 /// The signal handler. Async-signal-safe: see the module docs.
 extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let saved_errno = errno();
+    let saved_errno = crate::sys::errno();
     IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     chain_previous(signal, info, context);
     let mut die = false;
@@ -210,7 +210,7 @@ extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: 
     if die {
         die_by_signal(signal);
     }
-    set_errno(saved_errno);
+    crate::sys::set_errno(saved_errno);
 }
 
 fn chain_previous(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
@@ -250,14 +250,4 @@ pub(crate) fn die_by_signal(signal: i32) -> ! {
         libc::raise(signal);
         libc::_exit(128 + signal)
     }
-}
-
-fn errno() -> libc::c_int {
-    // SAFETY: __errno_location always returns this thread's errno slot.
-    unsafe { *libc::__errno_location() }
-}
-
-fn set_errno(value: libc::c_int) {
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = value }
 }

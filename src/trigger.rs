@@ -5,7 +5,7 @@
 //! the atomics, so a full pipe (a signal storm) never loses an event.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -53,13 +53,7 @@ fn mask_of(signals: &[i32]) -> u128 {
 
 impl Trigger {
     pub(crate) fn new(signals: &[i32], upgrade_signals: &[i32], policy: RepeatSignalPolicy) -> io::Result<Trigger> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-        let (wake_read, wake_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (wake_read, wake_write) = crate::sys::pipe_cloexec_nonblocking()?;
         Ok(Trigger {
             wake_read,
             wake_write,

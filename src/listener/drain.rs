@@ -28,27 +28,10 @@ use std::time::{Duration, Instant};
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Makes the listening socket `fd` drop new connection attempts (SYNs) while connections
-/// already queued can still be accepted. Linux only (a classic BPF socket filter).
+/// already queued can still be accepted. Linux only (a classic BPF socket filter,
+/// `SO_ATTACH_FILTER`).
 pub fn stop_accepting(fd: RawFd) -> io::Result<()> {
-    // One instruction: BPF_RET | BPF_K with k = 0, "keep 0 bytes", i.e. drop the packet.
-    let mut drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
-    let program = libc::sock_fprog { len: 1, filter: drop_all.as_mut_ptr() };
-    // SAFETY: `program` points to one valid instruction that outlives the call; the kernel
-    // copies the program.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&program as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::sys::attach_drop_all_filter(fd)
 }
 
 /// True when the listening socket `fd` has a connection waiting to be accepted.

@@ -16,7 +16,7 @@ pub(crate) use coordinator::{Coordinator, Outcome, Request, Requests, Started, W
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -248,10 +248,9 @@ impl Candidate {
     /// reap by someone else is never hit.
     fn signal(&self, signal: libc::c_int) {
         match &self.spawned.pidfd {
-            // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
-            Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0);
-            },
+            Some(fd) => {
+                let _ = crate::sys::pidfd_send_signal(fd.as_fd(), signal);
+            }
             // SAFETY: signalling our own child, which we have not reaped.
             None => unsafe {
                 libc::kill(self.spawned.pid, signal);
@@ -265,10 +264,8 @@ impl Candidate {
         let until = Instant::now() + KILL_GRACE;
         while Instant::now() < until {
             if let Some(fd) = &self.spawned.pidfd {
-                let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                let left = until.saturating_duration_since(Instant::now()).as_millis().clamp(1, 1000) as i32;
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut p, 1, left) };
+                let left = until.saturating_duration_since(Instant::now());
+                crate::sys::pidfd_wait_exit(fd.as_fd(), left.clamp(Duration::from_millis(1), Duration::from_secs(1)));
             } else {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -330,14 +327,8 @@ pub(crate) struct CancelPipe {
 
 impl CancelPipe {
     pub(crate) fn new() -> io::Result<CancelPipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 fills the two-int array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        use std::os::fd::FromRawFd;
-        // SAFETY: both were just created and belong to nobody else.
-        Ok(unsafe { CancelPipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } })
+        let (read, write) = crate::sys::pipe_cloexec_nonblocking()?;
+        Ok(CancelPipe { read, write })
     }
 
     pub(crate) fn cancel(&self) {

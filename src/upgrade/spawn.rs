@@ -57,13 +57,8 @@ fn c_string(bytes: &[u8], what: &str) -> Result<CString, Error> {
 /// A close-on-exec pipe whose ends are never 0, 1 or 2 (with stdio closed they would be, and
 /// the new process would inherit them as its stdio).
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills the two-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::new(ErrorKind::System, format!("could not create a pipe: {}", io::Error::last_os_error())));
-    }
-    // SAFETY: both descriptors were just created and belong to nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) =
+        crate::sys::pipe_cloexec().map_err(|e| Error::new(ErrorKind::System, format!("could not create a pipe: {e}")))?;
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
@@ -71,14 +66,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
 /// one way, HANDOVER=1 the other), each sees the other's end close, and writes use
 /// `MSG_NOSIGNAL` (a vanished peer is an error, not a SIGPIPE). Never on fds 0-2 either.
 fn socket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: socketpair fills the two-int array.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
-        return Err(Error::new(ErrorKind::System, format!("could not create a socket pair: {}", io::Error::last_os_error())));
-    }
-    // SAFETY: both descriptors were just created and belong to nobody else.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok((above_stdio(ours)?, above_stdio(theirs)?))
+    // std makes both ends close-on-exec (SOCK_CLOEXEC on Linux).
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::new(ErrorKind::System, format!("could not create a socket pair: {e}")))?;
+    Ok((above_stdio(ours.into())?, above_stdio(theirs.into())?))
 }
 
 fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, Error> {
@@ -159,7 +150,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     let mut sources: Vec<RawFd> = plan.fds.to_vec();
     sources.push(ready_write.as_raw_fd());
     let error_fd = error_write.as_raw_fd();
-    let last_signal = libc::SIGRTMAX();
+    let last_signal = crate::sys::highest_signal();
 
     // SAFETY: fork; the child below only makes async-signal-safe calls on memory prepared above.
     let pid = unsafe { libc::fork() };
@@ -204,13 +195,8 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
         let cause = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
         return Err(Error::new(ErrorKind::UpgradeFailed, format!("cannot start {}: {cause}", plan.program.display())));
     }
-    // SAFETY: pidfd_open on our own child; a negative result means "not supported".
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a non-negative result is a new descriptor that belongs to us.
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
-    if let Some(fd) = &pidfd {
-        crate::listener::set_cloexec(fd.as_raw_fd());
-    }
+    // Without one (ENOSYS before Linux 5.3) the child is signalled and watched by its pid.
+    let pidfd = crate::sys::pidfd_open(pid).ok();
     Ok(Spawned { pid, ready: ready_read, pidfd })
 }
 
@@ -241,7 +227,7 @@ unsafe fn child(
     libc::sigemptyset(&mut set);
     libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     // LISTEN_PID and LAMEDUCK_READY_PID: our pid in decimal, NUL-terminated, into the slots.
-    let mut pid = libc::syscall(libc::SYS_getpid) as u64;
+    let mut pid = libc::getpid() as u64;
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
     loop {
@@ -298,7 +284,7 @@ unsafe fn child(
 
 /// Reports errno to the parent and exits. Async-signal-safe.
 unsafe fn fail(error_fd: RawFd) -> ! {
-    let errno = (*libc::__errno_location()).to_ne_bytes();
+    let errno = crate::sys::errno().to_ne_bytes();
     libc::write(error_fd, errno.as_ptr().cast(), errno.len());
     libc::_exit(127)
 }

@@ -105,13 +105,6 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn new_socket(family: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2); a non-negative result is a new descriptor we own.
-    let fd = check(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn set_flag(fd: &OwnedFd, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with a pointer to a local int and its size.
@@ -129,7 +122,7 @@ fn set_flag(fd: &OwnedFd, level: libc::c_int, option: libc::c_int) -> io::Result
 
 fn bind_inet(address: SocketAddr, udp: bool, backlog: i32) -> io::Result<OwnedFd> {
     let family = if address.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let fd = new_socket(family, if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM })?;
+    let fd = lameduck::sys::socket_cloexec(family, if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM })?;
     set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     // SAFETY: zeroed sockaddr structs filled field by field, passed with their sizes.
     unsafe {
@@ -175,7 +168,7 @@ pub fn bind_path(path: &str, backlog: i32) -> Result<Socket, String> {
         }
     }
     let fail = |e: io::Error| format!("failed to listen to file {path}:{e}");
-    let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM).map_err(fail)?;
+    let fd = lameduck::sys::socket_cloexec(libc::AF_UNIX, libc::SOCK_STREAM).map_err(fail)?;
     let bytes = std::ffi::OsStr::new(path).as_bytes();
     // SAFETY: a zeroed sockaddr_un with the path copied in (length checked), then bind/listen.
     unsafe {

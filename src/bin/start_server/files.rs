@@ -370,7 +370,7 @@ fn open_log_file(target: &str) -> Result<std::fs::File, String> {
         .map_err(|e| open_error(target, &e))?;
     let meta = file.metadata().map_err(|e| format!("failed to open file:{target}:{e}"))?;
     // /dev/null (character device 1:3) is a common choice with --daemonize.
-    let dev_null = meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3);
+    let dev_null = meta.file_type().is_char_device() && meta.rdev() == lameduck::sys::null_device();
     if !dev_null {
         if let Some(why) = refuse_pid_file(&meta) {
             return Err(format!("failed to open file:{target}:{why}"));

@@ -81,44 +81,29 @@ fn main() -> ExitCode {
 /// the signal goes to it even if it exits and its pid is reused right after. (Kernels without
 /// pidfds, before 5.3: plain kill(2) after the lock check.)
 fn signal_server(path: &str, file: &std::fs::File, pid: i32, signal: i32) -> Result<(), (u8, String)> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open(2) with a pid and no flags; a non-negative result is ours.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = if pidfd >= 0 {
-        // SAFETY: as above.
-        Some(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
-    } else {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
+    use std::os::fd::AsFd;
+    let failed = |err: std::io::Error| {
+        (errno_code(&err), format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal)))
+    };
+    let pidfd = match lameduck::sys::pidfd_open(pid) {
+        Ok(pidfd) => Some(pidfd),
+        Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => None,
+        Err(err) => {
             // ESRCH: no such process. The lock check below says why, if it is stale.
             files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
-            return Err((
-                errno_code(&err),
-                format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal)),
-            ));
+            return Err(failed(err));
         }
-        None
     };
     files::locked_by_start_server(path, file).map_err(|m| (2, m))?;
     let sent = match &pidfd {
-        // SAFETY: pidfd_send_signal(2) on our pidfd, with no siginfo and no flags.
-        Some(fd) => unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        },
+        Some(pidfd) => lameduck::sys::pidfd_send_signal(pidfd.as_fd(), signal),
         // SAFETY: kill(2) on the pid the locked pid file names.
-        None => (unsafe { libc::kill(pid, signal) }) as libc::c_long,
+        None => match unsafe { libc::kill(pid, signal) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        },
     };
-    if sent != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err((errno_code(&err), format!("failed to send SIG{} to the server process:{err}", signals::name_of(signal))));
-    }
-    Ok(())
+    sent.map_err(failed)
 }
 
 /// `--stop`: TERM to the running start_server, then wait until it has exited (its pid file

@@ -22,7 +22,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
@@ -94,19 +94,7 @@ impl NotifyDir {
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
         socket.set_nonblocking(true)?;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a pointer to a local int and its size.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            let err = io::Error::last_os_error();
+        if let Err(err) = lameduck::sys::pass_credentials(socket.as_raw_fd()) {
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
@@ -123,77 +111,6 @@ impl Drop for NotifyDir {
     }
 }
 
-/// One datagram and who sent it (pid 0: the kernel gave no credentials, e.g. a sender in
-/// another pid namespace).
-#[derive(Debug)]
-pub struct Message {
-    pub pid: i32,
-    pub uid: u32,
-    pub len: usize,
-}
-
-/// Receives one datagram into `buf` without blocking (None when there is none). Descriptors
-/// passed along with it (`SCM_RIGHTS`, which anyone can send) are closed at once.
-pub fn recv(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<Option<Message>> {
-    // Room for the credentials and a few descriptors; u64s for cmsghdr's alignment.
-    let mut control = [0u64; 32];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: a zeroed msghdr pointing at our iovec and control buffer, both alive for the
-    // call; the kernel writes within the lengths given.
-    let (n, msg) = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC);
-        (n, msg)
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::WouldBlock => Ok(None),
-            io::ErrorKind::Interrupted => recv(socket, buf),
-            _ => Err(err),
-        };
-    }
-    let mut message = Message { pid: 0, uid: u32::MAX, len: n as usize };
-    // SAFETY: walking the control messages the kernel wrote, with the libc CMSG macros, and
-    // reading each payload (unaligned) within its length.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let data = libc::CMSG_DATA(cmsg);
-            let len = ((*cmsg).cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
-            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if len >= std::mem::size_of::<libc::ucred>() => {
-                    let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
-                    message.pid = cred.pid;
-                    message.uid = cred.uid;
-                }
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    for i in 0..len / std::mem::size_of::<libc::c_int>() {
-                        let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
-                        drop(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                _ => {}
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok(Some(message))
-}
-
-/// The parent pid of `pid`, from `/proc/<pid>/stat` (None when the process is gone).
-pub fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may contain anything, so parse after the last `)`.
-    let after = &stat[stat.iter().rposition(|b| *b == b')')? + 1..];
-    let text = std::str::from_utf8(after).ok()?;
-    text.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
 /// Whether `sender` is `worker` or one of its descendants.
 pub fn is_worker_or_descendant(sender: i32, worker: i32) -> Option<bool> {
     if sender <= 0 {
@@ -207,7 +124,7 @@ pub fn is_worker_or_descendant(sender: i32, worker: i32) -> Option<bool> {
         if pid <= 1 {
             return Some(false);
         }
-        match parent_of(pid) {
+        match lameduck::sys::parent_pid(pid) {
             Some(parent) => pid = parent,
             None if pid == sender => return None, // the sender is gone: unknown
             None => return Some(false),
@@ -277,21 +194,16 @@ mod tests {
         let sender = UnixDatagram::unbound().unwrap();
         sender.send_to(b"READY=1", &path).unwrap();
         let mut buf = [0u8; 64];
-        let m = recv(&socket, &mut buf).unwrap().unwrap();
+        let m = lameduck::sys::recv_with_credentials(socket.as_raw_fd(), &mut buf).unwrap().unwrap();
         assert_eq!(&buf[..m.len], b"READY=1");
         assert_eq!(m.pid, std::process::id() as i32);
         // SAFETY: getuid cannot fail.
         assert_eq!(m.uid, unsafe { libc::getuid() });
-        assert!(recv(&socket, &mut buf).unwrap().is_none());
+        assert!(lameduck::sys::recv_with_credentials(socket.as_raw_fd(), &mut buf).unwrap().is_none());
 
         // A descriptor sent along (SCM_RIGHTS) is not kept open here: send a pipe's write
         // end, close ours; the read end then sees end-of-file only if no copy is left.
-        let mut ends = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 fills the two-int array; both ends are ours.
-        let (read_end, write_end) = unsafe {
-            assert_eq!(libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC), 0);
-            (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1]))
-        };
+        let (read_end, write_end) = lameduck::sys::pipe_cloexec().unwrap();
         sender.connect(&path).unwrap();
         // SAFETY: sendmsg on the connected socket with one SCM_RIGHTS control message built
         // with the CMSG macros.
@@ -312,7 +224,7 @@ mod tests {
             assert_eq!(libc::sendmsg(sender.as_raw_fd(), &msg, 0), 1, "{}", io::Error::last_os_error());
         }
         drop(write_end);
-        let m = recv(&socket, &mut buf).unwrap().unwrap();
+        let m = lameduck::sys::recv_with_credentials(socket.as_raw_fd(), &mut buf).unwrap().unwrap();
         assert_eq!(&buf[..m.len], b"X");
         let mut poll = libc::pollfd { fd: read_end.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: poll on one descriptor we own, then a read into a local byte.
@@ -350,7 +262,7 @@ mod tests {
         // A shell (our child) with a background sleep (our grandchild).
         let (mut shell, grandchild) = shell_with_child(None);
         let child = shell.id() as i32;
-        assert_eq!(parent_of(grandchild), Some(child));
+        assert_eq!(lameduck::sys::parent_pid(grandchild), Some(child));
         assert_eq!(is_worker_or_descendant(grandchild, child), Some(true));
         assert_eq!(is_worker_or_descendant(grandchild, me), Some(true));
         assert_eq!(is_worker_or_descendant(child, child), Some(true));

@@ -3,19 +3,18 @@
 //! busy: every delivery is a byte, read in order.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // SAFETY: errno save/restore and write(2) are async-signal-safe.
-    unsafe {
-        let saved = *libc::__errno_location();
-        let byte = signal as u8;
-        libc::write(WRITE_END.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
-        *libc::__errno_location() = saved;
-    }
+    // errno save/restore and write(2) are async-signal-safe.
+    let saved = lameduck::sys::errno();
+    let byte = signal as u8;
+    // SAFETY: writing one byte from a local to the pipe's (non-blocking) write end.
+    unsafe { libc::write(WRITE_END.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1) };
+    lameduck::sys::set_errno(saved);
 }
 
 pub struct SignalPipe {
@@ -26,13 +25,7 @@ pub struct SignalPipe {
 impl SignalPipe {
     /// Catches `signals` (and ignores SIGPIPE) for the life of the process.
     pub fn install(signals: &[i32]) -> io::Result<SignalPipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 fills the two-int array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both were just created and are ours.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = lameduck::sys::pipe_cloexec_nonblocking()?;
         WRITE_END.store(write.as_raw_fd(), Ordering::Relaxed);
         // SAFETY: installing a plain handler with an empty mask; SA_RESTART keeps other calls
         // going (poll returns EINTR regardless, which is what wakes the loop).

@@ -213,9 +213,7 @@ impl Supervisor {
                 // orphan. The kernel sends it when the *thread* that forked exits: start_server
                 // is single-threaded (signals come through a self-pipe, the `| cmd` logger is a
                 // process), so that means start_server's death.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                lameduck::sys::set_parent_death_signal(death_signal)?;
                 // start_server died between fork and prctl: nothing will tell this child.
                 if libc::getppid() != parent {
                     libc::_exit(1);
@@ -506,7 +504,7 @@ fn read_notify_sockets(notify: &mut BTreeMap<i32, NotifySocket>, current: Option
     let mut relay = Vec::new();
     for (pid, entry) in notify {
         for _ in 0..DATAGRAMS_PER_WAKE {
-            let Ok(Some(message)) = notify::recv(&entry.socket, &mut buf) else { break };
+            let Ok(Some(message)) = lameduck::sys::recv_with_credentials(entry.socket.as_raw_fd(), &mut buf) else { break };
             if !notify::from_worker(message.pid, message.uid, *pid) {
                 if !entry.warned {
                     entry.warned = true;
