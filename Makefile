@@ -15,13 +15,14 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 ABI     := $(shell sed -n 's/^const ABI_VERSION: u32 = \([0-9]*\);/\1/p' build.rs)
 OUT     := $(TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
-.PHONY: all build install uninstall demo test
+.PHONY: all build install uninstall demo test dist
 all: build
 
 build:
 	CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --lib --bin start_server
 
-install: build
+# NO_BUILD=1 OUT=dir installs what is already built in dir (scripts/dist.sh stages its zig build).
+install: $(if $(NO_BUILD),,build)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR)
 	install -m 755 $(OUT)/start_server $(DESTDIR)$(BINDIR)/start_server
 	install -m 755 $(OUT)/liblameduck.so $(DESTDIR)$(LIBDIR)/liblameduck.so.$(VERSION)
@@ -41,3 +42,7 @@ demo:
 
 test:
 	bash scripts/test-all.sh
+
+# Every release artifact (wheel, sdist, npm packages, C tarball, .deb) into dist/.
+dist:
+	bash scripts/dist.sh

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints (cargo fmt, clippy), Rust unit and integration tests,
-# the C tests (AddressSanitizer/UBSan, then valgrind), the C HTTP server tests, the install/pkg-config test, the header check, the
-# Python package's tests (pytest, mypy --strict) in a project venv (.venv), and the Node
-# package's tests (node --test) with its dependencies in bindings/node/node_modules, and the
-# conformance suite (tests/conformance) in all three languages.
+# the C tests (AddressSanitizer/UBSan, then valgrind), the C HTTP server tests, the install/pkg-config test, the header check,
+# the release build (scripts/dist.sh into dist/), the Python package's tests (pytest, mypy
+# --strict) on the dist wheel in a project venv (.venv), the Node package's tests (node --test)
+# on the dist addon with its dependencies in bindings/node/node_modules, every dist artifact
+# installed on a machine without Rust (tests/dist/check.sh), and the conformance suite
+# (tests/conformance) in all three languages.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
 # haproxy) by itself.
 set -euo pipefail
@@ -53,18 +55,23 @@ if [ -d .git ] && [ -n "$(git status --porcelain -- include/lameduck.h)" ]; then
   exit 1
 fi
 
-echo "== Python: project venv, pip install ./bindings/python, pytest, mypy --strict"
+echo "== dist: every release artifact into dist/ (scripts/dist.sh), built once and tested below"
+bash scripts/dist.sh
+
+echo "== Python: the dist wheel into the project venv, pytest, mypy --strict"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r bindings/python/tests/requirements.txt
-# The real install path: pip fetches maturin (the build backend) and builds the wheel.
-.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
+.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/python/lameduck-*.whl
 .venv/bin/python -m mypy --strict bindings/python/python/lameduck examples/python
 (cd bindings/python && ../../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
 
-echo "== Node: npm install (builds the addon with @napi-rs/cli), node --test"
+echo "== Node: npm install (the test dependencies; the addon is dist's), node --test"
 # npm install, not npm ci: npm 11 leaves other platforms' optional packages out of the lockfile
 # and then npm ci rejects it. npm install still follows the lockfile.
 (cd bindings/node && npm install --no-audit --no-fund --loglevel=error && npm test)
+
+echo "== install checks: every dist/ artifact installed without Rust (tests/dist/check.sh)"
+bash tests/dist/check.sh
 
 echo "== conformance: every scenario in tests/conformance/scenarios.toml, in C, Python and Node"
 LAMEDUCK_CONFORMANCE=c,python,node LAMEDUCK_CONFORMANCE_PYTHON="$PWD/.venv/bin/python" \
