@@ -119,10 +119,20 @@ echo "== dist: Node packages (napi build -x: cargo-zigbuild, glibc $GLIBC)"
 (cd bindings/node && npx napi build --platform --release -x --target "$TRIPLE.$GLIBC" --no-js --dts native.d.ts)
 check_glibc bindings/node/lameduck.linux-x64-gnu.node
 cp bindings/node/lameduck.linux-x64-gnu.node bindings/node/npm/linux-x64-gnu/
+# Each package is packed as npm packs it (its "files"), then repacked with the licenses and
+# without the source-checkout install hook: a published package needs no script (npm 11 would
+# ask every user to approve it), and its addon comes from the platform package.
 npm_dist=$PWD/$DIST/npm
+npm_stage=$PWD/$STAGE/npm
 for dir in bindings/node bindings/node/npm/linux-x64-gnu; do
-  cp LICENSE-MIT LICENSE-APACHE "$dir/"
-  (cd "$dir" && npm pack --silent --pack-destination "$npm_dist" >/dev/null)
+  name=$(node -p "require('./$dir/package.json').name")
+  mkdir -p "$npm_stage/$name"
+  (cd "$dir" && npm pack --silent --ignore-scripts --pack-destination "$npm_stage" >/dev/null)
+  tar -xzf "$npm_stage/$name-$VERSION.tgz" --strip-components=1 -C "$npm_stage/$name"
+  cp LICENSE-MIT LICENSE-APACHE "$npm_stage/$name/"
+  (cd "$npm_stage/$name" && npm pkg delete scripts.install && rm -rf scripts &&
+    node -e "const p = require('./package.json'); p.files = [...p.files.filter((f) => !f.startsWith('scripts/')), 'LICENSE-MIT', 'LICENSE-APACHE']; require('fs').writeFileSync('package.json', JSON.stringify(p, null, 2) + '\\n')" &&
+    npm pack --silent --pack-destination "$npm_dist" >/dev/null)
 done
 
 echo "== dist: done"

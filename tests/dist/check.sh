@@ -78,8 +78,12 @@ echo "== check: npm packages, without Rust"
 project=$work/node-project
 mkdir -p "$project"
 (cd "$project" && norust npm init -y >/dev/null)
-timed norust npm install --prefix "$project" --no-audit --no-fund --loglevel=error \
-  "$dist/npm/lameduck-linux-x64-gnu-$VERSION.tgz" "$dist/npm/lameduck-$VERSION.tgz"
+timed norust npm install --prefix "$project" --no-audit --no-fund \
+  "$dist/npm/lameduck-linux-x64-gnu-$VERSION.tgz" "$dist/npm/lameduck-$VERSION.tgz" > "$work/npm-install.log" 2>&1
+cat "$work/npm-install.log"
+# The packages run no install script: nothing to approve, nothing skipped, nothing built.
+if grep -i -e warn -e "install-scripts" "$work/npm-install.log" >/dev/null; then echo "check: npm warned" >&2; exit 1; fi
+grep '"install"' "$project/node_modules/lameduck/package.json" && exit 1
 report+=("npm packages: npm install ${elapsed} ms, installed $(size "$project/node_modules")")
 unexpected=$(ls "$project/node_modules" | grep -vx -e lameduck -e lameduck-linux-x64-gnu || true)
 [ -z "$unexpected" ] || { echo "check: npm installed more than lameduck: $unexpected" >&2; exit 1; }
@@ -92,6 +96,20 @@ tsc_deps=$(node -p "const d = require('./bindings/node/package.json').devDepende
 # shellcheck disable=SC2086
 norust npm install --prefix "$project" --no-audit --no-fund --loglevel=error --save-dev $tsc_deps
 (cd "$project" && norust npx tsc --strict --noEmit --module nodenext --moduleResolution nodenext --target es2022 --types node server.ts)
+
+# Without the prebuilt package (--omit=optional), require() says which platform is missing.
+bare=$work/node-bare
+mkdir -p "$bare"
+(cd "$bare" && norust npm init -y >/dev/null)
+norust npm install --prefix "$bare" --no-audit --no-fund --loglevel=error --omit=optional "$dist/npm/lameduck-$VERSION.tgz"
+if message=$(cd "$bare" && norust node -e "require('lameduck')" 2>&1); then
+  echo "check: require('lameduck') worked without its addon" >&2
+  exit 1
+fi
+case $message in
+  *"no native addon for linux-x64-gnu: its prebuilt package lameduck-linux-x64-gnu is not installed"*) ;;
+  *) echo "check: unexpected error without the addon: $message" >&2; exit 1 ;;
+esac
 
 echo "== check: C tarball, without Rust"
 prefix=$work/prefix
@@ -135,6 +153,10 @@ norust "$root/usr/bin/start_server" --version | grep >/dev/null lameduck
 unset PKG_CONFIG_PATH
 
 echo "== check: the sdist builds with pip (Rust present)"
+if tar -tzf "$dist/python/lameduck-$VERSION.tar.gz" | grep -E '/(\.venv|node_modules|target|dist)/' >/dev/null; then
+  echo "check: the sdist carries a build or tool directory" >&2
+  exit 1
+fi
 sdist_venv=$work/sdist
 "${PYTHON:-python3}" -m venv "$sdist_venv"
 # The shared target directory keeps local reruns incremental; CI builds from nothing either way.
