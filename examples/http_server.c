@@ -202,7 +202,7 @@ static int demo_serve(void *ud, const ld_context *ctx) {
         }
         if (p[1].revents) break; /* shutdown: stop accepting */
         int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) continue;
+        if (fd < 0) continue; /* EAGAIN: another generation took it */
         pthread_mutex_lock(&d->mu);
         int slot = -1;
         for (int i = 0; i < MAX_CONNS && slot < 0; i++)
@@ -234,11 +234,13 @@ static int demo_serve(void *ud, const ld_context *ctx) {
         pthread_attr_destroy(&attr);
     }
     close(d->listen_fd);
+    /* Before shutdown can see accepting = 0 and return: so this line always comes before the
+     * library's "Completed lame-duck mode" (README shows the two in this order). */
+    fprintf(stderr, "demo: stopped accepting new connections\n");
     pthread_mutex_lock(&d->mu);
     d->accepting = 0;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
-    fprintf(stderr, "demo: stopped accepting new connections\n");
     return 0;
 }
 
@@ -370,6 +372,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     announce(d.listen_fd);
+    /* Non-blocking, so that serve's accept after poll never blocks: a listener shared with
+     * another generation (during an upgrade) wakes both processes' poll for one connection,
+     * and the one that loses the race would otherwise sit in accept until the next one,
+     * deaf to shutdown's wake-up. */
+    int listen_flags = fcntl(d.listen_fd, F_GETFL);
+    if (listen_flags < 0 || fcntl(d.listen_fd, F_SETFL, listen_flags | O_NONBLOCK) < 0) {
+        perror("demo: fcntl O_NONBLOCK on the listener");
+        return 1;
+    }
     /* Asked again at shutdown: a socket a previous generation handed over becomes ours alone
      * once that generation has exited. */
     fprintf(stderr, "demo: the listener is %s\n", ld_listen_should_drain(d.listen_fd) ? "ours alone" : "shared with other processes");
