@@ -159,8 +159,10 @@ if tar -tzf "$dist/python/lameduck-$VERSION.tar.gz" | grep -E '/(\.venv|node_mod
 fi
 sdist_venv=$work/sdist
 "${PYTHON:-python3}" -m venv "$sdist_venv"
-# The shared target directory keeps local reruns incremental; CI builds from nothing either way.
-timed env CARGO_TARGET_DIR="$repo/target/sdist" "$sdist_venv/bin/python" -m pip install -q --disable-pip-version-check "$dist/python/lameduck-$VERSION.tar.gz"
+# One target directory for both source builds (they share the core's dependencies), kept
+# between local runs; CI builds from nothing either way.
+source_target=$repo/target/source-builds
+timed env CARGO_TARGET_DIR="$source_target" "$sdist_venv/bin/python" -m pip install -q --disable-pip-version-check "$dist/python/lameduck-$VERSION.tar.gz"
 report+=("sdist: pip install (builds with Rust) ${elapsed} ms")
 "$sdist_venv/bin/python" -c "import lameduck, sys; assert lameduck.__version__ == sys.argv[1]" "$VERSION"
 
@@ -176,7 +178,7 @@ fi
 project=$work/node-source-project
 mkdir -p "$project"
 (cd "$project" && npm init -y >/dev/null)
-timed env CARGO_TARGET_DIR="$repo/target/npm-source" npm install --prefix "$project" --no-audit --no-fund --loglevel=error "$clone/bindings/node"
+timed env CARGO_TARGET_DIR="$source_target" npm install --prefix "$project" --no-audit --no-fund --loglevel=error "$clone/bindings/node"
 report+=("npm install ./bindings/node (builds with Rust) ${elapsed} ms")
 (cd "$project" && node -e "const l = require('lameduck'); if (l.version !== '$VERSION') process.exit(1)")
 
