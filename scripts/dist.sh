@@ -26,11 +26,15 @@ DIST=dist
 STAGE=target/dist
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need help2man || ! need dpkg-deb; then
+missing=()
+need help2man || missing+=(help2man)
+need dpkg-deb || missing+=(dpkg)
+need objdump || missing+=(binutils)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && need apt-get; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq help2man dpkg >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "dist: help2man and dpkg-deb are needed (apt-get install help2man dpkg)" >&2
+    echo "dist: missing tools: ${missing[*]} (apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
