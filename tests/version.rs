@@ -39,7 +39,10 @@ fn every_package_has_the_core_version() {
     let header = read("include/lameduck.h");
     let parts: Vec<&str> = version.split('.').collect();
     for (name, part) in ["MAJOR", "MINOR", "PATCH"].iter().zip(&parts) {
-        assert!(header.contains(&format!("#define LAMEDUCK_VERSION_{name} {part}\n")), "lameduck.h: LAMEDUCK_VERSION_{name} is not {part}");
+        assert!(
+            header.contains(&format!("#define LAMEDUCK_VERSION_{name} {part}\n")),
+            "lameduck.h: LAMEDUCK_VERSION_{name} is not {part}"
+        );
     }
     assert!(header.contains(&format!("#define LAMEDUCK_VERSION_STRING \"{version}\"\n")), "lameduck.h: LAMEDUCK_VERSION_STRING");
     // SAFETY: ld_version returns a static NUL-terminated string.
