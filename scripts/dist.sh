@@ -102,21 +102,9 @@ CONTROL
 echo "activate-noawait ldconfig" > "$deb_root/DEBIAN/triggers"
 dpkg-deb --root-owner-group --build "$deb_root" "$DIST/c/liblameduck_${VERSION}_amd64.deb" >/dev/null
 
-echo "== dist: Python wheel (maturin --zig, manylinux2014) and sdist"
-maturin build --release --zig --compatibility manylinux2014 -m bindings/python/Cargo.toml -o "$DIST/python"
-maturin sdist -m bindings/python/Cargo.toml -o "$DIST/python"
-wheel=$(ls "$DIST"/python/*.whl)
-auditwheel show "$wheel" | tee "$STAGE/auditwheel.txt"
-grep -q '"manylinux_2_17_x86_64"' "$STAGE/auditwheel.txt"
-wheel_so=$(python3 - "$wheel" "$STAGE/wheel" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as whl:
-    name = next(n for n in whl.namelist() if n.endswith(".so"))
-    print(whl.extract(name, sys.argv[2]))
-PY
-)
-check_glibc "$wheel_so"
-
+# The Node addon right after the C library: both link through cargo-zigbuild's wrapper, so
+# the addon reuses the dependencies just built (cargo rebuilds every unit whose linker
+# changed, and maturin's zig linker is another one).
 echo "== dist: Node packages (napi build -x: cargo-zigbuild, glibc $GLIBC)"
 # The CLI is a devDependency; --ignore-scripts skips our install hook (no source build here).
 (cd bindings/node && npm install --no-audit --no-fund --loglevel=error --ignore-scripts)
@@ -138,6 +126,21 @@ for dir in bindings/node bindings/node/npm/linux-x64-gnu; do
     node -e "const p = require('./package.json'); p.files = [...p.files.filter((f) => !f.startsWith('scripts/')), 'LICENSE-MIT', 'LICENSE-APACHE']; require('fs').writeFileSync('package.json', JSON.stringify(p, null, 2) + '\\n')" &&
     npm pack --silent --pack-destination "$npm_dist" >/dev/null)
 done
+
+echo "== dist: Python wheel (maturin --zig, manylinux2014) and sdist"
+maturin build --release --zig --compatibility manylinux2014 -m bindings/python/Cargo.toml -o "$DIST/python"
+maturin sdist -m bindings/python/Cargo.toml -o "$DIST/python"
+wheel=$(ls "$DIST"/python/*.whl)
+auditwheel show "$wheel" | tee "$STAGE/auditwheel.txt"
+grep -q '"manylinux_2_17_x86_64"' "$STAGE/auditwheel.txt"
+wheel_so=$(python3 - "$wheel" "$STAGE/wheel" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    name = next(n for n in whl.namelist() if n.endswith(".so"))
+    print(whl.extract(name, sys.argv[2]))
+PY
+)
+check_glibc "$wheel_so"
 
 echo "== dist: done"
 (cd "$DIST" && find . -type f -printf '%10s  %p\n' | sort -k2)
