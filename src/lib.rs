@@ -20,6 +20,7 @@
 mod context;
 mod error;
 mod format;
+pub mod gate;
 mod generation;
 mod lifecycle;
 mod lineage;
