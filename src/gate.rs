@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// The largest limit accepted (nserv clamps to `MaxInt32`; we refuse instead).
-pub const MAX_LIMIT: usize = i32::MAX as usize;
+/// The largest limit accepted (nserv clamps to `MaxInt32`; we refuse instead). Crate-private
+/// for now: cbindgen would put a public constant into the C header.
+pub(crate) const MAX_LIMIT: usize = i32::MAX as usize;
 
 /// `UNLIMITED` in the atomic limit: no limit is set.
 const UNLIMITED: usize = usize::MAX;
@@ -34,7 +35,7 @@ pub enum GateError {
     /// [`Gate::try_acquire`] found no free slot.
     #[error("the connection gate is full")]
     Full,
-    /// A limit above [`MAX_LIMIT`].
+    /// A limit above `i32::MAX`.
     #[error("connection limit {0} is invalid: at most {MAX_LIMIT} (0 or none means unlimited)")]
     InvalidLimit(usize),
 }
