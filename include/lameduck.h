@@ -87,7 +87,8 @@ typedef enum ld_status {
   LD_NULL_ARGUMENT = 7,
   /**
    * The runner is running, or has already run (a runner runs once); or an upgrade is
-   * already in flight (`ld_runner_upgrade`).
+   * already in flight (`ld_runner_upgrade`); or the connection gate is full
+   * (`ld_context_acquire_connection` with a zero timeout).
    */
   LD_BUSY = 8,
   /**
@@ -116,7 +117,31 @@ typedef enum ld_status {
    * the upgrade timeout. It was terminated; the old process goes on serving.
    */
   LD_UPGRADE_FAILED = 14,
+  /**
+   * The connection gate admits no new connection: lame-duck has begun
+   * (`ld_context_acquire_connection`).
+   */
+  LD_GATE_CLOSED = 15,
 } ld_status;
+
+/**
+ * Where the gate stands in the run.
+ */
+typedef enum ld_gate_phase {
+  /**
+   * Serving (the drain delay included): admits up to the limit.
+   */
+  LD_GATE_PHASE_OPEN = 0,
+  /**
+   * Lame-duck (shutdown was called): admits only connections already in the accept queue
+   * (`ld_context_acquire_queued_connection`).
+   */
+  LD_GATE_PHASE_DRAINING = 1,
+  /**
+   * close was called, or the run is over: admits nothing.
+   */
+  LD_GATE_PHASE_CLOSED = 2,
+} ld_gate_phase;
 
 /**
  * Log severity passed to an `ld_log_fn`.
@@ -251,6 +276,12 @@ typedef struct ld_error ld_error;
 typedef struct ld_options ld_options;
 
 /**
+ * One admitted connection's slot. Made by `ld_context_acquire_connection` (or the queued
+ * form), given back by `ld_permit_release`. May move to any thread.
+ */
+typedef struct ld_permit ld_permit;
+
+/**
  * A prepared run of one server. Made by `ld_runner_new`, run once by `ld_runner_run`, freed
  * by `ld_runner_free`. `ld_runner_stop`, `ld_runner_state`, `ld_runner_wait_ready` and
  * `ld_runner_deliver_signal` may be called from any thread, at any time, including from
@@ -264,6 +295,36 @@ typedef struct ld_runner ld_runner;
  * (one after another, or at once if your hooks allow it).
  */
 typedef struct ld_server ld_server;
+
+/**
+ * The gate's counts, each read without a lock.
+ */
+typedef struct ld_connection_stats {
+  /**
+   * The limit; 0 when unlimited.
+   */
+  uint64_t limit;
+  /**
+   * Connections admitted and not yet released.
+   */
+  uint64_t admitted;
+  /**
+   * Callers blocked in an acquire now.
+   */
+  uint64_t waiting;
+  /**
+   * Connections admitted since the run was made.
+   */
+  uint64_t total;
+  /**
+   * The most connections admitted at once.
+   */
+  uint64_t peak;
+  /**
+   * Open, draining or closed.
+   */
+  enum ld_gate_phase phase;
+} ld_connection_stats;
 
 /**
  * Receives one log line. `message` is NUL-terminated and valid only during the call.
@@ -348,6 +409,99 @@ void ld_error_free(struct ld_error *error);
  * Never NULL, never to be freed.
  */
 const char *ld_status_str(int status);
+
+/**
+ * Sets the connection limit while the server runs (or before `ld_runner_run`): `max`
+ * connections at once, 0 for unlimited. Raising admits waiting connections at once; lowering
+ * closes none, and no new one is admitted until fewer than `max` are open. Writes the free
+ * slots before the change to `free_before_out` (may be NULL; -1 when it was unlimited), as
+ * nserv's `MaxConns(n)`. Any thread, a hook included; not async-signal-safe (it takes a lock:
+ * from a signal handler, wake your own loop and call it there).
+ * Errors (nothing changes): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 2147483647.
+ */
+enum ld_status ld_runner_set_max_connections(const struct ld_runner *runner,
+                                             uint64_t max,
+                                             int64_t *free_before_out,
+                                             struct ld_error **error_out);
+
+/**
+ * `ld_runner_set_max_connections` for a hook, which has the context rather than the runner.
+ */
+enum ld_status ld_context_set_max_connections(const struct ld_context *ctx,
+                                              uint64_t max,
+                                              int64_t *free_before_out,
+                                              struct ld_error **error_out);
+
+/**
+ * Writes the gate's counts (limit, admitted, waiting, total, peak, phase) to `*stats_out`.
+ * Lock-free reads; any thread, any time. Errors: `LD_NULL_ARGUMENT`.
+ */
+enum ld_status ld_runner_connection_stats(const struct ld_runner *runner,
+                                          struct ld_connection_stats *stats_out);
+
+/**
+ * `ld_runner_connection_stats` through a hook's context.
+ */
+enum ld_status ld_context_connection_stats(const struct ld_context *ctx,
+                                           struct ld_connection_stats *stats_out);
+
+/**
+ * Admits one new connection: call it *before* `accept(2)`, and accept only when it returns
+ * `LD_OK`. Waits for a free slot for at most `timeout_ms` (negative: without limit; 0: does
+ * not wait). On success writes a permit to `*permit_out` (always written: NULL on failure);
+ * give it back with `ld_permit_release` when the connection is closed.
+ *
+ * Any thread, while the context is valid. In lame-duck it returns `LD_GATE_CLOSED` at once,
+ * including to a caller already waiting: an accept loop blocked on a full gate stops promptly.
+ * Errors: `LD_GATE_CLOSED`; `LD_TIMEOUT` (no slot within `timeout_ms`); `LD_BUSY` (full, with
+ * `timeout_ms` 0); `LD_NULL_ARGUMENT`.
+ */
+enum ld_status ld_context_acquire_connection(const struct ld_context *ctx,
+                                             int64_t timeout_ms,
+                                             struct ld_permit **permit_out,
+                                             struct ld_error **error_out);
+
+/**
+ * `ld_context_acquire_connection` for a connection already waiting in the accept queue: it
+ * also admits (within the limit) during lame-duck, so that a shutdown that drains its queue
+ * (`ld_listen_stop_accepting`, then accept until `ld_listen_has_pending` is false) answers
+ * those clients instead of resetting them. `LD_GATE_CLOSED` once close is called.
+ */
+enum ld_status ld_context_acquire_queued_connection(const struct ld_context *ctx,
+                                                    int64_t timeout_ms,
+                                                    struct ld_permit **permit_out,
+                                                    struct ld_error **error_out);
+
+/**
+ * Records `fd` as the permit's connection, so `ld_runner_open_connections` lists it (a close
+ * hook can then `shutdown(2)` what is still open). Release the permit before you `close(2)`
+ * the descriptor. Errors: `LD_NULL_ARGUMENT`.
+ */
+enum ld_status ld_permit_set_fd(struct ld_permit *permit, int fd);
+
+/**
+ * Gives a permit's slot back and frees it, then sets `*permit` to NULL, so a second call with
+ * the same variable does nothing (release is idempotent). `permit` NULL, or `*permit` NULL,
+ * does nothing. Any thread. When the run is in lame-duck and this was the last open
+ * connection, the run's shutdown phase may end now.
+ *
+ * # Safety
+ * `*permit` must be NULL or a permit from an acquire that no other variable still releases.
+ */
+void ld_permit_release(struct ld_permit **permit);
+
+/**
+ * Writes the descriptors of the open connections whose permits were tagged
+ * (`ld_permit_set_fd`), in admission order, to `fds_out[0..capacity]` (may be NULL with
+ * capacity 0), and returns how many there are (which may exceed `capacity`: call again with
+ * more room). For a close hook that must cut what is still open. NULL runner gives 0.
+ */
+size_t ld_runner_open_connections(const struct ld_runner *runner, int *fds_out, size_t capacity);
+
+/**
+ * `ld_runner_open_connections` through a hook's context.
+ */
+size_t ld_context_open_connections(const struct ld_context *ctx, int *fds_out, size_t capacity);
 
 /**
  * Returns a listening socket for `address` in `*fd_out`:
@@ -599,6 +753,14 @@ enum ld_status ld_options_set_upgrade_confirm_ms(struct ld_options *options, uin
  * Errors: `LD_NULL_ARGUMENT`.
  */
 enum ld_status ld_options_set_upgrade_without_listeners(struct ld_options *options, bool allow);
+
+/**
+ * Sets the connection limit the run's gate starts with: at most `max` connections admitted
+ * through `ld_context_acquire_connection` at once (0, the default: unlimited). Change it while
+ * the server runs with `ld_runner_set_max_connections`.
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 2147483647.
+ */
+enum ld_status ld_options_set_max_connections(struct ld_options *options, uint64_t max);
 
 /**
  * Sets what an upgrade starts: `program` (a path, relative to the directory the process

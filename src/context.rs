@@ -1,5 +1,5 @@
 //! The context handed to `serve` and `shutdown`: the lame-duck deadline, whether time is up,
-//! and the readiness report.
+//! the readiness report, and the run's connection gate.
 //!
 //! One context per run, shared by both hooks (and by any thread they hand it to): before the
 //! trigger it has no deadline; when `shutdown` is called it gets `trigger (+ drain) + period`;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::gate::Gate;
 use crate::trigger::Trigger;
 
 /// A run's deadline and readiness. Cheap to clone; every clone sees the same run.
@@ -22,6 +23,7 @@ struct Inner {
     changed: Condvar,
     ready: AtomicBool,
     trigger: Arc<Trigger>,
+    gate: Arc<Gate>,
 }
 
 #[derive(Default)]
@@ -31,15 +33,22 @@ struct Timing {
 }
 
 impl Context {
-    pub(crate) fn new(trigger: Arc<Trigger>) -> Context {
+    pub(crate) fn new(trigger: Arc<Trigger>, gate: Arc<Gate>) -> Context {
         Context {
             inner: Arc::new(Inner {
                 timing: Mutex::new(Timing::default()),
                 changed: Condvar::new(),
                 ready: AtomicBool::new(false),
                 trigger,
+                gate,
             }),
         }
+    }
+
+    /// The run's connection gate: acquire a permit before each `accept(2)` and keep it while
+    /// the connection is open. Lame-duck's `shutdown` phase lasts until every permit is back.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.inner.gate
     }
 
     fn timing(&self) -> MutexGuard<'_, Timing> {

@@ -63,7 +63,7 @@ error_kinds! {
     /// A required pointer was NULL (C ABI only).
     NullArgument = 7, "NULL_ARGUMENT", c"NULL argument";
     /// The runner is running or has already run; or an upgrade is already in flight.
-    Busy = 8, "BUSY", c"busy: the runner is running or has already run, or an upgrade is in flight";
+    Busy = 8, "BUSY", c"busy: the runner is running or has already run, an upgrade is in flight, or the connection gate is full";
     /// A hook (or the library itself) panicked; the panic was caught.
     Panic = 9, "PANIC", c"a panic was caught";
     /// The signal handlers could not be installed.
@@ -77,6 +77,8 @@ error_kinds! {
     /// An upgrade failed: the new process could not start, exited, or was not ready in time.
     /// It was terminated and the old process goes on serving.
     UpgradeFailed = 14, "UPGRADE_FAILED", c"upgrade failed; the old process goes on serving";
+    /// The connection gate admits no new connection: lame-duck has begun.
+    GateClosed = 15, "GATE_CLOSED", c"the connection gate is closed: lame-duck admits no new connection";
 }
 
 impl ErrorKind {
@@ -300,3 +302,16 @@ impl fmt::Display for HookError {
 }
 
 impl std::error::Error for HookError {}
+
+impl From<crate::gate::GateError> for Error {
+    fn from(err: crate::gate::GateError) -> Error {
+        use crate::gate::GateError;
+        let kind = match err {
+            GateError::Closed => ErrorKind::GateClosed,
+            GateError::TimedOut => ErrorKind::Timeout,
+            GateError::Full => ErrorKind::Busy,
+            GateError::InvalidLimit(_) => return Error::invalid_option(OptionField::MaxConnections, err.to_string()),
+        };
+        Error::new(kind, err.to_string())
+    }
+}

@@ -42,13 +42,14 @@ pub mod capi;
 pub use context::Context;
 pub use error::{Error, ErrorKind, HookError, HookFailure};
 pub use format::{go_duration, signal_list, signal_name};
+pub use gate::{Gate, GateError, GatePhase, GateStats, Permit};
 pub use generation::READY_FD_ENV;
 pub use lifecycle::Runner;
 pub use options::{
-    stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_period, validate_pid_file,
-    validate_signal, validate_signals, validate_upgrade_command, validate_upgrade_confirm, validate_upgrade_signals,
-    validate_upgrade_timeout, Level, Logger, OptionField, Options, RepeatSignalPolicy, SignalOwner, StateObserver,
-    UpgradeCommand, MAX_DURATION,
+    stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_max_connections,
+    validate_period, validate_pid_file, validate_signal, validate_signals, validate_upgrade_command, validate_upgrade_confirm,
+    validate_upgrade_signals, validate_upgrade_timeout, Level, Logger, OptionField, Options, RepeatSignalPolicy, SignalOwner,
+    StateObserver, UpgradeCommand, MAX_DURATION,
 };
 pub use server::Server;
 pub use state::State;

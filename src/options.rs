@@ -57,6 +57,8 @@ pub enum OptionField {
     UpgradeConfirm,
     /// [`Options::upgrade_without_listeners`].
     UpgradeWithoutListeners,
+    /// [`Options::max_connections`].
+    MaxConnections,
 }
 
 impl OptionField {
@@ -78,6 +80,7 @@ impl OptionField {
         OptionField::ListenTimeout,
         OptionField::UpgradeConfirm,
         OptionField::UpgradeWithoutListeners,
+        OptionField::MaxConnections,
     ];
 
     /// The Rust name of the field in [`Options`]: `period`, `drain_delay`, …
@@ -99,6 +102,7 @@ impl OptionField {
             OptionField::ListenTimeout => "listen_timeout",
             OptionField::UpgradeConfirm => "upgrade_confirm",
             OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
+            OptionField::MaxConnections => "max_connections",
         }
     }
 }
@@ -218,6 +222,10 @@ pub struct Options {
     /// sockets). Off by default: such an upgrade is refused, because a server that binds its own
     /// port would start a successor that cannot bind it.
     pub upgrade_without_listeners: bool,
+    /// The run's connection gate starts with this limit (`None` or `Some(0)`: unlimited, the
+    /// default); see [`crate::gate`]. Changeable while running with
+    /// [`crate::Runner::set_max_connections`].
+    pub max_connections: Option<usize>,
 }
 
 /// The program an upgrade starts and its whole argument vector (`args[0]` included).
@@ -259,6 +267,7 @@ impl Default for Options {
             listen_timeout: Duration::from_secs(10),
             upgrade_confirm: Duration::from_secs(1),
             upgrade_without_listeners: false,
+            max_connections: None,
         }
     }
 }
@@ -282,6 +291,7 @@ impl std::fmt::Debug for Options {
             .field("listen_timeout", &self.listen_timeout)
             .field("upgrade_confirm", &self.upgrade_confirm)
             .field("upgrade_without_listeners", &self.upgrade_without_listeners)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -319,6 +329,7 @@ impl Options {
         if let Some(path) = &self.pid_file {
             validate_pid_file(path)?;
         }
+        validate_max_connections(self.max_connections)?;
         Ok(())
     }
 
@@ -419,6 +430,11 @@ pub fn validate_upgrade_command(command: &UpgradeCommand) -> Result<(), Error> {
         return invalid("it contains a NUL byte");
     }
     Ok(())
+}
+
+/// A connection limit: at most `i32::MAX` (`None` and 0 mean unlimited).
+pub fn validate_max_connections(limit: Option<usize>) -> Result<(), Error> {
+    crate::gate::Gate::check_limit(limit).map_err(|e| Error::invalid_option(OptionField::MaxConnections, e.to_string()))
 }
 
 /// A pid file needs a path: "" is refused (no pid file is `None`).

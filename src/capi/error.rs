@@ -30,7 +30,8 @@ pub enum ld_status {
     /// A required pointer argument was NULL; the message names it.
     LD_NULL_ARGUMENT = 7,
     /// The runner is running, or has already run (a runner runs once); or an upgrade is
-    /// already in flight (`ld_runner_upgrade`).
+    /// already in flight (`ld_runner_upgrade`); or the connection gate is full
+    /// (`ld_context_acquire_connection` with a zero timeout).
     LD_BUSY = 8,
     /// A panic inside the library was caught (a bug: please report it).
     LD_PANIC = 9,
@@ -46,6 +47,9 @@ pub enum ld_status {
     /// `ld_runner_upgrade`: the new process could not start, exited, or was not ready within
     /// the upgrade timeout. It was terminated; the old process goes on serving.
     LD_UPGRADE_FAILED = 14,
+    /// The connection gate admits no new connection: lame-duck has begun
+    /// (`ld_context_acquire_connection`).
+    LD_GATE_CLOSED = 15,
 }
 
 /// Pairs each `ld_status` with its [`ErrorKind`]: the conversion is an exhaustive `match` (a new
@@ -81,6 +85,7 @@ statuses_of_kinds! {
     NotRunning => LD_NOT_RUNNING,
     System => LD_SYSTEM,
     UpgradeFailed => LD_UPGRADE_FAILED,
+    GateClosed => LD_GATE_CLOSED,
 }
 
 impl ld_status {

@@ -1,7 +1,8 @@
 //! The C ABI: `liblameduck.so` and `include/lameduck.h` (generated from these doc comments).
 //!
 //! Conventions (the README says the same for C users):
-//! - Opaque handles only (`ld_server`, `ld_options`, `ld_runner`, `ld_error`, `ld_context`),
+//! - Opaque handles only (`ld_server`, `ld_options`, `ld_runner`, `ld_error`, `ld_context`,
+//!   `ld_permit`),
 //!   made by `*_new` and released by `*_free`; `*_free(NULL)` does nothing.
 //! - Functions that can fail return an `ld_status` (0 = `LD_OK`, so `if (rc)` works) and, where
 //!   there is more to say, take an optional `ld_error **error_out`: on failure it receives an
@@ -19,6 +20,7 @@
 
 mod boundary;
 mod error;
+mod gate;
 mod listen;
 mod options;
 mod runner;
@@ -26,6 +28,7 @@ mod server;
 mod version;
 
 pub use error::*;
+pub use gate::*;
 pub use listen::*;
 pub use options::*;
 pub use runner::*;

@@ -349,6 +349,18 @@ pub extern "C" fn ld_options_set_upgrade_without_listeners(options: *mut ld_opti
     })
 }
 
+/// Sets the connection limit the run's gate starts with: at most `max` connections admitted
+/// through `ld_context_acquire_connection` at once (0, the default: unlimited). Change it while
+/// the server runs with `ld_runner_set_max_connections`.
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 2147483647.
+#[no_mangle]
+pub extern "C" fn ld_options_set_max_connections(options: *mut ld_options, max: u64) -> ld_status {
+    update(options, |o| {
+        o.max_connections = Some(usize::try_from(max).unwrap_or(usize::MAX)).filter(|&n| n > 0);
+        verdict(options::validate_max_connections(o.max_connections))
+    })
+}
+
 /// Sets what an upgrade starts: `program` (a path, relative to the directory the process
 /// started in, or a bare name looked up in `PATH` at each upgrade) with the argument vector
 /// `argv[0..argc]` (`argv[0]` included; all copied). NULL `program` restores the default: the

@@ -105,7 +105,7 @@ fn make_runner(server: *const ld_server, options: *const ld_options) -> Result<R
     Runner::new(Arc::clone(&server.inner) as Arc<dyn crate::Server>, options)
 }
 
-fn with_runner<T>(runner: *const ld_runner, absent: T, f: impl FnOnce(&Runner) -> T) -> T {
+pub(super) fn with_runner<T>(runner: *const ld_runner, absent: T, f: impl FnOnce(&Runner) -> T) -> T {
     // SAFETY: NULL is checked; otherwise a live runner from ld_runner_new.
     match unsafe { runner.as_ref() } {
         Some(r) => f(&r.runner),

@@ -153,7 +153,7 @@ pub unsafe extern "C" fn ld_server_free(server: *mut ld_server) {
     })
 }
 
-fn with_context<T>(ctx: *const ld_context, absent: T, f: impl FnOnce(&Context) -> T) -> T {
+pub(super) fn with_context<T>(ctx: *const ld_context, absent: T, f: impl FnOnce(&Context) -> T) -> T {
     // SAFETY: NULL is checked; otherwise a context passed to a hook that has not returned.
     match unsafe { ctx.as_ref() } {
         Some(c) => f(&c.ctx),

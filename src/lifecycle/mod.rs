@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::format::{go_duration, signal_list, signal_name};
+use crate::gate::Gate;
 use crate::options::{Level, Options};
 use crate::server::Server;
 use crate::signals::die_by_signal;
@@ -70,6 +71,8 @@ pub(super) struct Shared {
     pub(super) finished: AtomicBool,
     pub(super) live_hooks: Arc<LiveHooks>,
     pub(super) upgrade_requests: upgrade::Requests,
+    /// The connection gate (also reachable through the context).
+    pub(super) gate: Arc<Gate>,
 }
 
 #[derive(Default)]
@@ -85,11 +88,15 @@ impl Runner {
         let trigger = Trigger::new(&options.signals, &options.upgrade_signals, options.repeat_signal)
             .map_err(|e| Error::new(ErrorKind::System, format!("could not create the wake pipe: {e}")))?;
         let trigger = Arc::new(trigger);
+        let gate = Gate::new(options.max_connections).map_err(Error::from)?;
+        let waker = Arc::clone(&trigger);
+        gate.on_empty(Box::new(move || waker.wake()));
         Ok(Runner {
             shared: Arc::new(Shared {
                 server,
                 options,
-                ctx: Context::new(Arc::clone(&trigger)),
+                ctx: Context::new(Arc::clone(&trigger), Arc::clone(&gate)),
+                gate,
                 serve_called: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
                 live_hooks: Arc::default(),
@@ -180,6 +187,21 @@ impl Runner {
         }
         self.shared.trigger.wake();
         waiter.wait()
+    }
+
+    /// The run's connection gate: its limit, its counts, and permits for servers that accept
+    /// through it (see [`crate::gate`]). The same gate as [`Context::gate`].
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.shared.gate
+    }
+
+    /// Sets the connection limit while the server runs (or before): `None` or `Some(0)` is
+    /// unlimited. Returns the free slots before the change (`None`: it was unlimited), as
+    /// nserv's `MaxConns(n)`. Raising admits waiting connections at once; lowering closes none
+    /// and takes effect as they close. Any thread, a hook included; not async-signal-safe.
+    /// Errors: [`ErrorKind::InvalidArgument`] for a limit above `i32::MAX` (nothing changes).
+    pub fn set_max_connections(&self, limit: Option<usize>) -> Result<Option<usize>, Error> {
+        self.shared.gate.set_limit(limit).map_err(Error::from)
     }
 
     /// The current state; any thread, any time.

@@ -36,6 +36,9 @@ enum Phase {
         examined: bool,
         /// `shutdown` failed (or could not start); `serve` may still be running.
         error: Option<HookError>,
+        /// "Waiting for N connections" has been logged (the hooks returned, the gate had not
+        /// emptied yet).
+        told_waiting: bool,
     },
     /// `close` runs; the hooks still running are abandoned at `give_up`.
     Closing { give_up: Instant, reason: CloseReason, shutdown_error: Option<HookError> },
@@ -174,6 +177,7 @@ impl Run {
         // Hooks never started are dismissed (their parked threads exit); running ones the run
         // abandoned keep their threads.
         self.hooks = Hooks::default();
+        self.shared.gate.close();
         let options = &self.shared.options;
         if let Some(outcome) = self.upgrade.finish(|pid| Lineage::point_pid_file_at(options, pid)) {
             self.settle_upgrade(outcome, true, Instant::now());
@@ -258,8 +262,16 @@ impl Run {
                 }
                 if let Phase::ShuttingDown { .. } = self.phase {
                     if returned(&self.hooks.shutdown) && returned(&self.hooks.serve) {
-                        let shutdown_error = self.take_shutdown_error();
-                        return Some(self.finish(None, shutdown_error, Vec::new()));
+                        // The gate's release wakes the coordinator when the last permit is back.
+                        let open = self.shared.gate.admitted();
+                        if open == 0 {
+                            let shutdown_error = self.take_shutdown_error();
+                            return Some(self.finish(None, shutdown_error, Vec::new()));
+                        }
+                        if let Phase::ShuttingDown { told_waiting: told @ false, .. } = &mut self.phase {
+                            *told = true;
+                            self.log(Level::Info, &format!("Waiting for {open} open connection(s) to close"));
+                        }
                     }
                     if now >= deadline {
                         let shutdown_error = self.take_shutdown_error();
@@ -459,7 +471,9 @@ impl Run {
         let deadline = now + self.shared.options.period;
         self.ctx.set_deadline(deadline);
         self.transition(if self.lineage.successor().is_some() { State::HandingOver } else { State::ShuttingDown });
-        self.phase = Phase::ShuttingDown { deadline, examined: false, error: None };
+        self.phase = Phase::ShuttingDown { deadline, examined: false, error: None, told_waiting: false };
+        // Accept loops blocked on a full gate return now; the accept queue may still be drained.
+        self.shared.gate.drain();
         match started(self.hooks.shutdown.take(), || self.shutdown_thread()) {
             Ok(thread) => self.hooks.shutdown = Some(thread),
             Err(err) => {
@@ -491,6 +505,7 @@ impl Run {
     }
 
     fn start_close(&mut self, reason: CloseReason, shutdown_error: Option<HookError>, now: Instant) {
+        self.shared.gate.close();
         self.transition(State::Closing);
         self.phase = Phase::Closing { give_up: now + self.shared.options.close_timeout, reason, shutdown_error };
         match started(self.hooks.close.take(), || self.close_thread()) {
