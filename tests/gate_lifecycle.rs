@@ -163,6 +163,7 @@ fn the_limit_changes_while_running_and_refuses_absurd_values() {
     let fourth = s.permits.recv_timeout(PATIENCE).unwrap();
     until("the accept loop to wait at 2 of 2", || s.runner.gate().stats().waiting == 1);
     s.runner.stop();
+    until("lame-duck to drain the gate", || s.runner.gate().phase() == GatePhase::Draining);
     drop((third, fourth));
     assert!(s.run.join().unwrap().is_ok());
     assert_eq!(s.runner.gate().stats().total, 4);
