@@ -25,19 +25,8 @@ OUT=target/$TRIPLE/release
 DIST=dist
 STAGE=target/dist
 
-need() { command -v "$1" >/dev/null 2>&1; }
-missing=()
-need help2man || missing+=(help2man)
-need dpkg-deb || missing+=(dpkg)
-need objdump || missing+=(binutils)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && need apt-get; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "dist: missing tools: ${missing[*]} (apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-fi
+. scripts/lib/tools.sh
+need_tools dist help2man:help2man dpkg-deb:dpkg objdump:binutils
 
 echo "== dist: release tools into .venv (maturin, zig, cargo-zigbuild, auditwheel)"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv

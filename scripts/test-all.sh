@@ -11,24 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need() { command -v "$1" >/dev/null 2>&1; }
-missing=()
-need pkg-config || missing+=(pkg-config)
-need valgrind || missing+=(valgrind)
-need nm || missing+=(binutils)
-need make || missing+=(make)
-need wrk || missing+=(wrk)
-need start_server || missing+=(libserver-starter-perl)
-need haproxy || missing+=(haproxy)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  if [ "$(id -u)" = 0 ] && need apt-get; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "missing tools: ${missing[*]} (install them, or run as root with apt-get)" >&2
-    exit 1
-  fi
-fi
+. scripts/lib/tools.sh
+need_tools test-all pkg-config:pkg-config valgrind:valgrind nm:binutils make:make wrk:wrk \
+  start_server:libserver-starter-perl haproxy:haproxy
 
 echo "== cargo fmt --check and cargo clippy -D warnings (the core, start_server, the tests)"
 if cargo fmt --version >/dev/null 2>&1; then

@@ -199,14 +199,18 @@ pub fn send_nonblocking_no_sigpipe(fd: RawFd, bytes: &[u8]) -> io::Result<usize>
 /// Asks the kernel to attach the sender's credentials to every datagram the unix socket `fd`
 /// receives (`SO_PASSCRED`, Linux 2.2); [`recv_with_credentials`] reads them.
 pub fn pass_credentials(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+}
+
+/// Sets an `int` socket option (`SO_REUSEADDR`, `IPV6_V6ONLY`, `SO_PASSCRED`, …).
+pub fn set_int_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt with a pointer to a local int and its size.
     zero_or_error(unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&one as *const libc::c_int).cast(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })

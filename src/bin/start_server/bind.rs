@@ -106,18 +106,7 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 fn set_flag(fd: &OwnedFd, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a local int and its size.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as _,
-        )
-    })
-    .map(|_| ())
+    lameduck::sys::set_int_option(fd.as_raw_fd(), level, option, 1)
 }
 
 fn bind_inet(address: SocketAddr, udp: bool, backlog: i32) -> io::Result<OwnedFd> {
