@@ -1,6 +1,7 @@
 """The adapters' per-request cost (issue 13): server CPU time per request, with lameduck and without.
 
     .venv/bin/python benches/adapter_cost.py [--rounds 8] [--seconds 5] [--only python-threading,asyncio,aiohttp,node,c]
+                                             [--bare-vs-bare]
 
 Five pairs, each the same server without lameduck ("bare") and with it (the default unlimited
 gate, no max_connections):
@@ -32,7 +33,9 @@ medians. The summary gives, per pair, the median of the clean rounds' ratios.
 
 CPU time comes in clock ticks (usually 10 ms): a run of S seconds at one busy CPU measures
 about 100*S ticks, so a single ratio is only good to about 1/(100*S); use --seconds 10 or
-more, on a quiet machine, before deciding anything at the 1% level.
+more, on a quiet machine, before deciding anything at the 1% level. ``--bare-vs-bare`` runs
+the bare server on both sides of every round: its ratios are the noise floor of this machine
+and duration (they should scatter around 1.000).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.server
+import importlib.util
 import os
 import re
 import shutil
@@ -194,16 +198,15 @@ def build_c_servers() -> Tuple[Path, Path]:
     subprocess.run(["cargo", "build", "--release", "--lib", "--quiet"], cwd=REPO, check=True)
     out = target / "adapter_cost"
     out.mkdir(parents=True, exist_ok=True)
-    # The demo needs the library under its SONAME (liblameduck.so.0); cargo makes liblameduck.so.
-    lib = out
-    shutil.copyfile(target / "release/liblameduck.so", lib / "liblameduck.so.0")
-    if not (lib / "liblameduck.so").is_symlink():
-        (lib / "liblameduck.so").symlink_to("liblameduck.so.0")
+    # The demo loads the library by its SONAME (liblameduck.so.0); cargo makes liblameduck.so.
+    shutil.copyfile(target / "release/liblameduck.so", out / "liblameduck.so.0")
+    if not (out / "liblameduck.so").is_symlink():
+        (out / "liblameduck.so").symlink_to("liblameduck.so.0")
     cc = [os.environ.get("CC", "cc"), "-std=c11", "-Wall", "-Wextra", "-O2", "-pthread"]
     demo, bare = out / "http_server", out / "bare_http_server"
     subprocess.run(
-        cc + ["-I", str(REPO / "include"), str(REPO / "examples/http_server.c"), "-L", str(lib), "-llameduck"]
-        + [f"-Wl,-rpath,{lib}", "-o", str(demo)],
+        cc + ["-I", str(REPO / "include"), str(REPO / "examples/http_server.c"), "-L", str(out), "-llameduck"]
+        + [f"-Wl,-rpath,{out}", "-o", str(demo)],
         check=True,
     )
     subprocess.run(cc + [str(REPO / "benches/bare_http_server.c"), "-o", str(bare)], check=True)
@@ -212,6 +215,8 @@ def build_c_servers() -> Tuple[Path, Path]:
 
 def why_unavailable(kind: str) -> Optional[str]:
     """The reason a pair cannot run here, or None."""
+    if kind in PYTHON_SERVERS and importlib.util.find_spec("lameduck") is None:
+        return f"lameduck is not installed for {sys.executable} (pip install ./bindings/python)"
     if kind == "aiohttp":
         try:
             import aiohttp  # noqa: F401
@@ -360,22 +365,25 @@ def describe(run: Run) -> str:
     return f"{run.cpu_per_request * 1e6:7.2f} us CPU/req {run.requests_per_second:8.0f} req/s (CPU {run.cpu_busy * 100:3.0f}%)"
 
 
-def compare(kind: str, rounds: int, seconds: int, c_servers: Optional[Tuple[Path, Path]]) -> List[Round]:
-    print(f"\n{kind}: {rounds} rounds of {seconds} s per side, ABBA order (ratio = lameduck / bare)", flush=True)
+def compare(kind: str, rounds: int, seconds: int, c_servers: Optional[Tuple[Path, Path]], bare_vs_bare: bool = False) -> List[Round]:
+    """Runs the pair's rounds, printing each; bare_vs_bare runs the bare server on both sides
+    (the ratios then show the noise alone)."""
+    sides = "bare / bare (--bare-vs-bare: the noise floor)" if bare_vs_bare else "lameduck / bare"
+    print(f"\n{kind}: {rounds} rounds of {seconds} s per side, ABBA order (ratio = {sides})", flush=True)
     done: List[Round] = []
     for i in range(rounds):
         order = (False, True) if i % 2 == 0 else (True, False)
         runs: Dict[bool, Run] = {}
         try:
             for with_lameduck in order:
-                runs[with_lameduck] = run_once(kind, with_lameduck, seconds, c_servers)
+                runs[with_lameduck] = run_once(kind, with_lameduck and not bare_vs_bare, seconds, c_servers)
         except RuntimeError as err:
             side = "lameduck" if with_lameduck else "bare"
             print(f"  round {i + 1:2}  FAILED ({side}): {err}  EXCLUDED", flush=True)
             continue
         r = Round(bare=runs[False], lameduck=runs[True])
         done.append(r)
-        line = f"  round {i + 1:2}  bare {describe(r.bare)} | lameduck {describe(r.lameduck)} | "
+        line = f"  round {i + 1:2}  bare {describe(r.bare)} | {'bare' if bare_vs_bare else 'lameduck'} {describe(r.lameduck)} | "
         line += f"CPU/req ratio {r.cpu_ratio:.3f}  req/s ratio {r.rps_ratio:.3f}"
         if r.errors:
             line += f"  EXCLUDED (wrk errors: {r.errors})"
@@ -383,14 +391,14 @@ def compare(kind: str, rounds: int, seconds: int, c_servers: Optional[Tuple[Path
     return done
 
 
-def summary_line(kind: str, rounds: List[Round]) -> str:
+def summary_line(kind: str, rounds: List[Round], other: str = "lameduck") -> str:
     clean = [r for r in rounds if not r.errors]
     if not clean:
         return f"{kind:<17} no clean round ({len(rounds)} finished, all with wrk errors)"
     med = statistics.median
     return (
         f"{kind:<17} CPU/req ratio {med(r.cpu_ratio for r in clean):.3f}   req/s ratio {med(r.rps_ratio for r in clean):.3f}   "
-        f"CPU/req bare {med(r.bare.cpu_per_request for r in clean) * 1e6:6.2f} us, lameduck "
+        f"CPU/req bare {med(r.bare.cpu_per_request for r in clean) * 1e6:6.2f} us, {other} "
         f"{med(r.lameduck.cpu_per_request for r in clean) * 1e6:6.2f} us   "
         f"({len(clean)} clean of {len(rounds)} finished rounds; ratios {', '.join(f'{r.cpu_ratio:.3f}' for r in clean)})"
     )
@@ -401,6 +409,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds per pair (default 8)")
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run (default 5)")
     parser.add_argument("--only", default=",".join(KINDS), help=f"comma-separated pairs (default {','.join(KINDS)})")
+    parser.add_argument(
+        "--bare-vs-bare", action="store_true", help="run the bare server on both sides: the ratios then show the noise alone"
+    )
     parser.add_argument("--serve", choices=sorted(PYTHON_SERVERS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lameduck", action="store_true", help=argparse.SUPPRESS)
@@ -431,13 +442,15 @@ def main() -> None:
             continue
         try:
             c_servers = build_c_servers() if kind == "c" else None
-            results[kind] = compare(kind, args.rounds, args.seconds, c_servers)
+            results[kind] = compare(kind, args.rounds, args.seconds, c_servers, args.bare_vs_bare)
         except (RuntimeError, subprocess.CalledProcessError) as err:
             skipped[kind] = f"failed: {err}"
             print(f"  {kind}: FAILED: {err}", flush=True)
-    print("\nsummary: medians over the clean rounds (ratio = lameduck / bare; 1.010 = 1% more CPU per request)")
+    sides = "bare / bare: --bare-vs-bare, both sides the bare server" if args.bare_vs_bare else "lameduck / bare"
+    print(f"\nsummary: medians over the clean rounds (ratio = {sides}; 1.010 = 1% more CPU per request)")
     for kind in kinds:
-        print(summary_line(kind, results[kind]) if kind in results else f"{kind:<17} {skipped[kind]}")
+        other = "bare" if args.bare_vs_bare else "lameduck"
+        print(summary_line(kind, results[kind], other) if kind in results else f"{kind:<17} {skipped[kind]}")
 
 
 if __name__ == "__main__":
