@@ -318,11 +318,15 @@ def run_once(kind: str, with_lameduck: bool, seconds: int, c_servers: Optional[T
         try:
             wait_until_answering(proc, port, log)
             before, started = cpu_ticks(proc.pid), time.monotonic()
-            wrk = subprocess.run(
-                pinned(1) + ["wrk", "-t1", "-c20", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
-                capture_output=True,
-                text=True,
-            )
+            try:
+                wrk = subprocess.run(
+                    pinned(1) + ["wrk", "-t1", "-c20", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 60,
+                )
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"wrk did not finish within {seconds + 60} s") from None
             used = (cpu_ticks(proc.pid) - before) / os.sysconf("SC_CLK_TCK")
             wall = time.monotonic() - started
             if proc.poll() is not None:
@@ -391,16 +395,17 @@ def compare(kind: str, rounds: int, seconds: int, c_servers: Optional[Tuple[Path
     return done
 
 
-def summary_line(kind: str, rounds: List[Round], other: str = "lameduck") -> str:
+def summary_line(kind: str, rounds: List[Round], requested: int, other: str = "lameduck") -> str:
     clean = [r for r in rounds if not r.errors]
+    tally = f"{len(clean)} clean of {requested} rounds: {len(rounds) - len(clean)} with wrk errors, {requested - len(rounds)} failed"
     if not clean:
-        return f"{kind:<17} no clean round ({len(rounds)} finished, all with wrk errors)"
+        return f"{kind:<17} no clean round ({tally})"
     med = statistics.median
     return (
         f"{kind:<17} CPU/req ratio {med(r.cpu_ratio for r in clean):.3f}   req/s ratio {med(r.rps_ratio for r in clean):.3f}   "
         f"CPU/req bare {med(r.bare.cpu_per_request for r in clean) * 1e6:6.2f} us, {other} "
         f"{med(r.lameduck.cpu_per_request for r in clean) * 1e6:6.2f} us   "
-        f"({len(clean)} clean of {len(rounds)} finished rounds; ratios {', '.join(f'{r.cpu_ratio:.3f}' for r in clean)})"
+        f"({tally}; ratios {', '.join(f'{r.cpu_ratio:.3f}' for r in clean)})"
     )
 
 
@@ -450,7 +455,7 @@ def main() -> None:
     print(f"\nsummary: medians over the clean rounds (ratio = {sides}; 1.010 = 1% more CPU per request)")
     for kind in kinds:
         other = "bare" if args.bare_vs_bare else "lameduck"
-        print(summary_line(kind, results[kind], other) if kind in results else f"{kind:<17} {skipped[kind]}")
+        print(summary_line(kind, results[kind], args.rounds, other) if kind in results else f"{kind:<17} {skipped[kind]}")
 
 
 if __name__ == "__main__":
