@@ -45,31 +45,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(BODY)
 
 
-async def asyncio_handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, adapter: Any = None) -> None:
+#: The asyncio adapter in the lameduck server, None in the bare one.
+ADAPTER: Any = None
+
+
+async def asyncio_handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The one handler both asyncio servers run, given straight to start_server or to the
+    adapter: no wrapper coroutine of ours on either side, so only lameduck differs (the
+    adapter's own per-connection task, and what it asks of a handler: next_request, lame_duck)."""
+    adapter = ADAPTER
     try:
-        await _asyncio_requests(reader, writer, adapter)
+        while True:
+            read = reader.readline()
+            line = await (adapter.next_request(read) if adapter is not None else read)
+            if not line:
+                break
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            closing = adapter is not None and adapter.lame_duck
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: "
+                + (b"close" if closing else b"keep-alive")
+                + b"\r\n\r\n"
+                + BODY
+            )
+            await writer.drain()
+            if closing:
+                break
     except ConnectionError:
         pass  # wrk resets its connections when it stops
     writer.close()
-
-
-async def _asyncio_requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, adapter: Any) -> None:
-    while True:
-        line = await (adapter.next_request(reader.readline()) if adapter else reader.readline())
-        if not line:
-            break
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        closing = adapter is not None and adapter.lame_duck
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: "
-            + (b"close" if closing else b"keep-alive")
-            + b"\r\n\r\n"
-            + BODY
-        )
-        await writer.drain()
-        if closing:
-            break
 
 
 def serve(kind: str, with_lameduck: bool) -> None:
@@ -87,13 +92,9 @@ def serve(kind: str, with_lameduck: bool) -> None:
         return
 
     async def main() -> None:
+        global ADAPTER
         if with_lameduck:
-            adapter: Any = None
-
-            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                await asyncio_handle(r, w, adapter)
-
-            adapter = lameduck.adapters.asyncio_server(handle, "127.0.0.1", 0)
+            adapter = ADAPTER = lameduck.adapters.asyncio_server(asyncio_handle, "127.0.0.1", 0)
             runner = lameduck.Runner(
                 adapter,
                 logger=False,
