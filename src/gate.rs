@@ -110,6 +110,9 @@ pub struct Gate {
     limit: AtomicUsize,
     admitted: AtomicUsize,
     waiting: AtomicUsize,
+    /// Callers blocked in [`Gate::wait_empty`]: with `waiting`, who a release must wake (a
+    /// notify is a system call; with nobody waiting, a release is two atomics under the lock).
+    watchers: AtomicUsize,
     total: AtomicU64,
     peak: AtomicUsize,
     /// The descriptors permits were tagged with ([`Permit::attach_fd`]), by permit number.
@@ -174,6 +177,14 @@ fn decode(limit: usize) -> Option<usize> {
     (limit != UNLIMITED).then_some(limit)
 }
 
+/// Adds `by` to a count that only changes under the gate's lock (so a plain load and store
+/// suffice: no locked instruction) and returns the new value; lock-free readers see either.
+fn bump(count: &AtomicUsize, by: isize) -> usize {
+    let now = count.load(Ordering::Relaxed).wrapping_add_signed(by);
+    count.store(now, Ordering::Release);
+    now
+}
+
 /// Which phases an admission accepts.
 #[derive(Clone, Copy)]
 enum Admits {
@@ -193,6 +204,7 @@ impl Gate {
             limit: AtomicUsize::new(encode(limit)?),
             admitted: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
             fds: Mutex::new(HashMap::new()),
@@ -282,7 +294,7 @@ impl Gate {
 
     fn wait_for_slot(self: &Arc<Self>, admits: Admits, deadline: Option<Instant>) -> Result<Permit, GateError> {
         let mut guard = self.locked();
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        bump(&self.waiting, 1);
         let outcome = loop {
             if self.refuses(admits) {
                 break Err(GateError::Closed);
@@ -301,7 +313,7 @@ impl Gate {
                 }
             };
         };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        bump(&self.waiting, -1);
         outcome.map(|()| self.admit())
     }
 
@@ -323,17 +335,23 @@ impl Gate {
 
     /// Counts one admission; the caller decided it and still holds the lock.
     fn admit(self: &Arc<Self>) -> Permit {
-        let now = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-        self.peak.fetch_max(now, Ordering::AcqRel);
-        let number = self.total.fetch_add(1, Ordering::AcqRel);
+        let now = bump(&self.admitted, 1);
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.store(now, Ordering::Release);
+        }
+        let number = self.total.load(Ordering::Relaxed);
+        self.total.store(number + 1, Ordering::Release);
         Permit { gate: Arc::clone(self), number, tagged: false }
     }
 
     fn release_one(&self) {
         let now_empty = {
             let _decide = self.locked();
-            let left = self.admitted.fetch_sub(1, Ordering::AcqRel) - 1;
-            self.changed.notify_all();
+            let left = bump(&self.admitted, -1);
+            // Waiters count themselves under this lock before they wait, so none is missed.
+            if self.waiting.load(Ordering::Acquire) + self.watchers.load(Ordering::Acquire) > 0 {
+                self.changed.notify_all();
+            }
             left == 0 && self.phase() != GatePhase::Open
         };
         if now_empty {
@@ -369,19 +387,24 @@ impl Gate {
     /// Waits until no connection is admitted, or until `deadline`; true when empty.
     pub fn wait_empty(&self, deadline: Option<Instant>) -> bool {
         let mut guard = self.locked();
-        while self.admitted.load(Ordering::Acquire) > 0 {
+        bump(&self.watchers, 1);
+        let empty = loop {
+            if self.admitted.load(Ordering::Acquire) == 0 {
+                break true;
+            }
             guard = match deadline {
                 None => self.changed.wait(guard).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return false;
+                        break false;
                     }
                     self.changed.wait_timeout(guard, deadline - now).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
-        }
-        true
+        };
+        bump(&self.watchers, -1);
+        empty
     }
 
     /// Connections admitted and not yet released. Lock-free.
