@@ -594,13 +594,14 @@ int main(int argc, char **argv) {
     pthread_mutex_lock(&d.mu);
     struct timespec until;
     abs_time_in(&until, 2000);
+    ld_connection_stats left;
+    memset(&left, 0, sizeof left);
     for (;;) {
-        ld_connection_stats s;
-        memset(&s, 0, sizeof s);
-        if (d.runner == NULL || ld_runner_connection_stats(d.runner, &s) != LD_OK || s.admitted == 0) break;
+        if (d.runner == NULL || ld_runner_connection_stats(d.runner, &left) != LD_OK || left.admitted == 0) break;
         if (pthread_cond_timedwait(&d.changed, &d.mu, &until) == ETIMEDOUT) break;
     }
     pthread_mutex_unlock(&d.mu);
+    if (left.admitted > 0) fprintf(stderr, "demo: %llu connection(s) still open at exit\n", (unsigned long long)left.admitted);
     signal(SIGUSR1, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     if (control_started) {
