@@ -37,7 +37,9 @@
  *          then closes the listening socket (new connections are refused from then on).
  *          Lame-duck drains the gate: an accept loop blocked on a full gate returns at once
  *          (LD_GATE_CLOSED) and from then on admits only the connections already queued
- *          (ld_context_acquire_queued_connection), still within the limit.
+ *          (ld_context_acquire_queued_connection), still within the limit. Connections still
+ *          queued when the loop ends (the gate stayed full until the deadline) are answered 503
+ *          and closed, not reset by closing the listener.
  * shutdown drains the listener (ld_listen_drain: no new connections, but every one already
  *          waiting in its queue is accepted and answered, not reset; a listener shared with
  *          other processes is left to them), stops accepting, answers requests already sent
@@ -226,8 +228,8 @@ static int woken(demo *d) {
  * once a slot is free (while full, accept is not called: the client waits in the backlog); in
  * lame-duck (*queued_only), within the limit still, but shutdown's wake-up is looked at while
  * waiting: a listener shared with a new process may lose this connection to it. NULL when the
- * loop must end: shutdown woke it, close was called (*gate_closed), or the gate failed. */
-static ld_permit *admit(demo *d, const ld_context *ctx, int *queued_only, int *gate_closed) {
+ * loop must end: shutdown woke it, close was called, or the gate failed. */
+static ld_permit *admit(demo *d, const ld_context *ctx, int *queued_only) {
     for (;;) {
         ld_permit *permit = NULL;
         ld_error *err = NULL;
@@ -243,15 +245,15 @@ static ld_permit *admit(demo *d, const ld_context *ctx, int *queued_only, int *g
             continue;
         }
         if (rc == LD_TIMEOUT && !woken(d)) continue;
-        *gate_closed = rc == LD_GATE_CLOSED; /* close was called */
         if (rc != LD_TIMEOUT && rc != LD_GATE_CLOSED) fprintf(stderr, "demo: the gate: %s\n", ld_status_str(rc));
         return NULL;
     }
 }
 
-/* close was called while connections still waited in the queue of a listener that is ours alone
- * (the gate stayed full until the deadline): closing the listener would reset them. Each is
- * accepted, its request read, answered 503 and closed: refused cleanly. */
+/* The accept loop ended with connections still waiting in the queue of a listener that is ours
+ * alone (the gate stayed full until the deadline, or close came first): closing the listener
+ * would reset them. Each is accepted, its request read, answered 503 and closed: refused
+ * cleanly. (After a drain that emptied the queue there is nothing to refuse.) */
 static void refuse_queued(demo *d) {
     int refused = 0;
     for (;;) {
@@ -265,7 +267,7 @@ static void refuse_queued(demo *d) {
         close(fd);
         refused++;
     }
-    if (refused > 0) fprintf(stderr, "demo: close: refused %d queued connection(s) with 503\n", refused);
+    if (refused > 0) fprintf(stderr, "demo: refused %d queued connection(s) with 503\n", refused);
 }
 
 static int demo_serve(void *ud, const ld_context *ctx) {
@@ -275,7 +277,7 @@ static int demo_serve(void *ud, const ld_context *ctx) {
     pthread_mutex_unlock(&d->mu);
     ld_context_ready(ctx); /* the socket is bound and listening since main: ready */
 
-    int queued_only = 0, gate_closed = 0;
+    int queued_only = 0;
     for (;;) {
         struct pollfd p[2] = {{d->listen_fd, POLLIN, 0}, {d->wake[0], POLLIN, 0}};
         if (poll(p, 2, -1) < 0) {
@@ -284,7 +286,7 @@ static int demo_serve(void *ud, const ld_context *ctx) {
         }
         if (p[1].revents) break; /* shutdown: stop accepting */
         /* A connection is queued: admit it through the gate first, then accept it. */
-        ld_permit *permit = admit(d, ctx, &queued_only, &gate_closed);
+        ld_permit *permit = admit(d, ctx, &queued_only);
         if (permit == NULL) break;
         int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) { /* EAGAIN: another generation took it */
@@ -317,7 +319,7 @@ static int demo_serve(void *ud, const ld_context *ctx) {
             free(c);
         }
     }
-    if ((gate_closed || atomic_load(&d->closing)) && ld_listen_should_drain(d->listen_fd)) refuse_queued(d);
+    if (ld_listen_should_drain(d->listen_fd)) refuse_queued(d);
     close(d->listen_fd);
     /* Before shutdown can see accepting = 0 and return: so this line always comes before the
      * library's "Completed lame-duck mode" (README shows the two in this order). */

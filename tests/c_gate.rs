@@ -394,7 +394,7 @@ fn close_at_the_deadline_cuts_what_is_left_and_refuses_the_queue_cleanly() {
     // Blocked on the full gate, the accept loop heard lame-duck at once, not at the deadline.
     assert!(at("demo: lame-duck: admitting only the connections already queued") < at("lameduck: Lame-duck period has expired"));
     assert!(stderr.contains("demo: close: cut 10 open connection(s)"), "{stderr}");
-    assert!(stderr.contains("demo: close: refused 5 queued connection(s) with 503"), "{stderr}");
+    assert!(stderr.contains("demo: refused 5 queued connection(s) with 503"), "{stderr}");
     assert!(stderr.contains("demo: run ended: lame-duck period expired; close was called"), "{stderr}");
     // Every connection ended once cut, the half-sent one too (its thread was blocked in recv).
     assert!(!stderr.contains("still open at exit"), "{stderr}");
