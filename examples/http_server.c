@@ -2,7 +2,7 @@
  * A small threaded HTTP/1.1 server run under lame-duck coordination by liblameduck.
  *
  *   http_server [--host 127.0.0.1] [--port 8080] [--listen ADDRESS] [--period MS] [--drain MS]
- *               [--pid-file PATH] [--upgrade-timeout MS]
+ *               [--pid-file PATH] [--upgrade-timeout MS] [--max-connections N]
  *
  * The listening socket comes from ld_listen: inherited from systemd socket activation
  * (LISTEN_FDS), Server::Starter (SERVER_STARTER_PORT) or the previous generation when there
@@ -10,21 +10,44 @@
  *
  * SIGINT/SIGTERM: lame-duck, then exit. SIGHUP: zero-downtime upgrade: the program is started
  * again with the listening socket, and once the new process is ready this one lame-ducks.
+ * SIGUSR1/SIGUSR2: raise/lower the connection limit by one (see "The connection gate").
  *
  * Routes: GET /             hello
  *         GET /sleep?ms=N   answers after N ms (a slow request to watch lame-duck with)
  *         GET /health       200 while the port is served (READY, UPGRADING, or HANDING_OVER to a
- *                           new process), 503 otherwise; the body is the state
+ *                           new process), 503 otherwise; the body is JSON: the state and the
+ *                           gate's counts, {"state":"READY","connections":{"limit":10,
+ *                           "admitted":3,"waiting":0,"total":57,"peak":10}} (limit null:
+ *                           unlimited; admitted includes this request's own connection)
  *
- * serve    reports ready (ld_context_ready), accepts until shutdown wakes it, then closes
- *          the listening socket (new connections are refused from then on).
+ * The connection gate (the run's, from liblameduck) admits the connections: serve's accept loop
+ * acquires a permit (ld_context_acquire_connection) before each accept(2), and the connection's
+ * thread releases it when it closes. While --max-connections N are open the loop does not call
+ * accept: new clients complete their handshake and wait in the listen backlog, none is refused.
+ * 0 (the default) is unlimited. SIGUSR1 raises the limit by one, SIGUSR2 lowers it by one
+ * (never below 1; from unlimited it becomes the number of connections open now, at least 1;
+ * SIGUSR1 leaves unlimited as it is); each prints "demo: max connections now N (A admitted,
+ * peak P)" on stderr. Lowering closes nothing: no new connection is admitted until fewer than
+ * N are open. The signal handler only writes the signal's number to a pipe; a control thread
+ * reads it and calls ld_runner_set_max_connections (which takes a lock: not for a handler).
+ * An upgrade's new process starts with the --max-connections of the command line.
+ * lameduck stays off the request path: one acquire and one release per connection.
+ *
+ * serve    reports ready (ld_context_ready), accepts through the gate until shutdown wakes it,
+ *          then closes the listening socket (new connections are refused from then on).
+ *          Lame-duck drains the gate: an accept loop blocked on a full gate returns at once
+ *          (LD_GATE_CLOSED) and from then on admits only the connections already queued
+ *          (ld_context_acquire_queued_connection), still within the limit. Connections still
+ *          queued when the loop ends (the gate stayed full until the deadline) are answered 503
+ *          and closed, not reset by closing the listener.
  * shutdown drains the listener (ld_listen_drain: no new connections, but every one already
  *          waiting in its queue is accepted and answered, not reset; a listener shared with
  *          other processes is left to them), stops accepting, answers requests already sent
  *          (with "Connection: close"), closes idle keep-alive connections after a short grace,
- *          and waits for the connections to finish until the deadline (then
- *          LD_DEADLINE_EXCEEDED).
- * close    shuts every remaining connection down at once.
+ *          and returns once the accept loop has ended. The run itself then waits for the open
+ *          connections (the gate's permits) until the deadline, and calls close at the deadline.
+ * close    shuts down every connection the gate still lists (ld_runner_open_connections: each
+ *          permit is tagged with its descriptor), at once.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,6 +57,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,25 +67,26 @@
 
 #include "lameduck.h"
 
-#define MAX_CONNS 1024
 #define IDLE_GRACE_MS 1000
+/* How often an accept loop waiting for a slot in lame-duck looks whether shutdown woke it. */
+#define QUEUED_POLL_MS 50
 
 typedef struct {
     int listen_fd;
-    int wake[2]; /* shutdown writes here to end the accept loop */
+    int wake[2];    /* shutdown writes here to end the accept loop */
+    int control[2]; /* the SIGUSR1/SIGUSR2 handler writes the signal's number here */
     pthread_mutex_t mu;
     pthread_cond_t changed;
-    int active; /* connection threads alive */
-    int draining, closing;
-    int accepting; /* serve's accept loop runs: a connection it just accepted is not counted yet */
-    int conns[MAX_CONNS];
+    /* Read on every request without the lock (one relaxed load each). */
+    atomic_int draining, closing;
+    int accepting; /* serve's accept loop runs */
     ld_runner *runner;
 } demo;
 
 typedef struct {
     demo *d;
     int fd;
-    int slot;
+    ld_permit *permit; /* the connection's slot in the gate, given back when it closes */
 } conn;
 
 static int64_t now_ms(void) {
@@ -91,12 +116,12 @@ static void send_all(int fd, const char *buf, size_t len) {
 
 /* One write per response: a header write followed by a body write would wait out the client's
  * delayed ACK (Nagle), 40 ms per request on a kept-alive connection. */
-static void respond(int fd, int status, const char *reason, const char *body, int keep_alive) {
+static void respond(int fd, int status, const char *reason, const char *type, const char *body, int keep_alive) {
     char out[1024];
     int n = snprintf(out, sizeof out,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "Connection: %s\r\n\r\n%s",
-                     status, reason, strlen(body), keep_alive ? "keep-alive" : "close", body);
+                     status, reason, type, strlen(body), keep_alive ? "keep-alive" : "close", body);
     send_all(fd, out, n < (int)sizeof out ? (size_t)n : sizeof out - 1);
 }
 
@@ -106,8 +131,8 @@ static int sleep_unless_closed(demo *d, int64_t ms) {
     abs_time_in(&until, ms);
     pthread_mutex_lock(&d->mu);
     int rc = 0;
-    while (!d->closing && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&d->changed, &d->mu, &until);
-    int closed = d->closing;
+    while (!atomic_load(&d->closing) && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&d->changed, &d->mu, &until);
+    int closed = atomic_load(&d->closing);
     pthread_mutex_unlock(&d->mu);
     return closed;
 }
@@ -119,16 +144,13 @@ static int wait_for_request(demo *d, int fd) {
     for (;;) {
         struct pollfd p = {fd, POLLIN, 0};
         if (poll(&p, 1, 50) != 0) return 1; /* data, EOF or error: let read() tell */
-        pthread_mutex_lock(&d->mu);
-        int closing = d->closing, draining = d->draining;
-        pthread_mutex_unlock(&d->mu);
-        if (closing) return 0;
-        if (draining && now_ms() - idle_since >= IDLE_GRACE_MS) return 0;
+        if (atomic_load_explicit(&d->closing, memory_order_relaxed)) return 0;
+        if (atomic_load_explicit(&d->draining, memory_order_relaxed) && now_ms() - idle_since >= IDLE_GRACE_MS) return 0;
     }
 }
 
 static void handle(demo *d, int fd, const char *path, int keep_alive) {
-    char body[256];
+    char body[512];
     if (strncmp(path, "/sleep", 6) == 0) {
         const char *q = strstr(path, "ms=");
         long ms = q ? strtol(q + 3, NULL, 10) : 1000;
@@ -136,15 +158,24 @@ static void handle(demo *d, int fd, const char *path, int keep_alive) {
         fprintf(stderr, "demo: request GET %s\n", path);
         if (sleep_unless_closed(d, ms)) return; /* close hook: drop it */
         snprintf(body, sizeof body, "slept %ld ms\n", ms);
-        respond(fd, 200, "OK", body, keep_alive);
+        respond(fd, 200, "OK", "text/plain", body, keep_alive);
     } else if (strcmp(path, "/health") == 0) {
         ld_state s = ld_runner_state(d->runner);
-        snprintf(body, sizeof body, "%s\n", ld_state_str(s));
+        ld_connection_stats c;
+        memset(&c, 0, sizeof c);
+        ld_runner_connection_stats(d->runner, &c);
+        char limit[32] = "null";
+        if (c.limit > 0) snprintf(limit, sizeof limit, "%llu", (unsigned long long)c.limit);
+        snprintf(body, sizeof body,
+                 "{\"state\":\"%s\",\"connections\":{\"limit\":%s,\"admitted\":%llu,\"waiting\":%llu,"
+                 "\"total\":%llu,\"peak\":%llu}}\n",
+                 ld_state_str(s), limit, (unsigned long long)c.admitted, (unsigned long long)c.waiting,
+                 (unsigned long long)c.total, (unsigned long long)c.peak);
         int serving = s == LD_STATE_READY || s == LD_STATE_UPGRADING || s == LD_STATE_HANDING_OVER;
-        respond(fd, serving ? 200 : 503, serving ? "OK" : "Service Unavailable", body, keep_alive);
+        respond(fd, serving ? 200 : 503, serving ? "OK" : "Service Unavailable", "application/json", body, keep_alive);
     } else {
         snprintf(body, sizeof body, "hello from lameduck (pid %d)\n", (int)getpid());
-        respond(fd, 200, "OK", body, keep_alive);
+        respond(fd, 200, "OK", "text/plain", body, keep_alive);
     }
 }
 
@@ -166,9 +197,7 @@ static void *conn_main(void *arg) {
         }
         char method[16] = "", path[1024] = "", version[16] = "";
         if (sscanf(buf, "%15s %1023s %15s", method, path, version) != 3) break;
-        pthread_mutex_lock(&d->mu);
-        int draining = d->draining;
-        pthread_mutex_unlock(&d->mu);
+        int draining = atomic_load_explicit(&d->draining, memory_order_relaxed);
         /* A request already sent is always answered; in lame-duck with "Connection: close". */
         int keep_alive = strcmp(version, "HTTP/1.1") == 0 && strcasestr(buf, "connection: close") == NULL && !draining;
         handle(d, c->fd, path, keep_alive);
@@ -177,14 +206,68 @@ static void *conn_main(void *arg) {
         memmove(buf, buf + consumed, used - consumed);
         used -= consumed;
     }
+    /* Under the lock that close takes to list and cut the open connections: the permit (and so
+     * the descriptor's entry in that list) goes before the descriptor is closed, so close never
+     * cuts a number the system has given to another file meanwhile. */
     pthread_mutex_lock(&d->mu);
-    d->conns[c->slot] = -1;
+    ld_permit_release(&c->permit);
     close(c->fd);
-    d->active--;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
     free(c);
     return NULL;
+}
+
+/* True when shutdown has written to the wake pipe (without waiting). */
+static int woken(demo *d) {
+    struct pollfd p = {d->wake[0], POLLIN, 0};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* A slot for a connection waiting in the listener's queue. Before lame-duck, the gate admits it
+ * once a slot is free (while full, accept is not called: the client waits in the backlog); in
+ * lame-duck (*queued_only), within the limit still, but shutdown's wake-up is looked at while
+ * waiting: a listener shared with a new process may lose this connection to it. NULL when the
+ * loop must end: shutdown woke it, close was called, or the gate failed. */
+static ld_permit *admit(demo *d, const ld_context *ctx, int *queued_only) {
+    for (;;) {
+        ld_permit *permit = NULL;
+        ld_error *err = NULL;
+        ld_status rc = *queued_only ? ld_context_acquire_queued_connection(ctx, QUEUED_POLL_MS, &permit, &err)
+                                    : ld_context_acquire_connection(ctx, -1, &permit, &err);
+        ld_error_free(err);
+        if (rc == LD_OK) return permit;
+        if (rc == LD_GATE_CLOSED && !*queued_only) {
+            /* Lame-duck began, possibly while this loop waited on a full gate: from now on only
+             * the connections already queued are admitted (shutdown drains the queue). */
+            *queued_only = 1;
+            fprintf(stderr, "demo: lame-duck: admitting only the connections already queued\n");
+            continue;
+        }
+        if (rc == LD_TIMEOUT && !woken(d)) continue;
+        if (rc != LD_TIMEOUT && rc != LD_GATE_CLOSED) fprintf(stderr, "demo: the gate: %s\n", ld_status_str(rc));
+        return NULL;
+    }
+}
+
+/* The accept loop ended with connections still waiting in the queue of a listener that is ours
+ * alone (the gate stayed full until the deadline, or close came first): closing the listener
+ * would reset them. Each is accepted, its request read, answered 503 and closed: refused
+ * cleanly. (After a drain that emptied the queue there is nothing to refuse.) */
+static void refuse_queued(demo *d) {
+    int refused = 0;
+    for (;;) {
+        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) break;
+        char buf[8192];
+        while (recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
+        }
+        respond(fd, 503, "Service Unavailable", "text/plain", "shutting down\n", 0);
+        shutdown(fd, SHUT_WR);
+        close(fd);
+        refused++;
+    }
+    if (refused > 0) fprintf(stderr, "demo: refused %d queued connection(s) with 503\n", refused);
 }
 
 static int demo_serve(void *ud, const ld_context *ctx) {
@@ -194,6 +277,7 @@ static int demo_serve(void *ud, const ld_context *ctx) {
     pthread_mutex_unlock(&d->mu);
     ld_context_ready(ctx); /* the socket is bound and listening since main: ready */
 
+    int queued_only = 0;
     for (;;) {
         struct pollfd p[2] = {{d->listen_fd, POLLIN, 0}, {d->wake[0], POLLIN, 0}};
         if (poll(p, 2, -1) < 0) {
@@ -201,38 +285,41 @@ static int demo_serve(void *ud, const ld_context *ctx) {
             break;
         }
         if (p[1].revents) break; /* shutdown: stop accepting */
+        /* A connection is queued: admit it through the gate first, then accept it. */
+        ld_permit *permit = admit(d, ctx, &queued_only);
+        if (permit == NULL) break;
         int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) continue; /* EAGAIN: another generation took it */
-        pthread_mutex_lock(&d->mu);
-        int slot = -1;
-        for (int i = 0; i < MAX_CONNS && slot < 0; i++)
-            if (d->conns[i] < 0) slot = i;
-        if (slot < 0 || d->closing) {
-            pthread_mutex_unlock(&d->mu);
-            close(fd);
+        if (fd < 0) { /* EAGAIN: another generation took it */
+            ld_permit_release(&permit);
             continue;
         }
-        d->conns[slot] = fd;
-        d->active++;
+        /* Tagged under the lock close takes: close either lists it or this sees closing. */
+        pthread_mutex_lock(&d->mu);
+        ld_permit_set_fd(permit, fd);
+        if (atomic_load(&d->closing)) shutdown(fd, SHUT_RDWR);
         pthread_mutex_unlock(&d->mu);
         conn *c = malloc(sizeof *c);
-        c->d = d;
-        c->fd = fd;
-        c->slot = slot;
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, conn_main, c) != 0) {
+        int started = 0;
+        if (c != NULL) {
+            c->d = d;
+            c->fd = fd;
+            c->permit = permit;
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            started = pthread_create(&t, &attr, conn_main, c) == 0;
+            pthread_attr_destroy(&attr);
+        }
+        if (!started) {
             pthread_mutex_lock(&d->mu);
-            d->conns[slot] = -1;
-            d->active--;
-            pthread_mutex_unlock(&d->mu);
+            ld_permit_release(&permit);
             close(fd);
+            pthread_mutex_unlock(&d->mu);
             free(c);
         }
-        pthread_attr_destroy(&attr);
     }
+    if (ld_listen_should_drain(d->listen_fd)) refuse_queued(d);
     close(d->listen_fd);
     /* Before shutdown can see accepting = 0 and return: so this line always comes before the
      * library's "Completed lame-duck mode" (README shows the two in this order). */
@@ -247,51 +334,57 @@ static int demo_serve(void *ud, const ld_context *ctx) {
 static int demo_shutdown(void *ud, const ld_context *ctx) {
     demo *d = ud;
     pthread_mutex_lock(&d->mu);
-    d->draining = 1;
+    atomic_store(&d->draining, 1);
     pthread_cond_broadcast(&d->changed);
     int accepting = d->accepting;
     pthread_mutex_unlock(&d->mu);
     /* Closing a listener resets the connections waiting in its queue: clients whose connect
      * already succeeded, often with a request sent. So first let serve's accept loop take every
-     * one of them while no new ones join (only when serve runs: nobody else would accept).
+     * one of them while no new ones join (only when serve runs: nobody else would accept); the
+     * gate still admits them (the queued form), within the limit, as open connections end.
      * A close during the drain (a repeated signal) makes serve close the listener, which ends
      * the drain with an error: expected then, so not reported. */
     if (accepting) {
         ld_error *err = NULL;
         ld_status rc = ld_listen_drain(d->listen_fd, ld_context_remaining_ms(ctx), &err);
-        pthread_mutex_lock(&d->mu);
-        int closing = d->closing;
-        pthread_mutex_unlock(&d->mu);
-        if (rc != LD_OK && !closing) fprintf(stderr, "demo: draining the listener: %s\n", ld_error_message(err));
+        if (rc != LD_OK && !atomic_load(&d->closing))
+            fprintf(stderr, "demo: draining the listener: %s\n", ld_error_message(err));
         ld_error_free(err);
     }
     char byte = 1;
     if (write(d->wake[1], &byte, 1) < 0) return errno;
+    /* Wait for the accept loop to end (it closes the listener). The open connections are the
+     * run's to wait for: it ends the shutdown phase when the last permit is back, or calls
+     * close at the deadline. */
     pthread_mutex_lock(&d->mu);
-    /* Wait for the accept loop to end first: a connection it accepted just now is counted only
-     * a moment later, and would otherwise be answered after the run ended (or not at all). */
-    while (d->accepting || d->active > 0) {
+    while (d->accepting) {
         int64_t left = ld_context_remaining_ms(ctx);
         if (left == 0) break;
         struct timespec until;
         abs_time_in(&until, left);
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
     }
-    int remaining = d->active;
+    int accepting_still = d->accepting;
     pthread_mutex_unlock(&d->mu);
-    if (remaining > 0) {
-        fprintf(stderr, "demo: %d connection(s) still open at the deadline\n", remaining);
-        return LD_DEADLINE_EXCEEDED;
-    }
-    return 0;
+    return accepting_still ? LD_DEADLINE_EXCEEDED : 0;
 }
 
 static int demo_close(void *ud) {
     demo *d = ud;
     pthread_mutex_lock(&d->mu);
-    d->closing = 1;
-    for (int i = 0; i < MAX_CONNS; i++)
-        if (d->conns[i] >= 0) shutdown(d->conns[i], SHUT_RDWR);
+    atomic_store(&d->closing, 1);
+    /* Connections release their permits under this lock: the list stays true while we cut. */
+    int some[256];
+    int *fds = some;
+    size_t n = ld_runner_open_connections(d->runner, some, sizeof some / sizeof some[0]);
+    if (n > sizeof some / sizeof some[0]) {
+        fds = malloc(n * sizeof *fds);
+        if (fds != NULL) n = ld_runner_open_connections(d->runner, fds, n);
+        else fds = some, n = sizeof some / sizeof some[0];
+    }
+    for (size_t i = 0; i < n; i++) shutdown(fds[i], SHUT_RDWR);
+    if (fds != some) free(fds);
+    fprintf(stderr, "demo: close: cut %zu open connection(s)\n", n);
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
     char byte = 1;
@@ -304,6 +397,55 @@ static void demo_state(void *ud, ld_state old_state, ld_state new_state) {
     (void)ud;
     (void)old_state;
     fprintf(stderr, "demo: state %s\n", ld_state_str(new_state));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* SIGUSR1/SIGUSR2: the connection limit, changed on the control thread.                   */
+
+static int control_write_fd = -1;
+
+/* Async-signal-safe: only write(2). A signal arriving while the same one is still pending is
+ * merged with it by the system: send the next one after the "now N" line. */
+static void on_limit_signal(int sig) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)sig;
+    if (write(control_write_fd, &byte, 1) < 0) {
+    }
+    errno = saved;
+}
+
+static void change_limit(demo *d, int sig) {
+    ld_connection_stats s;
+    memset(&s, 0, sizeof s);
+    ld_runner_connection_stats(d->runner, &s);
+    uint64_t next;
+    if (sig == SIGUSR1) next = s.limit == 0 ? 0 : s.limit + 1;
+    else if (s.limit == 0) next = s.admitted > 1 ? s.admitted : 1;
+    else next = s.limit > 1 ? s.limit - 1 : 1;
+    ld_error *err = NULL;
+    int64_t free_before = 0;
+    if (ld_runner_set_max_connections(d->runner, next, &free_before, &err) != LD_OK) {
+        fprintf(stderr, "demo: cannot change the connection limit: %s\n", ld_error_message(err));
+        ld_error_free(err);
+        return;
+    }
+    ld_runner_connection_stats(d->runner, &s);
+    char limit[32] = "unlimited";
+    if (s.limit > 0) snprintf(limit, sizeof limit, "%llu", (unsigned long long)s.limit);
+    fprintf(stderr, "demo: max connections now %s (%llu admitted, peak %llu)\n", limit,
+            (unsigned long long)s.admitted, (unsigned long long)s.peak);
+}
+
+/* Reads the signal numbers the handler wrote; a 0 byte from main ends it. */
+static void *control_main(void *arg) {
+    demo *d = arg;
+    for (;;) {
+        unsigned char sig = 0;
+        ssize_t n = read(d->control[0], &sig, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || sig == 0) return NULL;
+        change_limit(d, sig);
+    }
 }
 
 static long arg_number(const char *flag, const char *value) {
@@ -337,10 +479,25 @@ static void announce(int fd) {
     fflush(stdout);
 }
 
+static void usage(FILE *to, const char *program) {
+    fprintf(to,
+            "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]"
+            " [--pid-file PATH] [--upgrade-timeout MS] [--listen-timeout MS] [--upgrade-confirm MS]"
+            " [--max-connections N]\n"
+            "  --max-connections N  at most N connections at once (0, the default: unlimited); the\n"
+            "                       others wait in the listen backlog, none is refused\n"
+            "signals: SIGINT/SIGTERM lame-duck, then exit; SIGHUP zero-downtime upgrade;\n"
+            "         SIGUSR1 raises the connection limit by 1 (unlimited stays unlimited), SIGUSR2\n"
+            "         lowers it by 1 (never below 1; from unlimited: to the connections open now);\n"
+            "         each prints \"demo: max connections now N\" on stderr\n",
+            program);
+}
+
 int main(int argc, char **argv) {
     static demo d;
     const char *host = "127.0.0.1", *listen_address = NULL, *pid_file = NULL;
     long port = 8080, period_ms = 3000, drain_ms = 0, upgrade_timeout_ms = 60000, listen_timeout_ms = 10000, upgrade_confirm_ms = 1000;
+    long max_connections = 0;
     for (int i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--host") == 0 && value) host = argv[++i];
@@ -352,13 +509,20 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--upgrade-timeout") == 0) upgrade_timeout_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--listen-timeout") == 0) listen_timeout_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--upgrade-confirm") == 0) upgrade_confirm_ms = arg_number(argv[i], value), i++;
-        else {
-            fprintf(stderr,
-                    "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]"
-                    " [--pid-file PATH] [--upgrade-timeout MS] [--listen-timeout MS] [--upgrade-confirm MS]\n",
-                    argv[0]);
+        else if (strcmp(argv[i], "--max-connections") == 0) max_connections = arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout, argv[0]);
+            return 0;
+        } else {
+            usage(stderr, argv[0]);
             return 2;
         }
+    }
+    ld_options *options = ld_options_new();
+    if (ld_options_set_max_connections(options, (uint64_t)max_connections) != LD_OK) {
+        fprintf(stderr, "demo: --max-connections %ld is too large (at most 2147483647; 0: unlimited)\n", max_connections);
+        ld_options_free(options);
+        return 2;
     }
     char address[512];
     if (listen_address == NULL) {
@@ -369,6 +533,7 @@ int main(int argc, char **argv) {
     if (ld_listen(listen_address, NULL, &d.listen_fd, &listen_err) != LD_OK) {
         fprintf(stderr, "demo: cannot listen on %s: %s\n", listen_address, ld_error_message(listen_err));
         ld_error_free(listen_err);
+        ld_options_free(options);
         return 1;
     }
     announce(d.listen_fd);
@@ -384,17 +549,18 @@ int main(int argc, char **argv) {
     /* Asked again at shutdown: a socket a previous generation handed over becomes ours alone
      * once that generation has exited. */
     fprintf(stderr, "demo: the listener is %s\n", ld_listen_should_drain(d.listen_fd) ? "ours alone" : "shared with other processes");
-    for (int i = 0; i < MAX_CONNS; i++) d.conns[i] = -1;
     pthread_mutex_init(&d.mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&d.changed, &ca);
-    if (pipe2(d.wake, O_CLOEXEC) != 0) return 1;
+    if (pipe2(d.wake, O_CLOEXEC) != 0 || pipe2(d.control, O_CLOEXEC) != 0) return 1;
+    /* The handler never blocks: a full pipe (a flood of signals) drops the extra ones. */
+    fcntl(d.control[1], F_SETFL, fcntl(d.control[1], F_GETFL) | O_NONBLOCK);
+    control_write_fd = d.control[1];
 
     ld_error *err = NULL;
     ld_server *server = NULL;
-    ld_options *options = ld_options_new();
     if (ld_options_set_period_ms(options, (uint64_t)period_ms) != LD_OK ||
         ld_options_set_drain_delay_ms(options, (uint64_t)drain_ms) != LD_OK ||
         ld_options_set_upgrade_timeout_ms(options, (uint64_t)upgrade_timeout_ms) != LD_OK ||
@@ -408,17 +574,42 @@ int main(int argc, char **argv) {
     ld_status rc = ld_server_new(demo_serve, demo_shutdown, demo_close, &d, NULL, &server, &err);
     if (rc == LD_OK) rc = ld_runner_new(server, options, &d.runner, &err);
     ld_options_free(options);
-    if (rc == LD_OK) rc = ld_runner_run(d.runner, &err);
+    pthread_t control;
+    int control_started = 0;
+    if (rc == LD_OK) {
+        control_started = pthread_create(&control, NULL, control_main, &d) == 0;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_limit_signal;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
+        rc = ld_runner_run(d.runner, &err);
+    }
     if (rc != LD_OK) fprintf(stderr, "demo: run ended: %s: %s\n", ld_status_str(rc), ld_error_message(err));
     else fprintf(stderr, "demo: run ended cleanly\n");
     ld_error_free(err);
 
-    /* After close, connection threads end promptly; give them a moment before exiting. */
+    /* The run ends when the gate is empty, or after close: connection threads end promptly;
+     * give them a moment before exiting. */
     pthread_mutex_lock(&d.mu);
     struct timespec until;
     abs_time_in(&until, 2000);
-    while (d.active > 0 && pthread_cond_timedwait(&d.changed, &d.mu, &until) != ETIMEDOUT) {}
+    ld_connection_stats left;
+    memset(&left, 0, sizeof left);
+    for (;;) {
+        if (d.runner == NULL || ld_runner_connection_stats(d.runner, &left) != LD_OK || left.admitted == 0) break;
+        if (pthread_cond_timedwait(&d.changed, &d.mu, &until) == ETIMEDOUT) break;
+    }
     pthread_mutex_unlock(&d.mu);
+    if (left.admitted > 0) fprintf(stderr, "demo: %llu connection(s) still open at exit\n", (unsigned long long)left.admitted);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    if (control_started) {
+        unsigned char stop = 0;
+        if (write(d.control[1], &stop, 1) == 1) pthread_join(control, NULL);
+    }
     ld_runner_free(d.runner);
     ld_server_free(server);
     close(d.wake[0]);

@@ -5,12 +5,15 @@
 # This script stays in the foreground until the last generation has exited: every generation
 # is in the terminal's foreground process group, so Ctrl-C (SIGINT to that group) reaches
 # whichever one is serving. A SIGTERM or SIGHUP sent to this script goes to the newest one.
-#   PORT=8080 PERIOD_MS=10000 DRAIN_MS=0 bash scripts/demo.sh
+# MAX_CONNECTIONS=N limits the connections served at once (0: unlimited); `kill -USR1 <pid>` /
+# `kill -USR2 <pid>` raise / lower that limit by one while it runs.
+#   PORT=8080 PERIOD_MS=10000 DRAIN_MS=0 MAX_CONNECTIONS=0 bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-8080}
 PERIOD_MS=${PERIOD_MS:-10000}
 DRAIN_MS=${DRAIN_MS:-0}
+MAX_CONNECTIONS=${MAX_CONNECTIONS:-0}
 # The slow request of the walkthrough: at most half the lame-duck period, so that it still
 # completes whenever Ctrl-C comes while it runs.
 SLEEP_MS=$((PERIOD_MS / 2 < 5000 ? PERIOD_MS / 2 : 5000))
@@ -30,8 +33,9 @@ echo "Demo: a C HTTP server under lameduck on $url (lame-duck period $PERIOD_MS 
 printf '  %-40s # %s\n' \
   "curl $url/" "hello from lameduck (pid N)" \
   "curl $url/sleep?ms=$SLEEP_MS" "a slow request: press Ctrl-C while it runs" \
-  "curl $url/health" "READY, or 503 while draining" \
-  "kill -HUP N" "zero-downtime upgrade to a new process"
+  "curl $url/health" "JSON: READY (or 503 while draining), connection counts" \
+  "kill -HUP N" "zero-downtime upgrade to a new process" \
+  "kill -USR1 N; kill -USR2 N" "raise / lower the connection limit by 1 (MAX_CONNECTIONS=$MAX_CONNECTIONS, 0: unlimited)"
 cat <<MSG
 Ctrl-C once: lame-duck (the slow request still completes, new connections are refused).
 Ctrl-C twice: close now. Three times: exit at once.
@@ -54,7 +58,7 @@ trap ':' INT
 # them so: the server gets the defaults a command run in the foreground has.
 (
   trap - INT QUIT
-  exec "$out/http_server" --port "$PORT" --period "$PERIOD_MS" --drain "$DRAIN_MS" --pid-file "$pid_file"
+  exec "$out/http_server" --port "$PORT" --period "$PERIOD_MS" --drain "$DRAIN_MS" --max-connections "$MAX_CONNECTIONS" --pid-file "$pid_file"
 ) &
 first=$!
 current=$first

@@ -24,6 +24,7 @@ const SOURCES: &[&str] = &[
     "tests/c/options.c",
     "tests/c/null_args.c",
     "tests/c/upgrade.c",
+    "tests/c/gate.c",
 ];
 
 /// C files that are programs of their own, and the test that builds and runs each.
@@ -115,6 +116,15 @@ c_tests!(
     upgrade_needs_a_known_listener,
     upgrade_ready_then_exit_rolls_back,
     stop_then_signals,
+    gate_null_arguments,
+    gate_limits,
+    gate_busy_timeout_raise_lower,
+    gate_lame_duck_closes_promptly,
+    gate_release_idempotent_no_drift,
+    gate_two_threads_one_slot,
+    gate_open_connections,
+    gate_run_waits_for_last_permit,
+    gate_close_at_deadline,
 );
 
 #[test]

@@ -105,7 +105,7 @@ impl Demo {
         let (master, slave) = open_pty();
         let mut cmd = Command::new("bash");
         cmd.arg("scripts/demo.sh").current_dir(common::repo()).env("PORT", port.to_string());
-        for name in ["PERIOD_MS", "DRAIN_MS"] {
+        for name in ["PERIOD_MS", "DRAIN_MS", "MAX_CONNECTIONS"] {
             cmd.env_remove(name); // the defaults, as README shows them
         }
         cmd.stdin(Stdio::from(slave.try_clone().unwrap()))

@@ -178,7 +178,16 @@ int wait_for_log(const char *needle);
     X(upgrade_options) \
     X(upgrade_needs_a_known_listener) \
     X(upgrade_ready_then_exit_rolls_back) \
-    X(stop_then_signals)
+    X(stop_then_signals) \
+    X(gate_null_arguments) \
+    X(gate_limits) \
+    X(gate_busy_timeout_raise_lower) \
+    X(gate_lame_duck_closes_promptly) \
+    X(gate_release_idempotent_no_drift) \
+    X(gate_two_threads_one_slot) \
+    X(gate_open_connections) \
+    X(gate_run_waits_for_last_permit) \
+    X(gate_close_at_deadline)
 #define DECLARE_SUBTEST(name) int test_##name(void);
 SUBTESTS(DECLARE_SUBTEST)
 #undef DECLARE_SUBTEST

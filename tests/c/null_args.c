@@ -54,14 +54,14 @@ int test_null_arguments(void) {
 }
 
 int test_strings_and_version(void) {
-    for (int s = 0; s <= LD_UPGRADE_FAILED; s++) {
+    for (int s = 0; s <= LD_GATE_CLOSED; s++) {
         CHECK(strcmp(ld_status_str(s), "unknown status") != 0);
         for (int u = 0; u < s; u++) CHECK(strcmp(ld_status_str(s), ld_status_str(u)) != 0);
     }
     CHECK_EQ(strcmp(ld_status_str(LD_OK), "ok"), 0);
     CHECK_EQ(strcmp(ld_status_str(LD_EXPIRED), "lame-duck period expired; close was called"), 0);
     CHECK_EQ(strcmp(ld_status_str(-5), "unknown status"), 0);
-    CHECK_EQ(strcmp(ld_status_str(LD_UPGRADE_FAILED + 1), "unknown status"), 0);
+    CHECK_EQ(strcmp(ld_status_str(LD_GATE_CLOSED + 1), "unknown status"), 0);
     CHECK_EQ(strcmp(ld_version(), LAMEDUCK_VERSION_STRING), 0);
     CHECK_EQ(ld_abi_version(), LD_ABI_VERSION);
     CHECK_EQ(LAMEDUCK_VERSION_NUMBER,
