@@ -31,7 +31,7 @@ echo "== cargo test (Rust + C under AddressSanitizer/UBSan)"
 cargo test --all-targets 2>&1
 
 echo "== C tests again under valgrind"
-LAMEDUCK_C_MODE=valgrind cargo test --test c_api --test c_http --test c_gate --test c_listen 2>LAMEDUCK_C_MODE=valgrind cargo test --test c_api --test c_http --test c_listen 2>&11
+LAMEDUCK_C_MODE=valgrind cargo test --test c_api --test c_http --test c_gate --test c_listen 2>&1
 
 echo "== header is generated and committed"
 if [ -d .git ] && [ -n "$(git status --porcelain -- include/lameduck.h)" ]; then

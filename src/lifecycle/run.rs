@@ -276,7 +276,12 @@ impl Run {
                     if now >= deadline {
                         let shutdown_error = self.take_shutdown_error();
                         if shutdown_error.is_some() {
-                            self.log(Level::Info, "Lame-duck period has expired while serve was still running");
+                            let still = if returned(&self.hooks.serve) {
+                                format!("{} connection(s) were still open", self.shared.gate.admitted())
+                            } else {
+                                "serve was still running".to_string()
+                            };
+                            self.log(Level::Info, &format!("Lame-duck period has expired while {still}"));
                             self.start_close(CloseReason::ShutdownFailed, shutdown_error, now);
                         } else {
                             self.log(Level::Info, "Lame-duck period has expired");
