@@ -264,7 +264,7 @@ class Runner {
   #onState(from, to) {
     if (GATE_SHUT_STATES.has(to)) this.#gate.wake() // the core drained or closed the gate: waiters learn it now
     if (to === 'READY') this.#setReadiness('ready')
-    if (to === 'CLOSING') this.#abortContext('close was called')
+    if (to === 'CLOSING') this.#abortWhenDone()
     if (this.#options.onStateChange) {
       try {
         this.#options.onStateChange(from, to)
@@ -292,6 +292,20 @@ class Runner {
   #abortContext(why) {
     if (this.#controller.signal.aborted) return
     this.#controller.abort(this.#native.done() ? new DeadlineExceededError() : new DOMException(why, 'AbortError'))
+  }
+
+  /**
+   * Aborts ctx.signal for close, once ctx.done reads true. The core sets the context done right
+   * after it has started close (so that close is not kept waiting behind the threads that
+   * waking the context wakes), and the CLOSING event can reach JS first: aborting then would
+   * give an AbortError where the deadline (or a forced close) is the reason, and a shutdown hook
+   * that rethrows `ctx.signal.reason` would not be taken as out of time. Every close sets it done,
+   * within microseconds, so this re-checks on the next turns of the loop until then.
+   */
+  #abortWhenDone() {
+    if (this.#controller.signal.aborted) return
+    if (this.#native.done()) return this.#abortContext('close was called')
+    setImmediate(() => this.#abortWhenDone())
   }
 
   /**

@@ -7,6 +7,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const net = require('node:net')
+const fs = require('node:fs')
 const lameduck = require('..')
 const { App, LIMIT } = require('./helpers')
 
@@ -57,7 +58,21 @@ function client(port) {
 
 const responded = (clients) => clients.filter((c) => c.responded()).length
 
-test('limit 10, 100 clients holding their connection: never more than 10 admitted, all served, none refused or reset', async (t) => {
+/**
+ * The length of the accept queue of the socket listening on 127.0.0.1:`port`, as the kernel
+ * reports it (/proc/net/tcp: rx_queue of a LISTEN socket is its count of connections that
+ * completed the handshake and were not accepted yet).
+ */
+function acceptQueue(port) {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    if (f[1] === local && f[3] === '0A') return parseInt(f[4].split(':')[1], 16)
+  }
+  throw new Error(`no listening socket on 127.0.0.1:${port}`)
+}
+
+test('limit 10, 100 clients holding their connection: never more than 10 admitted, all served, none refused or reset', { timeout: 120000 }, async (t) => {
   const s = await serve(t, 10)
   const clients = Array.from({ length: 100 }, () => s.connect())
   let active = 0
@@ -93,7 +108,7 @@ test('limit 10, 100 clients holding their connection: never more than 10 admitte
   assert.equal(stats.limit, 10)
 })
 
-test('at the limit, the clients above it are not accepted: connected, no data, no reset, until admitted', async (t) => {
+test('at the limit, the clients above it are not accepted: connected, no data, no reset, until admitted', { timeout: 120000 }, async (t) => {
   const s = await serve(t, 3)
   const clients = Array.from({ length: 8 }, () => s.connect())
   await until('3 answers', () => responded(clients) === 3)
@@ -104,8 +119,10 @@ test('at the limit, the clients above it are not accepted: connected, no data, n
   admitted[0].socket.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
   await until('the second answer', () => admitted[0].responded())
   const waiting = clients.filter((c) => !admitted.includes(c))
-  assert.ok(waiting.every((c) => c.socket.readyState === 'open' && c.data === '' && !c.error), 'handshake done, nothing read')
-  assert.equal(s.server._connections, 3, 'Node accepted only 3')
+  await until('the 5 others to complete their handshake', () => waiting.every((c) => c.socket.readyState === 'open'))
+  assert.ok(waiting.every((c) => c.data === '' && !c.error), 'nothing read, no reset')
+  assert.equal(acceptQueue(s.port), 5, 'the 5 above the limit wait in the kernel accept queue, not accepted')
+  assert.equal(s.server._connections, 3, 'Node made sockets for 3 only')
   assert.equal(s.runner.connectionStats().admitted, 3)
   admitted[1].socket.destroy()
   await until('one waiting client admitted', () => responded(waiting) === 1)
@@ -113,10 +130,11 @@ test('at the limit, the clients above it are not accepted: connected, no data, n
   assert.ok(clients.every((c) => !c.error))
 })
 
-test('raising the limit 10 -> 50 at run time admits waiting clients promptly', async (t) => {
+test('raising the limit 10 -> 50 at run time admits waiting clients promptly', { timeout: 120000 }, async (t) => {
   const s = await serve(t, 10)
   const clients = Array.from({ length: 60 }, () => s.connect())
   await until('10 answers', () => responded(clients) === 10)
+  await until('50 clients in the accept queue', () => acceptQueue(s.port) === 50)
   assert.equal(s.runner.maxConnections, 10)
   const began = Date.now()
   assert.equal(s.runner.setMaxConnections(50), 0, 'free slots before the change')
@@ -126,10 +144,11 @@ test('raising the limit 10 -> 50 at run time admits waiting clients promptly', a
   assert.equal(stats.admitted, 50)
   assert.equal(stats.limit, 50)
   assert.equal(s.server._connections, 50)
+  assert.equal(acceptQueue(s.port), 10)
   assert.ok(clients.every((c) => !c.error && !c.closed))
 })
 
-test('lowering the limit 50 -> 5 with 50 active closes none and admits nothing until fewer than 5 are open', async (t) => {
+test('lowering the limit 50 -> 5 with 50 active closes none and admits nothing until fewer than 5 are open', { timeout: 120000 }, async (t) => {
   const s = await serve(t, 50)
   const clients = Array.from({ length: 60 }, () => s.connect())
   await until('50 answers', () => responded(clients) === 50)
@@ -159,7 +178,7 @@ test('lowering the limit 50 -> 5 with 50 active closes none and admits nothing u
   assert.ok(clients.every((c) => !c.error))
 })
 
-test('counts are right after 10,000 connections (no drift); release is idempotent', async (t) => {
+test('counts are right after 10,000 connections (no drift); release is idempotent', { timeout: 120000 }, async (t) => {
   const s = await serve(t, 3)
   let done = 0
   let errors = 0
@@ -192,7 +211,7 @@ test('counts are right after 10,000 connections (no drift); release is idempoten
   assert.equal(s.runner.gate.free, 3, 'a second release gave nothing back')
 })
 
-test('the JS Gate: tryAcquire, acquire in order without blocking, timeout, abort, GateClosedError at lame-duck', async () => {
+test('the JS Gate: tryAcquire, acquire in order without blocking, timeout, abort, GateClosedError at lame-duck', { timeout: 120000 }, async () => {
   let seenGate
   const server = {
     serve: (ctx) => ((seenGate = ctx.gate), new Promise((resolve) => (server.release = resolve))),
@@ -245,7 +264,7 @@ test('the JS Gate: tryAcquire, acquire in order without blocking, timeout, abort
   assert.equal(runner.connectionStats().phase, 'closed')
 })
 
-test('invalid limits throw, naming maxConnections; 0, null and undefined are unlimited', () => {
+test('invalid limits throw, naming maxConnections; 0, null and undefined are unlimited', { timeout: 120000 }, () => {
   const hooks = { serve() {}, shutdown() {}, close() {} }
   for (const bad of [-1, 1.5, NaN, Infinity, 2147483648]) {
     assert.throws(() => new lameduck.Runner(hooks, { maxConnections: bad }), (e) => e instanceof RangeError && /maxConnections/.test(e.message), String(bad))
@@ -291,7 +310,7 @@ async function startApp(t, ...args) {
   return [app, Number(port)]
 }
 
-test('SIGTERM with a full gate: queued clients are served (Connection: close), no resets, the run ends when the gate is empty', async (t) => {
+test('SIGTERM with a full gate: queued clients are served (Connection: close), no resets, the run ends when the gate is empty', { timeout: 120000 }, async (t) => {
   const [app, port] = await startApp(t, '--max-connections', '2', '--period', '30000', '--idle-grace', '300')
   const idle = [raw(port), raw(port)] // admitted, then idle on keep-alive
   await until('2 answers', () => idle.every((c) => /^HTTP\/1.1 200/.test(c.data)))
@@ -312,7 +331,7 @@ test('SIGTERM with a full gate: queued clients are served (Connection: close), n
   assert.match(app.text(), /out: final admitted=0 waiting=0 total=5 peak=2/)
 })
 
-test('SIGTERM with a full gate and a request past the deadline: close cuts what is left, promptly', async (t) => {
+test('SIGTERM with a full gate and a request past the deadline: close cuts what is left, promptly', { timeout: 120000 }, async (t) => {
   const [app, port] = await startApp(t, '--max-connections', '1', '--period', '800')
   const slow = raw(port, '/sleep?ms=60000')
   await app.waitFor('app: request GET /sleep')
@@ -326,4 +345,23 @@ test('SIGTERM with a full gate and a request past the deadline: close cuts what 
   assert.ok(Date.now() - began < 15000)
   assert.match(app.text(), /out: error ExpiredError LD_EXPIRED: Lame-duck period has expired/)
   await Promise.all(queued.map((c) => c.ended)) // cut with the listener
+  assert.deepEqual(queued.map((c) => c.data), ['', ''], 'the gate was full until the deadline: nothing else was served')
+})
+
+test('nothing of lameduck runs per request before lame-duck: no request listener, no listener on responses', { timeout: 120000 }, async (t) => {
+  const listeners = []
+  const handler = (req, res) => {
+    listeners.push([req.socket.server.listenerCount('request'), res.listenerCount('close'), res.listenerCount('finish'), req.listenerCount('close')])
+    res.end('hi\n')
+  }
+  const get = (port) =>
+    new Promise((resolve, reject) => http.get({ host: '127.0.0.1', port, agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject))
+  const plain = http.createServer(handler)
+  await new Promise((resolve) => plain.listen(0, '127.0.0.1', resolve))
+  t.after(() => plain.close())
+  await get(plain.address().port)
+  const s = await serve(t, 5, handler)
+  await get(s.port)
+  assert.deepEqual(listeners[1], listeners[0], 'the adapter adds listeners per request (plain node:http, then lameduck)')
+  assert.equal(s.runner.connectionStats().requests, 0)
 })
