@@ -257,9 +257,14 @@ function listenPlan(listenOptions) {
  * resolves when the server has closed. It binds through lameduck's `listen()`, so that an
  * upgrade hands the socket on: `{ port, host }` (no host: every IPv4 address, `0.0.0.0`) or
  * `{ path }`; `{ fd }` is passed to `server.listen()` as it is; a server that is already
- * listening is adopted (`adopt`). shutdown:
- * - stops accepting at once; connections already queued are still accepted and answered
- *   (`drainListener`);
+ * listening is adopted (`adopt`).
+ *
+ * Connections are admitted through the run's connection gate (`maxConnections`,
+ * `runner.maxConnections = n`): while it is full the server does not accept, so new clients wait
+ * in the kernel backlog (see GatedListener), and each admitted connection holds its permit until
+ * it closes. Nothing of the adapter runs per request before lame-duck. shutdown:
+ * - stops accepting new connections at once; connections already queued are still accepted
+ *   (within the limit, as slots free) and answered (`drainListener`);
  * - answers later requests on kept-alive sockets with `Connection: close` (http2: GOAWAY);
  * - closes an idle keep-alive socket only after `idleGrace` ms (never past the deadline);
  * - waits for in-flight requests until the deadline.

@@ -365,3 +365,31 @@ test('nothing of lameduck runs per request before lame-duck: no request listener
   assert.deepEqual(listeners[1], listeners[0], 'the adapter adds listeners per request (plain node:http, then lameduck)')
   assert.equal(s.runner.connectionStats().requests, 0)
 })
+
+test('a SIGHUP upgrade while the gate is full: the paused socket is handed on, the new process serves the queued clients', { timeout: 120000 }, async (t) => {
+  const app = new App(['--app', 'http', '--listen', '127.0.0.1:0', '--max-connections', '1', '--idle-grace', '300'])
+  let next
+  t.after(() => {
+    app.kill()
+    try {
+      if (next) process.kill(next, 'SIGKILL')
+    } catch {}
+  })
+  const port = Number((await app.waitFor('^out: port (\\d+)'))[1])
+  await app.waitFor('^out: state READY')
+  const held = raw(port) // admitted, then idle on keep-alive: the gate is full
+  await until('an answer', () => /^HTTP\/1.1 200/.test(held.data))
+  const queued = [raw(port, '/', false), raw(port, '/', false)]
+  await Promise.all(queued.map((c) => c.connected))
+  await until('2 clients in the accept queue', () => acceptQueue(port) === 2)
+  process.kill(app.child.pid, 'SIGHUP')
+  next = Number((await app.waitFor('lameduck: New process (\\d+) is ready'))[1])
+  await Promise.all(queued.map((c) => c.ended))
+  for (const c of queued) assert.match(c.data, /^HTTP\/1.1 200/, app.text())
+  await held.ended // the old process closed it after the idle grace
+  assert.deepEqual([held, ...queued].map((c) => c.error?.code).filter(Boolean), [])
+  await app.waitCount('^out: clean exit', 1) // the old generation
+  process.kill(next, 'SIGTERM')
+  await app.waitCount('^out: clean exit', 2)
+  assert.equal((await app.finish()).code, 0)
+})
