@@ -48,6 +48,7 @@ class GatedListener {
   #netOnConnection
   #paused = false
   #closed = false
+  #cannotPause = false // a pause failed once (a handle that cannot be reopened): it accepts on
   #pendingPermit = null
   #held = [] // [listeningHandle, clientHandle] accepted while full (races only)
   #unwatch
@@ -142,7 +143,7 @@ class GatedListener {
   #pause() {
     const server = this.#server
     const current = server._handle
-    if (this.#paused || this.#closed || !current) return
+    if (this.#paused || this.#closed || this.#cannotPause || !current) return
     try {
       if (this.#base === null) {
         // A handle lameduck did not open (an adopted server, { handle }): keep the socket under a
@@ -164,7 +165,8 @@ class GatedListener {
       current.close() // stops accepting; the socket stays open through #base
       this.#paused = true
     } catch (err) {
-      process.emitWarning(`lameduck: could not pause accepting at the connection limit (${err.message}); accepting goes on`)
+      this.#cannotPause = true
+      process.emitWarning(`lameduck: could not pause accepting at the connection limit (${err.message}); connections above it are accepted and held until a slot frees`)
     }
   }
 
