@@ -36,6 +36,71 @@ export interface Context {
   readonly signal: AbortSignal
   /** Reports that serve is listening (see `explicitReady`). */
   ready(): void
+  /** The run's connection gate (the same object as `runner.gate`). */
+  readonly gate: Gate
+}
+
+/** Where the connection gate stands: admitting, lame-duck (only connections already queued), or closed. */
+export type GatePhase = 'open' | 'draining' | 'closed'
+
+/** The connection gate's counts (`runner.connectionStats()`, `gate.stats()`). */
+export interface ConnectionStats {
+  /** The limit; null when unlimited. */
+  limit: number | null
+  /** Connections admitted and not yet released. */
+  admitted: number
+  /** `acquire()` calls waiting, and connections an adapter accepted in a race and holds until a slot frees. Clients in the kernel backlog are not counted. */
+  waiting: number
+  /** Connections admitted since the runner was made. */
+  total: number
+  /** The most connections admitted at once. */
+  peak: number
+  phase: GatePhase
+  /** Requests in flight now, when the server counts them (httpServer with http or https: responses begun and not finished). */
+  requests?: number
+}
+
+/** One admitted connection's slot. */
+export class Permit {
+  private constructor()
+  /** Gives the slot back: true the first time, false afterwards (idempotent). A permit dropped without release() is released when garbage-collected. */
+  release(): boolean
+  readonly released: boolean
+}
+
+export interface AcquireOptions {
+  /** Aborting it rejects the wait with `signal.reason`. */
+  signal?: AbortSignal
+  /** Ms to wait; then the promise rejects with a LameDuckError coded 'LD_TIMEOUT'. Default: no limit. */
+  timeout?: number
+  /**
+   * The connection is already accepted or waiting in the accept queue: lame-duck still admits it
+   * (within the limit) until close. Default false: a new connection, refused once lame-duck began.
+   */
+  queued?: boolean
+}
+
+/**
+ * The run's connection gate (nserv's run-time connection limit): take a permit per connection
+ * before accepting it, release it when the connection closes. Lame-duck's shutdown phase lasts
+ * until every permit is back (bounded by the deadline). Everything is per connection and on the
+ * JS thread: waiting `acquire()` calls are woken by the releases and limit changes made here and
+ * by lame-duck itself, never by polling, and never block the event loop.
+ */
+export class Gate {
+  private constructor()
+  /** The limit; null when unlimited. */
+  readonly limit: number | null
+  /** Free slots now; null when unlimited. */
+  readonly free: number | null
+  readonly phase: GatePhase
+  /** Sets the limit (0, null or undefined: unlimited); returns the free slots before the change (null: it was unlimited). */
+  setLimit(limit: number | null | undefined): number | null
+  /** A permit if a slot is free now, else null. Throws GateClosedError once lame-duck began (with `queued`, once close was called). */
+  tryAcquire(options?: { queued?: boolean }): Permit | null
+  /** Resolves to a permit once a slot is free (in call order); rejects with GateClosedError when lame-duck begins. */
+  acquire(options?: AcquireOptions): Promise<Permit>
+  stats(): ConnectionStats
 }
 
 /**
@@ -122,6 +187,13 @@ export interface Options {
    * that binds its own port would start a successor that cannot bind it.
    */
   upgradeWithoutListeners?: boolean
+  /**
+   * The connection gate's initial limit: at most this many connections are admitted at once;
+   * the others wait in the kernel backlog (httpServer stops accepting while the gate is full).
+   * 0, null or undefined (the default): unlimited. An integer up to 2147483647; change it while
+   * running with `runner.maxConnections = n`.
+   */
+  maxConnections?: number | null
 }
 
 /** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
@@ -155,6 +227,8 @@ export class BusyError extends LameDuckError {}
 export class UpgradeFailedError extends LameDuckError {}
 /** The runner is not serving: there is nothing to upgrade. */
 export class NotRunningError extends LameDuckError {}
+/** The connection gate admits no new connection: lame-duck has begun (code 'LD_GATE_CLOSED'). */
+export class GateClosedError extends LameDuckError {}
 /** Thrown by a shutdown hook that ran out of time (its name is 'TimeoutError'). */
 export class DeadlineExceededError extends Error {
   constructor(message?: string)
@@ -177,6 +251,19 @@ export class Runner {
    * NotRunningError or CanceledError.
    */
   upgrade(): Promise<number>
+  /** The run's connection gate (also `ctx.gate`). */
+  readonly gate: Gate
+  /**
+   * The connection limit (null: unlimited). Assigning sets it at any time, as setMaxConnections
+   * does: raising admits waiting connections at once; lowering closes none, and nothing new is
+   * admitted until fewer than the new limit are open.
+   */
+  get maxConnections(): number | null
+  set maxConnections(limit: number | null | undefined)
+  /** Sets the limit (0, null or undefined: unlimited); returns the free slots before the change (null: it was unlimited). Throws TypeError/RangeError for an invalid value. */
+  setMaxConnections(limit: number | null | undefined): number | null
+  /** The gate's counts, with `requests` when the server counts them. */
+  connectionStats(): ConnectionStats
 }
 
 /**
@@ -237,6 +324,8 @@ export interface HttpServerAdapter<S extends NetServer> extends Server {
   readonly explicitReady: true
   /** True once shutdown began (responses carry Connection: close). */
   readonly lameDuck: boolean
+  /** Requests in flight now (http, https); undefined for http2. Counted on demand, not per request. */
+  inFlightRequests(): number | undefined
   serve(ctx: Context): Promise<void>
   shutdown(ctx: Context): Promise<void>
   close(): void

@@ -2,7 +2,7 @@
 /**
  * lameduck for Node: coordinated lame-duck shutdown, on the same Rust core as the C and
  * Python packages. The package mirrors Python's: lib/errors.js, lib/runner.js (with
- * lib/options.js), lib/listen.js and lib/http.js (the httpServer adapter), over the native half
+ * lib/options.js), lib/listen.js, lib/gate.js (the connection gate) and lib/http.js (the httpServer adapter), over the native half
  * (lib/native.js loads src/lib.rs). This file only re-exports; index.d.ts is the public types.
  */
 const { Runner, Context, run } = require('./lib/runner')
@@ -19,8 +19,10 @@ const {
   BusyError,
   UpgradeFailedError,
   NotRunningError,
+  GateClosedError,
   DeadlineExceededError,
 } = require('./lib/errors')
+const { Gate, Permit } = require('./lib/gate')
 
 module.exports = {
   run,
@@ -40,6 +42,9 @@ module.exports = {
   BusyError,
   UpgradeFailedError,
   NotRunningError,
+  GateClosedError,
   DeadlineExceededError,
+  Gate,
+  Permit,
   version: require('./package.json').version,
 }

@@ -40,6 +40,11 @@ class SignalSetupError extends LameDuckError {}
 class BusyError extends LameDuckError {}
 /** An upgrade's new process could not start, exited, or was not ready in time; it was terminated and this process goes on serving. */
 class UpgradeFailedError extends LameDuckError {}
+/**
+ * The connection gate admits no new connection: lame-duck has begun (or close was called).
+ * `gate.tryAcquire()` throws it and `gate.acquire()` rejects with it; stop accepting.
+ */
+class GateClosedError extends LameDuckError {}
 /** The runner is not serving (not started, in lame-duck, or over): there is nothing to upgrade. */
 class NotRunningError extends LameDuckError {}
 
@@ -66,6 +71,7 @@ const ERROR_CLASSES = {
   BUSY: BusyError,
   UPGRADE_FAILED: UpgradeFailedError,
   NOT_RUNNING: NotRunningError,
+  GATE_CLOSED: GateClosedError,
 }
 
 /** The JS code of a core error kind: `EXPIRED` is `LD_EXPIRED`, and so on for every kind. */
@@ -106,6 +112,7 @@ module.exports = {
   BusyError,
   UpgradeFailedError,
   NotRunningError,
+  GateClosedError,
   DeadlineExceededError,
   codeOf,
   errorOf,

@@ -6,6 +6,7 @@
  */
 const os = require('node:os')
 const { describeValue } = require('./errors')
+const { connectionLimit } = require('./gate')
 
 const DEFAULTS = {
   period: 3000,
@@ -20,7 +21,7 @@ const DEFAULTS = {
   upgradeWithoutListeners: false,
 }
 // explicitReady has no default here: left out, the server decides (see Runner).
-const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile'])
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile', 'maxConnections'])
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -99,6 +100,7 @@ function normalizeOptions(options) {
     listenTimeout: milliseconds('listenTimeout', o.listenTimeout),
     upgradeConfirm: milliseconds('upgradeConfirm', o.upgradeConfirm),
     upgradeWithoutListeners: o.upgradeWithoutListeners,
+    maxConnections: connectionLimit('maxConnections', options.maxConnections),
   }
 }
 
@@ -119,6 +121,7 @@ function nativeOptions(o, explicitReady) {
     listenTimeout: o.listenTimeout,
     upgradeConfirm: o.upgradeConfirm,
     upgradeWithoutListeners: o.upgradeWithoutListeners,
+    maxConnections: o.maxConnections || undefined,
   }
 }
 

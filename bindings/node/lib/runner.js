@@ -8,14 +8,24 @@ const { isMainThread } = require('node:worker_threads')
 const native = require('./native')
 const { LameDuckError, DeadlineExceededError, codeOf, errorOf, describeError, describeValue } = require('./errors')
 const { normalizeOptions, nativeOptions, workerSignalsMessage } = require('./options')
+const { Gate } = require('./gate')
+
+/** States in which the gate admits no new connection (lame-duck, close, the end): acquire() waiters are told at once. */
+const GATE_SHUT_STATES = new Set(['SHUTTING_DOWN', 'HANDING_OVER', 'CLOSING', 'STOPPED', 'FAILED'])
 
 /** What serve and shutdown receive: the lame-duck deadline, an AbortSignal, readiness. */
 class Context {
   #native
   #controller
-  constructor(nativeRunner, controller) {
+  #gate
+  constructor(nativeRunner, controller, gate) {
     this.#native = nativeRunner
     this.#controller = controller
+    this.#gate = gate
+  }
+  /** The run's connection gate (the same as runner.gate): a permit per connection; lame-duck waits until every one is back. */
+  get gate() {
+    return this.#gate
   }
   /** The deadline as a `Date.now()`-style timestamp in ms, or null before lame-duck. */
   get deadline() {
@@ -59,6 +69,7 @@ class Runner {
   #context
   #serveCalled = false
   #held = null // events waiting for serve's hook event (see #dispatch)
+  #gate
 
   constructor(server, options) {
     if (server === null || typeof server !== 'object' && typeof server !== 'function') {
@@ -84,7 +95,42 @@ class Runner {
     } catch (err) {
       throw new RangeError(err.message) // the core rejected a value; the message names the option
     }
-    this.#context = new Context(this.#native, this.#controller)
+    this.#gate = new Gate(this.#native.gate())
+    this.#context = new Context(this.#native, this.#controller, this.#gate)
+  }
+
+  /** The run's connection gate (also ctx.gate): its limit, counts and permits, for servers of your own. */
+  get gate() {
+    return this.#gate
+  }
+
+  /** The connection limit; null when unlimited. Setting it is setMaxConnections(n). */
+  get maxConnections() {
+    return this.#gate.limit
+  }
+  set maxConnections(limit) {
+    this.setMaxConnections(limit)
+  }
+
+  /**
+   * Sets the connection limit at any time (0, null or undefined: unlimited) and returns the free
+   * slots before the change (null: it was unlimited), as nserv's MaxConns(n). Raising admits
+   * waiting connections at once; lowering closes none and takes effect as they close: nothing
+   * new is admitted until fewer than the new limit are open. Throws TypeError/RangeError for a
+   * value that is not an integer from 0 to 2147483647.
+   */
+  setMaxConnections(limit) {
+    return this.#gate.setLimit(limit)
+  }
+
+  /**
+   * The gate's counts: { limit, admitted, waiting, total, peak, phase }, plus `requests` (in
+   * flight now) when the server counts them (the httpServer adapter does, on demand).
+   */
+  connectionStats() {
+    const stats = this.#gate.stats()
+    if (typeof this.#server.inFlightRequests === 'function') stats.requests = this.#server.inFlightRequests()
+    return stats
   }
 
   /** NOT_STARTED, STARTING, SERVING, READY, UPGRADING, HANDING_OVER, DRAINING, SHUTTING_DOWN, CLOSING, STOPPED or FAILED. */
@@ -216,8 +262,9 @@ class Runner {
   }
 
   #onState(from, to) {
+    if (GATE_SHUT_STATES.has(to)) this.#gate.wake() // the core drained or closed the gate: waiters learn it now
     if (to === 'READY') this.#setReadiness('ready')
-    if (to === 'CLOSING') this.#abortContext('close was called')
+    if (to === 'CLOSING') this.#abortWhenDone()
     if (this.#options.onStateChange) {
       try {
         this.#options.onStateChange(from, to)
@@ -245,6 +292,20 @@ class Runner {
   #abortContext(why) {
     if (this.#controller.signal.aborted) return
     this.#controller.abort(this.#native.done() ? new DeadlineExceededError() : new DOMException(why, 'AbortError'))
+  }
+
+  /**
+   * Aborts ctx.signal for close, once ctx.done reads true. The core sets the context done right
+   * after it has started close (so that close is not kept waiting behind the threads that
+   * waking the context wakes), and the CLOSING event can reach JS first: aborting then would
+   * give an AbortError where the deadline (or a forced close) is the reason, and a shutdown hook
+   * that rethrows `ctx.signal.reason` would not be taken as out of time. Every close sets it done,
+   * within microseconds, so this re-checks on the next turns of the loop until then.
+   */
+  #abortWhenDone() {
+    if (this.#controller.signal.aborted) return
+    if (this.#native.done()) return this.#abortContext('close was called')
+    setImmediate(() => this.#abortWhenDone())
   }
 
   /**

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lameduck::{
-    Context, HookError, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State, UpgradeCommand,
+    Context, Gate, GateError, HookError, OptionField, Options, RepeatSignalPolicy, Runner, Server, SignalOwner, State,
+    UpgradeCommand,
 };
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -42,6 +43,8 @@ pub struct RunnerOptions {
     pub listen_timeout: f64,
     pub upgrade_confirm: f64,
     pub upgrade_without_listeners: bool,
+    /// The connection gate's initial limit; absent or 0: unlimited.
+    pub max_connections: Option<u32>,
 }
 
 /// The method of JS's logger a line goes to (the core's `Level`).
@@ -241,6 +244,9 @@ fn js_option(err: &lameduck::Error, o: &RunnerOptions) -> Option<(&'static str, 
         OptionField::ListenTimeout => ("listenTimeout", o.listen_timeout.to_string()),
         OptionField::UpgradeConfirm => ("upgradeConfirm", o.upgrade_confirm.to_string()),
         OptionField::UpgradeWithoutListeners => ("upgradeWithoutListeners", o.upgrade_without_listeners.to_string()),
+        OptionField::MaxConnections => {
+            ("maxConnections", o.max_connections.map_or_else(|| "undefined".into(), |n| n.to_string()))
+        }
         // Set by the JS half itself (a function, or always host-owned signals): never invalid.
         OptionField::Logger | OptionField::StateObserver | OptionField::SignalOwner => return None,
     })
@@ -287,6 +293,7 @@ fn core_options(o: &RunnerOptions, bridge: &Arc<Bridge>) -> Result<Options> {
         listen_timeout: millis("listenTimeout", o.listen_timeout)?,
         upgrade_confirm: millis("upgradeConfirm", o.upgrade_confirm)?,
         upgrade_without_listeners: o.upgrade_without_listeners,
+        max_connections: o.max_connections.map(|n| n as usize),
     })
 }
 
@@ -405,6 +412,12 @@ impl NativeRunner {
         }
     }
 
+    /// The run's connection gate (the same one the hooks' context carries).
+    #[napi]
+    pub fn gate(&self) -> NativeGate {
+        NativeGate { gate: Arc::clone(self.runner.gate()) }
+    }
+
     fn context(&self) -> Option<Context> {
         self.bridge.context.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -493,4 +506,117 @@ impl Task for UpgradeTask {
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
         Ok(output)
     }
+}
+
+/// The run's connection gate, for lib/gate.js. Per connection, never per request: the http
+/// adapter calls `try_acquire` once when it accepts and `release` once when the socket closes.
+#[napi]
+pub struct NativeGate {
+    gate: Arc<Gate>,
+}
+
+/// The gate's counts (`GateStats`), in JS's spelling; `limit` is null when unlimited.
+#[napi(object)]
+pub struct NativeGateStats {
+    pub limit: Option<u32>,
+    pub admitted: u32,
+    pub waiting: u32,
+    pub total: f64,
+    pub peak: u32,
+    /// `open`, `draining` or `closed`.
+    pub phase: String,
+}
+
+fn saturated(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[napi]
+impl NativeGate {
+    /// A permit if a slot is free now; null when the gate is full. Throws an error whose code
+    /// is `GATE_CLOSED` when lame-duck admits nothing (for `queued`: once close was called).
+    /// `queued`: the connection is already accepted or waiting in the accept queue (see the
+    /// core's `Gate::try_acquire_queued`), which lame-duck still admits within the limit.
+    #[napi]
+    pub fn try_acquire(&self, queued: bool) -> Result<Option<NativePermit>> {
+        let attempt = if queued { self.gate.try_acquire_queued() } else { self.gate.try_acquire() };
+        match attempt {
+            Ok(permit) => Ok(Some(NativePermit { permit: Some(permit) })),
+            Err(GateError::Full) => Ok(None),
+            Err(err) => Err(Error::new(Status::GenericFailure, format!("GATE_CLOSED: {err}"))),
+        }
+    }
+
+    /// Sets the limit (0: unlimited; lib/gate.js checked the value) and returns the free slots
+    /// before the change, null when it was unlimited.
+    #[napi]
+    pub fn set_limit(&self, limit: u32) -> Result<Option<u32>> {
+        let limit = (limit > 0).then_some(limit as usize);
+        self.gate.set_limit(limit).map(|free| free.map(saturated)).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))
+    }
+
+    /// Free slots now; null when unlimited. Lock-free.
+    #[napi(getter)]
+    pub fn free(&self) -> Option<u32> {
+        self.gate.free().map(saturated)
+    }
+
+    /// The limit now; null when unlimited. Lock-free.
+    #[napi(getter)]
+    pub fn limit(&self) -> Option<u32> {
+        self.gate.limit().map(saturated)
+    }
+
+    /// `open`, `draining` or `closed`. Lock-free.
+    #[napi(getter)]
+    pub fn phase(&self) -> String {
+        self.gate.phase().name().into()
+    }
+
+    /// The counts, read without the lock.
+    #[napi]
+    pub fn stats(&self) -> NativeGateStats {
+        let s = self.gate.stats();
+        NativeGateStats {
+            limit: s.limit.map(saturated),
+            admitted: saturated(s.admitted),
+            waiting: saturated(s.waiting),
+            total: s.total as f64,
+            peak: saturated(s.peak),
+            phase: s.phase.name().into(),
+        }
+    }
+}
+
+/// One admitted connection's slot. `release` gives it back (once; later calls do nothing); a
+/// permit JS drops without releasing gives it back when it is garbage-collected.
+#[napi]
+pub struct NativePermit {
+    permit: Option<lameduck::Permit>,
+}
+
+#[napi]
+impl NativePermit {
+    /// Gives the slot back; true the first time, false afterwards.
+    #[napi]
+    pub fn release(&mut self) -> bool {
+        self.permit.take().is_some()
+    }
+}
+
+/// A close-on-exec copy of the descriptor `fd` (the http adapter keeps the listening socket
+/// open under a number of its own while Node's handle on another copy is closed: see
+/// lib/http.js).
+#[napi]
+pub fn dup_fd(fd: i32) -> Result<i32> {
+    use std::os::fd::{BorrowedFd, IntoRawFd};
+    if fd < 0 {
+        return Err(Error::new(Status::InvalidArg, format!("dupFd(fd={fd}): not a descriptor")));
+    }
+    // SAFETY: only borrowed for the duration of the call; the copy is a new descriptor.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .map(IntoRawFd::into_raw_fd)
+        .map_err(|e| Error::new(Status::GenericFailure, format!("dupFd(fd={fd}): {e}")))
 }

@@ -3,6 +3,7 @@
 //   node app.js --app http|express|fastify|plain [--period ms] [--drain ms] [--repeat p]
 //               [--close-timeout ms] [--fail-serve] [--hang-close] [--listen ADDRESS]
 //               [--listen-timeout ms] [--upgrade-confirm ms] [--upgrade-without-listeners]
+//               [--max-connections n]
 // Routes: GET / (hello), GET /sleep?ms=N (slow), GET /health (200 READY, UPGRADING or HANDING_OVER / 503 + state),
 // GET /stop (runner.stop()).
 // SIGHUP upgrades (the app is started again; the adapters bind through lameduck.listen, so the
@@ -87,6 +88,7 @@ async function main() {
     listenTimeout: args['listen-timeout'] === undefined ? undefined : Number(args['listen-timeout']),
     upgradeConfirm: args['upgrade-confirm'] === undefined ? undefined : Number(args['upgrade-confirm']),
     upgradeWithoutListeners: !!args['upgrade-without-listeners'],
+    maxConnections: args['max-connections'] === undefined ? undefined : Number(args['max-connections']),
     onStateChange: (from, to) => {
       if (to === 'READY') console.log(`port ${adapter.server.address().port}`)
       console.log(`state ${to}`)
@@ -94,6 +96,8 @@ async function main() {
   })
   try {
     await runner.run()
+    const s = runner.connectionStats()
+    console.log(`final admitted=${s.admitted} waiting=${s.waiting} total=${s.total} peak=${s.peak}`)
     console.log('clean exit')
   } catch (err) {
     console.log(`error ${err.constructor.name} ${err.code}: ${err.message} cause=${err.cause ? `${err.cause.name}: ${err.cause.message}` : 'none'}`)
