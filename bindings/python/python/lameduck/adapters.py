@@ -583,6 +583,7 @@ class AsyncioServerAdapter:
         self._handlers: Dict["asyncio.Task[Any]", Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self._connecting: Set["asyncio.Task[None]"] = set()
         self._idle: "set[asyncio.Task[Any]]" = set()  # handlers waiting in a lame-duck next_request()
+        self._fresh: "set[asyncio.Task[Any]]" = set()  # accepted in lame-duck, first request not read
         self._waiting_at_lame_duck: Dict["asyncio.Task[Any]", Any] = {}
         self._acceptor: Optional[_Acceptor] = None
         self._lame_duck = False
@@ -610,6 +611,11 @@ class AsyncioServerAdapter:
 
     async def _next_request_in_lame_duck(self, read: Awaitable[T]) -> Optional[T]:
         task = asyncio.current_task()
+        if task in self._fresh:
+            # Accepted from the queue during lame-duck: its first request was sent before the
+            # listener stopped, so it is read and answered even past the idle grace.
+            self._fresh.discard(task)
+            return await read
         if self._idle_closing or task is None:
             if inspect.iscoroutine(read):
                 read.close()
@@ -657,9 +663,12 @@ class AsyncioServerAdapter:
         task = asyncio.current_task()
         assert task is not None
         self._handlers[task] = (reader, writer)
+        if self._lame_duck:
+            self._fresh.add(task)
         try:
             await self.client_connected_cb(reader, writer)
         finally:
+            self._fresh.discard(task)
             self._handlers.pop(task, None)
             writer.close()
             permit.release()
