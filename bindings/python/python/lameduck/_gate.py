@@ -15,8 +15,10 @@ own reaches it as ``ctx.gate`` in its hooks or as :attr:`lameduck.Runner.gate`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import threading
+import weakref
 from typing import Any, Deque, List, NamedTuple, Optional
 
 from . import _lameduck
@@ -94,6 +96,20 @@ def _fail(future: "asyncio.Future[Permit]", error: BaseException) -> None:
         future.set_exception(error)
 
 
+#: The helper threads of every gate, so that the interpreter's exit can end them first: a thread
+#: coming back from the native wait (which released the GIL) while the interpreter finalizes
+#: would be ended by CPython in a way that aborts the process.
+_HELPERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_EXITING = threading.Event()
+
+
+@atexit.register
+def _end_helpers() -> None:
+    _EXITING.set()
+    for thread in list(_HELPERS):
+        thread.join(1.0)
+
+
 class _AsyncWaiters:
     """The coroutines waiting in :meth:`Gate.acquire_async`, first come first served, and the
     one thread that waits on the gate for them (started when the first one has to wait, gone
@@ -112,15 +128,16 @@ class _AsyncWaiters:
     def add(self, waiter: _Waiter) -> None:
         with self._lock:
             self._queue.append(waiter)
-            if self._thread is None:
+            if self._thread is None and not _EXITING.is_set():
                 self._thread = threading.Thread(target=self._wait, name="lameduck-gate", daemon=True)
+                _HELPERS.add(self._thread)
                 self._thread.start()
 
     def _head(self) -> Optional[_Waiter]:
         with self._lock:
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()
-            if not self._queue:
+            if not self._queue or _EXITING.is_set():
                 self._thread = None
                 return None
             return self._queue[0]
