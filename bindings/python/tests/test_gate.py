@@ -119,13 +119,15 @@ def app_of() -> "Callable[..., GateApp]":
     apps: List[GateApp] = []
 
     def _start(kind: str, *args: str) -> GateApp:
-        app = GateApp(kind, *args)
-        apps.append(app)
+        app = GateApp.__new__(GateApp)
+        apps.append(app)  # killed at the end even if it fails to start
+        app.__init__(kind, *args)  # type: ignore[misc]
         return app
 
     yield _start  # type: ignore[misc]
     for app in apps:
-        app.kill()
+        if getattr(app, "proc", None) is not None:
+            app.kill()
 
 
 def answered(clients: List[Client]) -> List[Client]:
@@ -314,7 +316,7 @@ def run_in_thread(runner: lameduck.Runner) -> "tuple[threading.Thread, List[Base
         except BaseException as e:  # noqa: BLE001 - reported to the test
             errors.append(e)
 
-    thread = threading.Thread(target=target)
+    thread = threading.Thread(target=target, daemon=True)
     thread.start()
     assert runner.wait_ready(LIMIT)
     return thread, errors
@@ -324,7 +326,8 @@ def test_the_run_ends_only_when_the_gate_is_empty_and_close_cuts_at_the_deadline
     server = Idle()
     runner = lameduck.Runner(server, signals=(), period=20, logger=False)
     thread, errors = run_in_thread(runner)
-    assert server.ctx is not None and server.ctx.gate.limit is None
+    until("serve to run", lambda: server.ctx is not None)
+    assert server.ctx is not None and server.ctx.gate is runner.gate and runner.gate.limit is None
     held = server.ctx.gate.acquire()
     runner.stop()
     until("shutdown", lambda: server.stopped.is_set())
@@ -418,7 +421,10 @@ def test_acquire_async_waits_without_blocking_the_loop():
         await asyncio.sleep(0.05)
         cancelled.cancel()
         second.release()
-        until("the helper to give the slot back", lambda: gate.admitted == 0, timeout=5)
+        deadline = time.monotonic() + LIMIT
+        while gate.admitted:  # the permit the helper got for the cancelled waiter comes back
+            assert time.monotonic() < deadline, "the helper kept a slot nobody waits for"
+            await asyncio.sleep(0.005)
 
     asyncio.run(main())
     assert gate.admitted == 0
