@@ -18,6 +18,13 @@ They all handle keep-alive so that nothing is lost. Once lame-duck begins:
 Closing idle connections at once instead loses requests: Go's ``http.Server.Shutdown`` loses
 59–133 requests per 8 restarts under keep-alive load.
 
+Every adapter accepts through the run's connection gate (``ctx.gate``; ``max_connections=``
+on the runner): it takes a permit *before* ``accept`` and gives it back when the connection
+closes, so while the gate is full it does not accept and new clients wait in the kernel's
+accept queue, none refused. Lame-duck drains through it too: the run ends once every permit is
+back. Nothing of the adapters runs per request before lame-duck (the asyncio adapter's
+``next_request`` is one method call that returns your read).
+
 Every adapter binds through :func:`lameduck.listen` (or registers a socket that arrived bound
 with :func:`lameduck.adopt`), so an upgrade (SIGHUP, :meth:`lameduck.Runner.upgrade`) hands
 its socket to the new process, which gets it back from the same adapter call. Every adapter
