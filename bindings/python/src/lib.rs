@@ -28,16 +28,16 @@ use pyo3::BoundObject;
 /// `atexit` callback, which runs before the interpreter starts finalizing and waits until no
 /// core thread is `inside` Python: so none can be there, or be waiting for the GIL, once
 /// finalizing began (on 3.13+ pyo3's `try_attach` also checks `Py_IsFinalizing`).
-struct Gate {
+struct ExitGate {
     exiting: bool,
     inside: usize,
 }
 
-static GATE: Mutex<Gate> = Mutex::new(Gate { exiting: false, inside: 0 });
-static GATE_LEFT: Condvar = Condvar::new();
+static EXIT_GATE: Mutex<ExitGate> = Mutex::new(ExitGate { exiting: false, inside: 0 });
+static EXIT_GATE_LEFT: Condvar = Condvar::new();
 
-fn gate() -> std::sync::MutexGuard<'static, Gate> {
-    GATE.lock().unwrap_or_else(PoisonError::into_inner)
+fn exit_gate() -> std::sync::MutexGuard<'static, ExitGate> {
+    EXIT_GATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Registered with `atexit` when the module is imported. The wait is bounded: a log handler or
@@ -45,9 +45,9 @@ fn gate() -> std::sync::MutexGuard<'static, Gate> {
 #[pyfunction]
 fn _interpreter_exiting(py: Python<'_>) {
     py.detach(|| {
-        let mut gate = gate();
+        let mut gate = exit_gate();
         gate.exiting = true;
-        let _ = GATE_LEFT.wait_timeout_while(gate, Duration::from_secs(2), |g| g.inside > 0);
+        let _ = EXIT_GATE_LEFT.wait_timeout_while(gate, Duration::from_secs(2), |g| g.inside > 0);
     });
 }
 
@@ -56,7 +56,7 @@ fn _interpreter_exiting(py: Python<'_>) {
 /// interpreter's exit waits for it.
 fn attach_unless_exiting<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     {
-        let mut gate = gate();
+        let mut gate = exit_gate();
         if gate.exiting {
             return None;
         }
@@ -65,8 +65,8 @@ fn attach_unless_exiting<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option
     struct Leave;
     impl Drop for Leave {
         fn drop(&mut self) {
-            gate().inside -= 1;
-            GATE_LEFT.notify_all();
+            exit_gate().inside -= 1;
+            EXIT_GATE_LEFT.notify_all();
         }
     }
     let _leave = Leave;
@@ -112,6 +112,7 @@ fn python_name(field: OptionField) -> Option<&'static str> {
         OptionField::ListenTimeout => "listen_timeout",
         OptionField::UpgradeConfirm => "upgrade_confirm",
         OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
+        OptionField::MaxConnections => "max_connections",
     })
 }
 
@@ -223,6 +224,232 @@ impl PyContext {
     /// Reports that serve is bound and accepting.
     fn ready(&self) {
         self.ctx.ready();
+    }
+
+    /// The run's connection gate (the runner's).
+    #[getter]
+    fn gate(&self) -> PyGate {
+        PyGate { gate: Arc::clone(self.ctx.gate()) }
+    }
+}
+
+/// The gate's `GATE_CLOSED` refusal as `lameduck.GateClosedError` (defined by the Python half,
+/// so that it is a `LameDuckError` like every other error of a run).
+fn gate_closed(py: Python<'_>) -> PyErr {
+    let make = || -> PyResult<PyErr> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("kind", lameduck::ErrorKind::GateClosed.name())?;
+        let class = py.import("lameduck.errors")?.getattr("GateClosedError")?;
+        let message = lameduck::GateError::Closed.to_string();
+        Ok(PyErr::from_value(class.call((message,), Some(&kwargs))?))
+    };
+    make().unwrap_or_else(|err| err)
+}
+
+/// A gate error as the Python exception `lameduck.Gate` documents.
+fn gate_error(py: Python<'_>, err: lameduck::GateError, timeout: Option<f64>) -> PyErr {
+    use lameduck::GateError;
+    match err {
+        GateError::Closed => gate_closed(py),
+        GateError::TimedOut => PyTimeoutError::new_err(format!(
+            "no connection slot became free within {}s",
+            timeout.map(|t| py_repr(py, t)).unwrap_or_else(|| "the timeout".into())
+        )),
+        GateError::Full => pyo3::exceptions::PyBlockingIOError::new_err(err.to_string()),
+        GateError::InvalidLimit(_) => PyValueError::new_err(format!("max_connections: {err}")),
+    }
+}
+
+/// True on the process's main thread (its thread id is the pid), where Python runs signal
+/// handlers: a blocking acquire there wakes now and then to let them run.
+fn on_main_thread() -> bool {
+    // SAFETY: getpid and gettid have no preconditions.
+    unsafe { libc::getpid() == libc::gettid() }
+}
+
+/// How often a blocking acquire on the main thread checks for Python signal handlers to run.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// The run's connection gate (wrapped by `lameduck.Gate` in Python): the limit, the counts, and
+/// permits. Every method may be called from any thread; the blocking ones release the GIL.
+#[pyclass(frozen, name = "NativeGate", module = "lameduck._lameduck")]
+struct PyGate {
+    gate: Arc<lameduck::Gate>,
+}
+
+#[pymethods]
+impl PyGate {
+    /// The limit, or None when unlimited. Lock-free.
+    #[getter]
+    fn limit(&self) -> Option<usize> {
+        self.gate.limit()
+    }
+
+    /// Free slots now, or None when unlimited. Lock-free.
+    #[getter]
+    fn free(&self) -> Option<usize> {
+        self.gate.free()
+    }
+
+    /// Connections admitted and not yet released. Lock-free.
+    #[getter]
+    fn admitted(&self) -> usize {
+        self.gate.admitted()
+    }
+
+    /// `open`, `draining` (lame-duck) or `closed`. Lock-free.
+    #[getter]
+    fn phase(&self) -> &'static str {
+        self.gate.phase().name()
+    }
+
+    /// Sets the limit (None or 0: unlimited); returns the free slots before the change (None:
+    /// it was unlimited). The Python half checks the type and the range first.
+    #[pyo3(signature = (limit))]
+    fn set_limit(&self, py: Python<'_>, limit: Option<usize>) -> PyResult<Option<usize>> {
+        self.gate.set_limit(limit).map_err(|e| gate_error(py, e, None))
+    }
+
+    /// `(limit, admitted, waiting, total, peak, phase)`, read without the lock.
+    fn stats(&self) -> (Option<usize>, usize, usize, u64, usize, &'static str) {
+        let s = self.gate.stats();
+        (s.limit, s.admitted, s.waiting, s.total, s.peak, s.phase.name())
+    }
+
+    /// Waits (without the GIL) for a free slot, at most `timeout` seconds (None: no limit);
+    /// `queued` admits a connection already in the accept queue during lame-duck too.
+    /// TimeoutError, or GateClosedError (at once in lame-duck for a new connection).
+    #[pyo3(signature = (timeout=None, queued=false))]
+    fn acquire(&self, py: Python<'_>, timeout: Option<f64>, queued: bool) -> PyResult<PyPermit> {
+        let wait = optional_seconds(py, "timeout", timeout)?;
+        let deadline = wait.and_then(|w| Instant::now().checked_add(w));
+        let gate = &self.gate;
+        let admit = |until: Option<Instant>| if queued { gate.acquire_queued(until) } else { gate.acquire(until) };
+        if let Ok(permit) = if queued { gate.try_acquire_queued() } else { gate.try_acquire() } {
+            return Ok(PyPermit::new(permit));
+        }
+        let main = on_main_thread();
+        loop {
+            let until = if main {
+                let tick = Instant::now() + SIGNAL_CHECK;
+                Some(deadline.map_or(tick, |d| d.min(tick)))
+            } else {
+                deadline
+            };
+            match py.detach(|| admit(until)) {
+                Ok(permit) => return Ok(PyPermit::new(permit)),
+                Err(lameduck::GateError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => py.check_signals()?,
+                Err(err) => return Err(gate_error(py, err, timeout)),
+            }
+        }
+    }
+
+    /// A permit if a slot is free now, else None. GateClosedError in lame-duck (for a new
+    /// connection; `queued` admits one already in the accept queue while draining).
+    #[pyo3(signature = (queued=false))]
+    fn try_acquire(&self, py: Python<'_>, queued: bool) -> PyResult<Option<PyPermit>> {
+        match if queued { self.gate.try_acquire_queued() } else { self.gate.try_acquire() } {
+            Ok(permit) => Ok(Some(PyPermit::new(permit))),
+            Err(lameduck::GateError::Full) => Ok(None),
+            Err(err) => Err(gate_error(py, err, None)),
+        }
+    }
+
+    /// Waits (without the GIL) until no permit is out, at most `timeout` seconds; True when
+    /// empty.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_empty(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let wait = optional_seconds(py, "timeout", timeout)?;
+        let deadline = wait.and_then(|w| Instant::now().checked_add(w));
+        if self.gate.admitted() == 0 {
+            return Ok(true);
+        }
+        let main = on_main_thread();
+        loop {
+            let until = if main {
+                let tick = Instant::now() + SIGNAL_CHECK;
+                Some(deadline.map_or(tick, |d| d.min(tick)))
+            } else {
+                deadline
+            };
+            if py.detach(|| self.gate.wait_empty(until)) {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// The descriptors of the open connections whose permits were tagged (`Permit.attach_fd`),
+    /// in admission order.
+    fn open_fds(&self) -> Vec<i32> {
+        self.gate.open_fds()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.gate.stats();
+        let limit = s.limit.map_or_else(|| "None".to_string(), |l| l.to_string());
+        format!("<lameduck.Gate limit={limit} admitted={} waiting={} phase={}>", s.admitted, s.waiting, s.phase.name())
+    }
+}
+
+/// One admitted connection's slot, given back by `release()` (idempotent), by leaving a `with`
+/// block, or when the object is garbage-collected.
+#[pyclass(frozen, name = "Permit", module = "lameduck")]
+struct PyPermit {
+    permit: Mutex<Option<lameduck::Permit>>,
+}
+
+impl PyPermit {
+    fn new(permit: lameduck::Permit) -> PyPermit {
+        PyPermit { permit: Mutex::new(Some(permit)) }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<lameduck::Permit>> {
+        self.permit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[pymethods]
+impl PyPermit {
+    /// Gives the slot back; True the first time, False afterwards.
+    fn release(&self) -> bool {
+        let permit = self.slot().take();
+        permit.map(lameduck::Permit::release).is_some()
+    }
+
+    /// True once the slot was given back.
+    #[getter]
+    fn released(&self) -> bool {
+        self.slot().is_none()
+    }
+
+    /// Records `fd` as this connection's descriptor, for `Gate.open_fds()`. Release the permit
+    /// before closing the descriptor. ValueError once released.
+    fn attach_fd(&self, fd: i32) -> PyResult<()> {
+        match self.slot().as_mut() {
+            Some(permit) => {
+                permit.attach_fd(fd);
+                Ok(())
+            }
+            None => Err(PyValueError::new_err("attach_fd: the permit was already released")),
+        }
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.release();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<lameduck.Permit {}>", if self.released() { "released" } else { "held" })
     }
 }
 
@@ -454,6 +681,9 @@ impl PyRunner {
         given.set_seconds(py, OptionField::ListenTimeout, &mut o.listen_timeout)?;
         given.set_seconds(py, OptionField::UpgradeConfirm, &mut o.upgrade_confirm)?;
         given.set(OptionField::UpgradeWithoutListeners, &mut o.upgrade_without_listeners)?;
+        if let Some(limit) = given.get::<Option<usize>>(OptionField::MaxConnections)? {
+            o.max_connections = limit;
+        }
         let runner = Runner::new(Arc::new(PyServer { bridge }), o).map_err(|e| given.invalid(e))?;
         Ok(PyRunner { runner })
     }
@@ -502,6 +732,12 @@ impl PyRunner {
     #[getter]
     fn running(&self) -> bool {
         self.runner.is_running()
+    }
+
+    /// The run's connection gate (the context's).
+    #[getter]
+    fn gate(&self) -> PyGate {
+        PyGate { gate: Arc::clone(self.runner.gate()) }
     }
 }
 
@@ -576,6 +812,8 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyContext>()?;
     m.add_class::<PyHookDone>()?;
     m.add_class::<RunFailure>()?;
+    m.add_class::<PyGate>()?;
+    m.add_class::<PyPermit>()?;
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;

@@ -161,13 +161,20 @@ class PlainServer:
 
 
 def commands(runner: lameduck.Runner) -> None:
-    """Reads commands from stdin: `upgrade` prints `upgraded PID` or `upgrade error ...`."""
+    """Reads commands from stdin: `upgrade` prints `upgraded PID` or `upgrade error ...`;
+    `limit N` sets the connection limit and prints `limit N free-before F`; `stats` prints
+    `stats limit=.. admitted=.. waiting=.. total=.. peak=.. phase=.. requests=..`."""
     for line in sys.stdin:
-        if line.strip() == "upgrade":
+        words = line.split()
+        if words == ["upgrade"]:
             try:
                 out(f"upgraded {runner.upgrade()}")
             except lameduck.LameDuckError as e:
                 out(f"upgrade error {type(e).__name__}: {e}")
+        elif len(words) == 2 and words[0] == "limit":
+            out(f"limit {words[1]} free-before {runner.set_max_connections(int(words[1]))}")
+        elif words == ["stats"]:
+            out("stats " + " ".join(f"{k}={v}" for k, v in runner.connection_stats()._asdict().items()))
 
 
 def main() -> int:
@@ -183,7 +190,8 @@ def main() -> int:
     parser.add_argument("--close-timeout", type=float, default=5.0)
     parser.add_argument("--pid-file")
     parser.add_argument("--upgrade-without-listeners", action="store_true")
-    parser.add_argument("--commands", action="store_true", help="stdin line 'upgrade': Runner.upgrade()")
+    parser.add_argument("--commands", action="store_true", help="stdin lines: upgrade, limit N, stats")
+    parser.add_argument("--max-connections", type=int)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
@@ -205,6 +213,7 @@ def main() -> int:
         on_state_change=on_state,
         pid_file=args.pid_file,
         upgrade_without_listeners=args.upgrade_without_listeners,
+        max_connections=args.max_connections,
     )
     if args.commands:
         threading.Thread(target=commands, args=(RUNNER,), daemon=True).start()

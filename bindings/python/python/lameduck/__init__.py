@@ -12,6 +12,7 @@ with every listener from :func:`listen` (or registered with :func:`adopt`), and 
 ready this process lame-ducks.
 """
 
+from ._gate import MAX_CONNECTIONS, ConnectionStats, Gate, Permit
 from ._lameduck import VERSION, __version__
 from ._listen import adopt, is_shared, listen
 from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
@@ -21,6 +22,7 @@ from .errors import (
     ExpiredError,
     FailedError,
     ForcedError,
+    GateClosedError,
     LameDuckError,
     NotRunningError,
     ShutdownError,
@@ -40,6 +42,10 @@ __all__ = [
     "listen",
     "adopt",
     "is_shared",
+    "Gate",
+    "Permit",
+    "ConnectionStats",
+    "MAX_CONNECTIONS",
     "LameDuckError",
     "ExpiredError",
     "ForcedError",
@@ -49,5 +55,6 @@ __all__ = [
     "SignalSetupError",
     "BusyError",
     "UpgradeFailedError",
+    "GateClosedError",
     "NotRunningError",
 ]

@@ -26,6 +26,7 @@ import threading
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import _lameduck
+from ._gate import ConnectionStats, Gate, _limit
 from .errors import SignalSetupError, _from_native
 
 __all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "DEFAULT_SIGNALS"]
@@ -73,10 +74,18 @@ class Context:
     One context per run, shared by both hooks and safe to use from any thread.
     """
 
-    __slots__ = ("_native",)
+    __slots__ = ("_native", "_gate")
 
-    def __init__(self, native: _lameduck.NativeContext) -> None:
+    def __init__(self, native: _lameduck.NativeContext, gate: Optional[Gate] = None) -> None:
         self._native = native
+        self._gate = gate
+
+    @property
+    def gate(self) -> Gate:
+        """The run's connection gate (the same as :attr:`Runner.gate`): accept through it."""
+        if self._gate is None:
+            self._gate = Gate(self._native.gate)
+        return self._gate
 
     def remaining(self) -> Optional[float]:
         """Seconds left until the deadline; ``None`` before lame-duck; ``0.0`` once done."""
@@ -131,12 +140,13 @@ class _Bridge:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.gate: Optional[Gate] = None
 
     def run_hook(self, name: str, native_ctx: Optional[_lameduck.NativeContext], done: _lameduck.HookDone) -> None:
         """Calls hook ``name`` and reports its outcome with ``done(None)`` or ``done(exc)``."""
         try:
             hook = getattr(self.server, name)
-            result = hook() if native_ctx is None else hook(Context(native_ctx))
+            result = hook() if native_ctx is None else hook(Context(native_ctx, self.gate))
             if inspect.isawaitable(result):
                 self._start_on_loop(hook, result, done)
                 return
@@ -317,6 +327,10 @@ class Runner:
       lameduck (a worker without sockets). Default False: such an upgrade is refused with
       :class:`UpgradeFailedError`, because the new process could not bind the port; bind with
       :func:`lameduck.listen` or register the socket with :func:`lameduck.adopt`.
+    - ``max_connections``: the connection gate's initial limit (see :attr:`gate`): at most
+      this many connections are open at once, and the ones above it wait in the kernel's
+      accept queue (not refused) until a slot frees. ``None`` or 0: unlimited (the default).
+      Change it while running with :attr:`max_connections` / :meth:`set_max_connections`.
 
     Invalid options raise ``ValueError`` or ``TypeError`` here, before anything starts.
     """
@@ -340,6 +354,7 @@ class Runner:
         listen_timeout: float = 10.0,
         upgrade_confirm: float = 1.0,
         upgrade_without_listeners: bool = False,
+        max_connections: Optional[int] = None,
     ) -> None:
         for hook in ("serve", "shutdown", "close"):
             if not callable(getattr(server, hook, None)):
@@ -379,12 +394,53 @@ class Runner:
             listen_timeout=_seconds("listen_timeout", listen_timeout),
             upgrade_confirm=_seconds("upgrade_confirm", upgrade_confirm),
             upgrade_without_listeners=upgrade_without_listeners,
+            max_connections=_limit(max_connections),
         )
+        self._gate = Gate(self._native.gate)
+        self._bridge.gate = self._gate
 
     @property
     def state(self) -> State:
         """The current state (an atomic read in the core; any thread)."""
         return State(self._native.state)
+
+    @property
+    def gate(self) -> Gate:
+        """The run's connection gate (``ctx.gate`` in the hooks): its limit, its counts, and
+        permits for servers that accept through it (every adapter does)."""
+        return self._gate
+
+    @property
+    def max_connections(self) -> Optional[int]:
+        """The connection limit now, or None when unlimited. Settable at any time, from any
+        thread or a signal handler: ``runner.max_connections = 50`` (None or 0: unlimited).
+        Raising admits waiting connections at once; lowering closes none and takes effect as
+        they close."""
+        return self._gate.limit
+
+    @max_connections.setter
+    def max_connections(self, limit: Optional[int]) -> None:
+        self.set_max_connections(limit)
+
+    def set_max_connections(self, limit: Optional[int]) -> Optional[int]:
+        """Sets the connection limit (see :attr:`max_connections`) and returns the free slots
+        before the change, or None if it was unlimited (nserv's ``MaxConns(n)``). TypeError or
+        ValueError (naming ``max_connections``) for a negative, non-int or too large value."""
+        return self._gate.set_limit(limit)
+
+    def connection_stats(self) -> ConnectionStats:
+        """The gate's counts (limit, admitted, waiting, total, peak, phase) and, when the
+        server is an adapter that counts them, the requests in flight. Lock-free; any thread."""
+        stats = self._gate.stats()
+        count = getattr(self._bridge.server, "in_flight_requests", None)
+        if callable(count):
+            try:
+                requests = count()
+            except Exception:  # a stats call must not fail because the server is tearing down
+                requests = None
+            if isinstance(requests, int):
+                stats = stats._replace(requests=requests)
+        return stats
 
     def stop(self) -> None:
         """Starts lame-duck exactly like a trigger signal. Thread-safe; may be called from a
@@ -558,6 +614,7 @@ def run(
     listen_timeout: float = 10.0,
     upgrade_confirm: float = 1.0,
     upgrade_without_listeners: bool = False,
+    max_connections: Optional[int] = None,
 ) -> None:
     """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
     See :class:`Runner` for the options and errors."""
@@ -582,6 +639,7 @@ async def run_async(
     listen_timeout: float = 10.0,
     upgrade_confirm: float = 1.0,
     upgrade_without_listeners: bool = False,
+    max_connections: Optional[int] = None,
 ) -> None:
     """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
     await Runner(**locals()).run_async()  # the arguments, exactly as given

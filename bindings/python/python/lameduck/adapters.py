@@ -18,6 +18,13 @@ They all handle keep-alive so that nothing is lost. Once lame-duck begins:
 Closing idle connections at once instead loses requests: Go's ``http.Server.Shutdown`` loses
 59–133 requests per 8 restarts under keep-alive load.
 
+Every adapter accepts through the run's connection gate (``ctx.gate``; ``max_connections=``
+on the runner): it takes a permit *before* ``accept`` and gives it back when the connection
+closes, so while the gate is full it does not accept and new clients wait in the kernel's
+accept queue, none refused. Lame-duck drains through it too: the run ends once every permit is
+back. Nothing of the adapters runs per request before lame-duck (the asyncio adapter's
+``next_request`` is one method call that returns your read).
+
 Every adapter binds through :func:`lameduck.listen` (or registers a socket that arrived bound
 with :func:`lameduck.adopt`), so an upgrade (SIGHUP, :meth:`lameduck.Runner.upgrade`) hands
 its socket to the new process, which gets it back from the same adapter call. Every adapter
@@ -28,17 +35,24 @@ also has ``explicit_ready = True``: the runner counts it ready only once it is l
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import http.server
 import inspect
+import select
+import selectors
 import socket
 import socketserver
+import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set, Tuple, TypeVar
 
 from . import _lameduck
+from ._gate import Gate, Permit
 from ._listen import _address, adopt, listen
 from ._runner import Context
+from .errors import GateClosedError
 
 __all__ = ["http_server", "asyncio_server", "aiohttp_app", "HTTPServerAdapter", "AsyncioServerAdapter", "AiohttpAdapter"]
 
@@ -88,14 +102,26 @@ def _check_grace(idle_grace: float) -> float:
 class HTTPServerAdapter:
     """Runs a ``socketserver`` server (``http.server.ThreadingHTTPServer`` and friends).
 
-    - serve: ``serve_forever``.
+    - serve: ``serve_forever``, accepting through the run's connection gate (``ctx.gate``).
     - shutdown: stops accepting and closes the listening socket at once. It handles keep-alive
-      as the module describes, and waits for the request threads until the deadline.
+      as the module describes, and waits for the gate to empty until the deadline.
     - close: shuts down every remaining connection, then ``server_close``.
 
-    It wraps the server's ``RequestHandlerClass`` to track connections and, for
-    ``BaseHTTPRequestHandler`` subclasses, to add ``Connection: close`` during lame-duck. It
-    makes handler threads daemon threads, so an abandoned request cannot keep the process alive.
+    Admission: the server's ``get_request`` (its ``accept``) first takes a permit from the
+    gate, blocking (without the GIL) while the gate is full, so connections above
+    ``max_connections`` wait in the kernel's accept queue; ``close_request`` gives the permit
+    back. Both are per connection: nothing runs per request in normal service. The listening
+    socket is made non-blocking, so an ``accept`` after a long wait for a slot cannot block if
+    another process sharing the socket took the connection meanwhile. Lame-duck wakes a
+    blocked ``get_request`` at once; connections already in the accept queue are still
+    admitted within the limit while the listener drains.
+
+    For ``BaseHTTPRequestHandler`` subclasses, the server's ``RequestHandlerClass`` is wrapped:
+    once lame-duck begins (not before, so normal service pays nothing) responses carry
+    ``Connection: close``, and at the end of the idle grace the connections waiting for their
+    next request are found from their threads' frames (blocked in the request line's read
+    inside ``handle_one_request``) and closed. Handler threads become daemon threads, so an
+    abandoned request cannot keep the process alive.
 
     The listening socket, so that upgrades work:
 
@@ -117,21 +143,36 @@ class HTTPServerAdapter:
     #: Ready once serving (``serve`` calls ``ctx.ready()``); see :class:`lameduck.Runner`.
     explicit_ready = True
 
+    #: How often a lame-duck accept loop waiting for a slot for a queued connection wakes.
+    _POLL = 0.05
+
     def __init__(
         self, server: socketserver.TCPServer, *, idle_grace: float = 1.0, drain_listener: Optional[bool] = None
     ) -> None:
         self.server = server
         self.idle_grace = _check_grace(idle_grace)
         self.drain_listener = _drain_default(drain_listener)
-        self._lock = threading.Condition()
-        self._connections: Dict[socket.socket, bool] = {}  # socket -> idle (waiting for a request)
+        self._lock = threading.Lock()
+        # connection -> [its permit, the ident of the thread serving it (once it started)]
+        self._connections: Dict[socket.socket, List[Any]] = {}
         self._serving = False
         self._lame_duck = False
         self._closing_idle = False
+        self._gate: Optional[Gate] = None
+        self._reserved: Optional[Permit] = None  # a slot taken for a connection accept() missed
         _take_listener(server)
+        server.socket.setblocking(False)
         if isinstance(server, socketserver.ThreadingMixIn):
             server.daemon_threads = True
-        server.RequestHandlerClass = self._wrap(server.RequestHandlerClass)
+        handler_class: Any = server.RequestHandlerClass
+        self._http = isinstance(handler_class, type) and issubclass(handler_class, http.server.BaseHTTPRequestHandler)
+        self._handler = self._wrap(server.RequestHandlerClass)
+        server.RequestHandlerClass = self._handler
+        # Per-instance overrides: admission before accept, release when the connection closes.
+        self._accept = server.get_request
+        self._close_request = server.close_request
+        server.get_request = self._get_request  # type: ignore[method-assign]
+        server.close_request = self._release  # type: ignore[method-assign]
 
     @property
     def lame_duck(self) -> bool:
@@ -143,95 +184,140 @@ class HTTPServerAdapter:
 
         class Tracked(base):  # type: ignore[misc]
             def setup(self) -> None:
+                held = adapter._connections.get(self.request)
+                if held is not None:
+                    held[1] = threading.get_ident()
                 super().setup()
-                adapter._track(self.connection)
 
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                finally:
-                    adapter._untrack(self.connection)
+        return Tracked
 
-        if not issubclass(base, http.server.BaseHTTPRequestHandler):
-            return Tracked
+    def _enter_lame_duck(self) -> None:
+        """From now on every response says ``Connection: close`` (the wrapper class gets the
+        method now, so requests before lame-duck do not pay for it)."""
+        if not self._http:
+            return
+        cls = self._handler
 
-        class KeepAliveAware(Tracked):
-            def handle_one_request(self) -> None:
-                # Waiting for the next request: idle. After the idle grace, shutdown() ends
-                # the wait with SHUT_RD, and the read below returns EOF.
-                if not adapter._set_idle(self.connection, True):
-                    self.close_connection = True
-                    return
-                super().handle_one_request()
+        def end_headers(handler: Any) -> None:
+            buffered = getattr(handler, "_headers_buffer", None)
+            if buffered is not None:  # drop a keep-alive header the handler set
+                handler._headers_buffer = [h for h in buffered if not h.lower().startswith(b"connection:")]
+            handler.send_header("Connection", "close")  # also sets close_connection
+            parent: Any = super(cls, handler)
+            parent.end_headers()
 
-            def parse_request(self) -> bool:
-                adapter._set_idle(self.connection, False)
-                return bool(super().parse_request())
+        cls.end_headers = end_headers
 
-            def end_headers(self) -> None:
-                if adapter._lame_duck:
-                    buffered = getattr(self, "_headers_buffer", None)
-                    if buffered is not None:  # drop a keep-alive header the handler set
-                        self._headers_buffer = [h for h in buffered if not h.lower().startswith(b"connection:")]
-                    self.send_header("Connection", "close")  # also sets close_connection
-                super().end_headers()
+    def _close_idle(self) -> None:
+        """Ends the idle grace: a connection waiting for its next request is shut for reading
+        (its read returns EOF), and one that comes back to wait closes unless a request is
+        already there."""
+        self._closing_idle = True
+        if not self._http:
+            return
+        cls = self._handler
 
-        return KeepAliveAware
+        def handle_one_request(handler: Any) -> None:
+            try:
+                waiting = select.select([handler.connection], [], [], 0)[0]
+            except (OSError, ValueError):
+                waiting = []
+            if not waiting:
+                handler.close_connection = True
+                return
+            parent: Any = super(cls, handler)
+            parent.handle_one_request()
 
-    def _track(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections[conn] = False
+        cls.handle_one_request = handle_one_request
+        frames = sys._current_frames()
+        for conn, held in list(self._connections.items()):
+            if held[1] is not None and _waiting_for_request(frames.get(held[1])):
+                _shutdown_socket(conn, socket.SHUT_RD)  # the handler's read returns EOF
 
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.pop(conn, None)
-            self._lock.notify_all()
+    def _admit(self) -> Optional[Permit]:
+        gate = self._gate
+        if gate is None:
+            return None
+        try:
+            return gate.acquire()  # blocks while full; GateClosedError at once in lame-duck
+        except GateClosedError:
+            pass
+        # Lame-duck: only connections already in the accept queue, within the limit. Wake now
+        # and then, so that server.shutdown() never waits long for this loop.
+        try:
+            return gate.acquire(self._POLL, queued=True)
+        except TimeoutError:
+            return None
+        except GateClosedError:
+            time.sleep(self._POLL)  # closed: nothing is admitted; shutdown() is on its way
+            return None
 
-    def _set_idle(self, conn: socket.socket, idle: bool) -> bool:
-        """Marks a connection idle or busy; False when an idle one must close now.
+    def _get_request(self) -> Any:
+        permit, self._reserved = self._reserved, None
+        if permit is None:
+            permit = self._admit()
+            if permit is None:
+                raise OSError("the connection gate admits nothing now")  # the loop goes on
+        try:
+            conn, address = self._accept()
+        except BaseException:
+            self._reserved = permit  # nothing was accepted: keep the slot for the next one
+            raise
+        self._connections[conn] = [permit, None]
+        return conn, address
 
-        No lock: under the GIL, "store idle, then read closing" here and "store closing, then
-        read idle" in shutdown() cannot both miss each other, so an idle connection is always
-        either closed by shutdown() or closes itself here (both is harmless)."""
-        if conn in self._connections:
-            self._connections[conn] = idle
-        return not (idle and self._closing_idle)
+    def _release(self, request: Any) -> None:
+        held = self._connections.pop(request, None)
+        if held is not None:
+            held[0].release()
+        self._close_request(request)
+
+    def in_flight_requests(self) -> Optional[int]:
+        """Not counted by this adapter (it would cost every request): None."""
+        return None
 
     def serve(self, ctx: Context) -> None:
         with self._lock:
             if self._lame_duck:
                 return  # lame-duck began before serve did: nothing to serve
             self._serving = True
+            self._gate = ctx.gate
         ctx.ready()
-        self.server.serve_forever(poll_interval=0.05)
+        try:
+            self.server.serve_forever(poll_interval=0.05)
+        finally:
+            reserved, self._reserved = self._reserved, None
+            if reserved is not None:
+                reserved.release()
 
     def shutdown(self, ctx: Context) -> None:
+        grace_end = time.monotonic() + self.idle_grace
         with self._lock:
             self._lame_duck = True
             serving = self._serving
+        self._enter_lame_duck()
         if serving:
             try:
                 if self.drain_listener is not False:
                     # No new connections, but accept (and answer) every one already queued.
+                    # Those may wait for a slot: once the idle grace is over, idle keep-alive
+                    # connections close so that they get one.
                     fds = _stop_accepting([self.server.socket], self.drain_listener)
                     while _pending(fds) and not ctx.done:
+                        if not self._closing_idle and time.monotonic() >= grace_end:
+                            self._close_idle()
                         time.sleep(0.002)
             except OSError:
                 pass  # a forced close() closed the listener meanwhile
             finally:
                 self.server.shutdown()  # the accept loop has stopped when this returns
         self.server.socket.close()  # new connections are refused from here on
-        ctx.wait(self.idle_grace)  # idle keep-alive connections get a grace (never past the deadline)
-        self._closing_idle = True
-        for conn, idle in list(self._connections.items()):
-            if idle:
-                _shutdown_socket(conn, socket.SHUT_RD)  # the handler's read returns EOF
-        with self._lock:
-            while self._connections:
-                left = ctx.remaining()
-                if not left:
-                    raise TimeoutError(f"{len(self._connections)} connection(s) still open at the deadline")
-                self._lock.wait(left)
+        # idle keep-alive connections get a grace (never past the deadline)
+        ctx.wait(max(0.0, grace_end - time.monotonic()))
+        self._close_idle()
+        gate = self._gate
+        if gate is not None and not gate.wait_empty(ctx.remaining() or 0.0):
+            raise TimeoutError(f"{gate.admitted} connection(s) still open at the deadline")
         self.server.server_close()
 
     def close(self) -> None:
@@ -246,6 +332,17 @@ class HTTPServerAdapter:
             # there (it waits at most one poll interval).
             self.server.shutdown()
         self.server.server_close()
+
+
+def _waiting_for_request(frame: Any) -> bool:
+    """True when a handler thread is inside ``handle_one_request`` itself (reading the next
+    request line), not in a request's own reads (headers, body) or in the application. The
+    innermost frames of a thread blocked reading its socket (``SocketIO.readinto``,
+    ``SSLSocket.recv_into``) are skipped to find the handler method that is reading."""
+    io_files = {socket.__file__, selectors.__file__, getattr(sys.modules.get("ssl"), "__file__", None)}
+    while frame is not None and frame.f_code.co_filename in io_files:
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_name == "handle_one_request"
 
 
 def _listening(sock: socket.socket) -> bool:
@@ -315,24 +412,155 @@ def http_server(
 # asyncio streams
 
 
+class _Acceptor:
+    """Accepts from a listening socket on the event loop, through the connection gate.
+
+    Why not asyncio's own accepting: ``Server`` accepts in a reader callback on the listening
+    socket that takes up to ``backlog`` connections per wake-up (and ``start_server`` with
+    ``start_serving=True`` yields to the loop once, so it may accept before anyone could stop
+    it); a gate consulted afterwards, in the protocol factory, would have to close connections
+    that were already accepted. So the adapters create their ``asyncio.Server`` with
+    ``start_serving=False`` (it never adds its reader; ``Server.close()`` still removes ours
+    and closes the socket, and ``sockets`` works) and put this reader on the socket instead.
+    Each wake-up takes a permit first (``try_acquire``, a few hundred nanoseconds, once per
+    connection) and only then ``accept()``s one connection, which it hands to asyncio with the
+    public ``loop.connect_accepted_socket``. When the gate is full it removes the reader
+    (``loop.remove_reader``), so the loop stops reading the listener and new clients wait in
+    the kernel's accept queue, and waits for a slot with :meth:`Gate.acquire_async` (one
+    helper thread blocked in the gate, no polling on the loop). The slot it gets is kept for
+    the next accepted connection and the reader goes back on. In lame-duck (the gate refuses
+    new connections) it goes on with ``queued=True``: what is already in the accept queue is
+    still admitted within the limit while the adapter drains the listener.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        gate: Gate,
+        on_connection: Callable[[socket.socket, Permit], None],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._gate = gate
+        self._on_connection = on_connection
+        self._reserved: Optional[Permit] = None
+        self._waiting: Optional["asyncio.Task[None]"] = None
+        self._reading = False
+        self._queued = False
+        self._stopped = False
+
+    def start(self) -> None:
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._stopped and not self._reading and self._waiting is None:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            try:
+                self._loop.remove_reader(self._fd)
+            except (ValueError, OSError):
+                pass  # the socket was closed meanwhile
+
+    def _readable(self) -> None:
+        permit, self._reserved = self._reserved, None
+        if permit is None:
+            permit = self._try()
+            if permit is None:
+                return
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            self._reserved = permit  # someone else took it: keep the slot for the next one
+            return
+        except OSError as exc:
+            self._reserved = permit
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # As asyncio does: out of descriptors or memory, so stop reading for a second.
+                self._loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": exc, "socket": self._sock}
+                )
+                self._pause()
+                self._loop.call_later(1.0, self._resume)
+            return
+        self._on_connection(conn, permit)
+
+    def _try(self) -> Optional[Permit]:
+        try:
+            permit = self._gate.try_acquire(queued=self._queued)
+        except GateClosedError:
+            if self._queued:
+                self._pause()  # closed: nothing more is admitted
+                return None
+            self._queued = True  # lame-duck: only what is already in the accept queue
+            return self._try()
+        if permit is None:
+            self._pause()
+            self._waiting = self._loop.create_task(self._wait_for_slot())
+        return permit
+
+    async def _wait_for_slot(self) -> None:
+        try:
+            while True:
+                try:
+                    permit = await self._gate.acquire_async(queued=self._queued)
+                    break
+                except GateClosedError:
+                    if self._queued:
+                        return
+                    self._queued = True
+        finally:
+            self._waiting = None
+        if self._stopped:
+            permit.release()
+            return
+        self._reserved = permit
+        self._resume()
+
+    def stop(self) -> None:
+        """Stops accepting; gives back the slot kept for the next connection."""
+        self._stopped = True
+        self._pause()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            reserved.release()
+
+
 class AsyncioServerAdapter:
     """Runs ``asyncio.start_server(client_connected_cb, host, port, **kwargs)``.
 
-    - serve: starts the server and waits.
-    - shutdown: ``Server.close()`` stops accepting at once. It then waits for the connection
-      handlers until the deadline.
+    - serve: starts the server, accepting through the run's connection gate (see
+      :class:`_Acceptor`: while the gate is full the listener is not read, and clients wait
+      in the kernel's accept queue), and waits.
+    - shutdown: stops accepting at once (after taking what is already queued, within the
+      limit). It then waits for the connection handlers until the deadline.
     - close: cancels the handlers that are left and aborts their transports.
+
+    Each connection holds a gate permit from before its ``accept`` until its handler returns.
 
     The protocol is yours, so keep-alive takes your help. Check :attr:`lame_duck` before you
     answer (send ``Connection: close`` when it is true). Wait for the next request with
-    ``await adapter.next_request(reader.readline())``. It returns ``None`` when an idle
-    connection must close, which happens ``idle_grace`` seconds into lame-duck.
+    ``await adapter.next_request(reader.readline())``. Before lame-duck this returns your
+    read as it is, so it costs one method call per request. In lame-duck it returns ``None``
+    when an idle connection must close, which happens ``idle_grace`` seconds into lame-duck;
+    a connection that has been waiting for its next request since before lame-duck began,
+    with nothing received during the whole grace, sees end-of-file on that read instead
+    (``readline()`` returns ``b""``, as when a client closes).
     Use with :func:`lameduck.run_async`.
 
     The listening socket comes from :func:`lameduck.listen` with ``host:port`` (``[host]:port``
     for IPv6; every IPv4 interface for ``host=None``; port 0 or None for any free port) and
     is passed as ``sock=``, so an upgrade hands it on; a ``sock=`` of yours is adopted
-    (:func:`lameduck.adopt`) instead. Ready (``ctx.ready()``) once it listens.
+    (:func:`lameduck.adopt`) instead. ``limit=`` sizes the ``StreamReader`` and ``ssl=`` (with
+    ``ssl_handshake_timeout``/``ssl_shutdown_timeout``) applies to each connection, as with
+    ``asyncio.start_server``. Ready (``ctx.ready()``) once it listens.
     """
 
     #: Ready once listening (``serve`` calls ``ctx.ready()``); see :class:`lameduck.Runner`.
@@ -359,8 +587,12 @@ class AsyncioServerAdapter:
         self.drain_listener = _drain_default(drain_listener)
         self.start_server_kwargs = start_server_kwargs
         self.server: Optional[asyncio.Server] = None
-        self._handlers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
-        self._idle: "set[asyncio.Task[Any]]" = set()  # handlers waiting in next_request()
+        self._handlers: Dict["asyncio.Task[Any]", Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._connecting: Set["asyncio.Task[None]"] = set()
+        self._idle: "set[asyncio.Task[Any]]" = set()  # handlers waiting in a lame-duck next_request()
+        self._fresh: "set[asyncio.Task[Any]]" = set()  # accepted in lame-duck, first request not read
+        self._waiting_at_lame_duck: Dict["asyncio.Task[Any]", Any] = {}
+        self._acceptor: Optional[_Acceptor] = None
         self._lame_duck = False
         self._idle_closing = False
         self._stopped: Optional[asyncio.Event] = None
@@ -375,11 +607,22 @@ class AsyncioServerAdapter:
         """The listening sockets (to learn an ephemeral port)."""
         return self.server.sockets if self.server is not None else ()
 
-    async def next_request(self, read: Awaitable[T]) -> Optional[T]:
-        """Awaits ``read`` (e.g. ``reader.readline()``) for the next request. If the connection
-        is still idle when the idle grace ends, the read is cancelled and this returns ``None``:
-        close the connection. Costs nothing extra per request (no tasks are created)."""
+    def next_request(self, read: Awaitable[T]) -> Awaitable[Optional[T]]:
+        """Use as ``await adapter.next_request(reader.readline())`` to wait for the next
+        request. Before lame-duck it returns ``read`` itself (nothing else runs per request).
+        In lame-duck, if the connection is still idle when the idle grace ends, the read is
+        cancelled and this returns ``None``: close the connection."""
+        if self._lame_duck:
+            return self._next_request_in_lame_duck(read)
+        return read
+
+    async def _next_request_in_lame_duck(self, read: Awaitable[T]) -> Optional[T]:
         task = asyncio.current_task()
+        if task in self._fresh:
+            # Accepted from the queue during lame-duck: its first request was sent before the
+            # listener stopped, so it is read and answered even past the idle grace.
+            self._fresh.discard(task)
+            return await read
         if self._idle_closing or task is None:
             if inspect.iscoroutine(read):
                 read.close()
@@ -397,43 +640,85 @@ class AsyncioServerAdapter:
         finally:
             self._idle.discard(task)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def in_flight_requests(self) -> Optional[int]:
+        """The protocol is yours, so requests are not counted: None."""
+        return None
+
+    def _protocol(self, permit: Permit) -> asyncio.Protocol:
+        """What ``asyncio.start_server`` makes for each connection, with the permit bound."""
+        loop = asyncio.get_running_loop()
+        limit = self.start_server_kwargs.get("limit", 2**16)
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, functools.partial(self._handle, permit), loop=loop)
+
+    def _connection(self, conn: socket.socket, permit: Permit) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect(conn, permit))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket, permit: Permit) -> None:
+        tls = {k: v for k, v in self.start_server_kwargs.items() if k in _TLS_OPTIONS}
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self._protocol(permit), conn, **tls)
+        except BaseException:
+            permit.release()
+            conn.close()
+            # A failed TLS handshake or a connection reset before its transport: dropped, as
+            # asyncio's own accept does.
+
+    async def _handle(self, permit: Permit, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers[task] = writer
+        self._handlers[task] = (reader, writer)
+        if self._lame_duck:
+            self._fresh.add(task)
         try:
             await self.client_connected_cb(reader, writer)
         finally:
+            self._fresh.discard(task)
             self._handlers.pop(task, None)
             writer.close()
+            permit.release()
 
     async def serve(self, ctx: Context) -> None:
         self._stopped = asyncio.Event()
-        kwargs = dict(self.start_server_kwargs)
+        kwargs = {k: v for k, v in self.start_server_kwargs.items() if k not in ("limit", "start_serving")}
         sock = kwargs.pop("sock", None)
         if sock is not None:
             adopt(sock)
             ours = None
         else:
             sock = ours = listen(_address((self.host or "", self.port or 0)))
+        loop = asyncio.get_running_loop()
         try:
-            self.server = await asyncio.start_server(self._handle, sock=sock, **kwargs)
+            # start_serving=False: asyncio never accepts on this socket; the acceptor does.
+            self.server = await loop.create_server(
+                lambda: self._protocol(_NO_PERMIT), sock=sock, start_serving=False, **kwargs
+            )
         except BaseException:
             if ours is not None:
                 ours.close()
             raise
+        self._acceptor = _Acceptor(loop, sock, ctx.gate, self._connection)
+        if not self._lame_duck:
+            self._acceptor.start()
         ctx.ready()
         await self._stopped.wait()
 
     async def shutdown(self, ctx: Context) -> None:
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + self.idle_grace
         self._lame_duck = True
+        # Which connections wait for data right now: those still waiting, with nothing
+        # received, when the grace ends are idle (they never called next_request in lame-duck).
+        self._waiting_at_lame_duck = {task: getattr(rw[0], "_waiter", None) for task, rw in self._handlers.items()}
         if self.server is not None:
-            await _drain_async(self.server.sockets, self.drain_listener, ctx)
+            await _drain_async(
+                self.sockets, self.drain_listener, ctx, self._acceptor, self._connecting, grace_end, self._close_idle
+            )
             self.server.close()  # new connections are refused from here on
-        await ctx.wait_async(self.idle_grace)
-        self._idle_closing = True
-        for task in list(self._idle):
-            task.cancel()  # next_request() turns this into None: the handler closes
+        await ctx.wait_async(max(0.0, grace_end - loop.time()))
+        self._close_idle()
         pending = [t for t in self._handlers if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=ctx.remaining())
@@ -442,14 +727,56 @@ class AsyncioServerAdapter:
         if self._stopped is not None:
             self._stopped.set()
 
+    def _close_idle(self) -> None:
+        """Ends the idle grace: idle connections close."""
+        self._idle_closing = True
+        for task in list(self._idle):
+            task.cancel()  # next_request() turns this into None: the handler closes
+        self._close_idle_since_lame_duck()
+
+    def _close_idle_since_lame_duck(self) -> None:
+        for task, (reader, writer) in list(self._handlers.items()):
+            if task in self._idle or task.done():
+                continue
+            waiter: Any = getattr(reader, "_waiter", None)
+            if waiter is None or waiter.done() or waiter is not self._waiting_at_lame_duck.get(task):
+                continue  # busy, or something arrived during the grace
+            if getattr(reader, "_buffer", b"") or reader.at_eof():
+                continue
+            try:
+                transport: Any = writer.transport
+                transport.pause_reading()  # nothing more is fed to the reader...
+            except (AttributeError, RuntimeError):
+                continue
+            reader.feed_eof()  # ...and its read returns end-of-file: the handler closes
+
     async def close(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.stop()
         if self.server is not None:
             self.server.close()
-        for task, writer in list(self._handlers.items()):
+        for task in list(self._connecting):
+            task.cancel()
+        for task, (_, writer) in list(self._handlers.items()):
             task.cancel()
             writer.transport.abort()
         if self._stopped is not None:
             self._stopped.set()
+
+
+#: ``asyncio.start_server`` options that apply to each accepted connection.
+_TLS_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+
+
+class _NoPermit:
+    """For a protocol made by the asyncio Server itself (it never accepts: start_serving is
+    off), should anything call its factory."""
+
+    def release(self) -> bool:
+        return False
+
+
+_NO_PERMIT: Any = _NoPermit()
 
 
 def asyncio_server(
@@ -469,34 +796,36 @@ def asyncio_server(
     )
 
 
-async def _drain_async(sockets: Iterable[Any], drain: Optional[bool], ctx: Context) -> None:
-    """The asyncio form of the drain in HTTPServerAdapter.shutdown: the loop's accept handler
-    takes what is queued while we wait. Then the loop stops accepting, and the connections it
-    accepted last get their transports, so the caller can close the server without losing any
-    (see _settle_accepted)."""
+async def _drain_async(
+    sockets: Iterable[Any],
+    drain: Optional[bool],
+    ctx: Context,
+    acceptor: Optional[_Acceptor],
+    connecting: Set["asyncio.Task[None]"],
+    grace_end: float,
+    end_grace: Callable[[], None],
+) -> None:
+    """The asyncio form of the drain in HTTPServerAdapter.shutdown: the acceptor takes what is
+    queued (within the gate's limit) while we wait. Then it stops, and the connections it
+    accepted last get their transports (``connect_accepted_socket`` runs in a task), so the
+    caller can close the server without losing any. The queued ones may wait for a slot: once
+    the idle grace (until ``grace_end``, loop time) is over, ``end_grace`` closes the idle
+    keep-alive connections so that they get one."""
     sockets = list(sockets)
+    loop = asyncio.get_running_loop()
+    graced = False
     if drain is not False:
         fds = _stop_accepting(sockets, drain)
         while _pending(fds) and not ctx.done:
+            if not graced and loop.time() >= grace_end:
+                graced = True
+                end_grace()
             await asyncio.sleep(0.002)
-    await _settle_accepted(sockets)
+    if acceptor is not None:
+        acceptor.stop()
+    if connecting:
+        await asyncio.wait(list(connecting), timeout=max(ctx.remaining() or 0.0, 0.1))
 
-
-async def _settle_accepted(sockets: List[Any]) -> None:
-    """Stops this loop accepting on ``sockets``, then lets the connections it already accepted
-    become transports. asyncio accepts a batch of connections in one callback and makes each
-    one's transport in a task that runs a tick later; a ``Server.close()`` in between makes
-    that task fail (``Server._attach`` asserts the server is open) and the connection is
-    dropped with its request. On a socket shared with a new generation (after an upgrade's
-    hand-over) the loop accepts right up to the close, so this matters most there."""
-    loop = asyncio.get_running_loop()
-    for sock in sockets:
-        try:
-            loop.remove_reader(sock.fileno())  # what Server.close() does first, minus the close
-        except (NotImplementedError, RuntimeError, ValueError, OSError):
-            pass  # a loop without reader callbacks (e.g. Windows' proactor)
-    for _ in range(2):
-        await asyncio.sleep(0)  # the transport tasks run on the next tick
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,14 +833,24 @@ async def _settle_accepted(sockets: List[Any]) -> None:
 
 
 class AiohttpAdapter:
-    """Runs an ``aiohttp.web.Application`` with ``AppRunner`` and ``TCPSite``.
+    """Runs an ``aiohttp.web.Application`` with ``AppRunner`` and a ``SockSite``.
 
-    - serve: set up and start the site.
-    - shutdown: stop the site (the listener closes at once); every response from then on
-      carries ``Connection: close``; idle keep-alive connections close after the idle grace;
-      wait for in-flight requests until the deadline; then ``AppRunner.cleanup()`` (your
+    - serve: set up and start the site, accepting through the run's connection gate (as
+      :class:`AsyncioServerAdapter` does: the site's asyncio server is created with
+      ``start_serving=False`` and the adapter's reader accepts, one permit per connection,
+      and stops reading the listener while the gate is full).
+    - shutdown: stop the site (the listener closes at once, after what is already queued was
+      taken within the limit); every response from then on carries ``Connection: close``;
+      idle keep-alive connections close after the idle grace; wait for the connections to
+      close until the deadline; then ``AppRunner.cleanup()`` (your
       ``on_shutdown``/``on_cleanup`` run).
     - close: force-close what is left, then clean up.
+
+    Nothing of the adapter runs per request: no middleware and no ``on_response_prepare``
+    signal. ``Connection: close`` comes from the requests themselves: once lame-duck begins,
+    the server's request factory (and each open connection's) marks each new request as
+    closing, so aiohttp answers it with ``Connection: close`` and closes after it. Requests in
+    flight are read from aiohttp's own connection state (``in_flight_requests``).
 
     Use with :func:`lameduck.run_async`. The listening socket comes from
     :func:`lameduck.listen` with ``host:port`` (``[host]:port`` for IPv6, every IPv4 interface
@@ -551,9 +890,10 @@ class AiohttpAdapter:
         self.site: Optional[Any] = None
         self._lame_duck = False
         self._stopped: Optional[asyncio.Event] = None
-        self._in_flight: Dict[Any, int] = {}  # connection (RequestHandler) -> requests in progress
-        app.on_response_prepare.append(self._on_response_prepare)
-        app.middlewares.append(self._track_in_flight)
+        self._acceptor: Optional[_Acceptor] = None
+        self._permits: Dict[Any, Permit] = {}  # connection (RequestHandler) -> its permit
+        self._connecting: Set["asyncio.Task[None]"] = set()
+        self._all_closed: Optional[asyncio.Event] = None
 
     @property
     def lame_duck(self) -> bool:
@@ -566,73 +906,148 @@ class AiohttpAdapter:
         server = getattr(self.site, "_server", None)
         return server.sockets if server is not None else ()
 
-    async def _on_response_prepare(self, request: Any, response: Any) -> None:
-        if self._lame_duck:
-            response.force_close()  # close the connection after this response...
-            response.headers["Connection"] = "close"  # ...and tell the client, so it reconnects
-
-    @property
-    def _track_in_flight(self) -> Any:
-        adapter = self
-
-        @self._web.middleware
-        async def track_in_flight(request: Any, handler: Any) -> Any:
-            conn = request.protocol
-            adapter._in_flight[conn] = adapter._in_flight.get(conn, 0) + 1
-            try:
-                return await handler(request)
-            finally:
-                left = adapter._in_flight.pop(conn) - 1
-                if left:
-                    adapter._in_flight[conn] = left
-
-        return track_in_flight
-
     def _connections(self) -> List[Any]:
         server = self.runner.server if self.runner is not None else None
         return list(server.connections) if server is not None else []
+
+    def in_flight_requests(self) -> Optional[int]:
+        """Requests being handled now (aiohttp's per-connection ``_request_in_progress``)."""
+        return sum(1 for conn in self._connections() if getattr(conn, "_request_in_progress", False))
+
+    def _protocol(self, permit: Permit) -> Any:
+        assert self.runner is not None and self.runner.server is not None
+        handler = self.runner.server()
+        self._permits[handler] = permit
+        return handler
+
+    def _connection(self, conn: socket.socket, permit: Permit) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect(conn, permit))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket, permit: Permit) -> None:
+        ssl = self.site_kwargs.get("ssl_context")
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self._protocol(permit), conn, ssl=ssl)
+        except BaseException:
+            permit.release()
+            conn.close()
+
+    def _watch_connections(self, server: Any) -> None:
+        """Gives each connection's permit back when aiohttp reports it lost (per connection)."""
+        lost = server.connection_lost
+        adapter = self
+
+        def connection_lost(handler: Any, exc: Optional[BaseException] = None) -> None:
+            try:
+                lost(handler, exc)
+            finally:
+                permit = adapter._permits.pop(handler, None)
+                if permit is not None:
+                    permit.release()
+                if not adapter._permits and adapter._all_closed is not None:
+                    adapter._all_closed.set()
+
+        server.connection_lost = connection_lost
+
+    def _close_after_each_request(self) -> None:
+        """Lame-duck: every request from now on is answered with ``Connection: close`` and its
+        connection closed after it (the request says the client wants it closed)."""
+        server = self.runner.server if self.runner is not None else None
+        if server is None:
+            return
+        make = server.request_factory
+
+        def closing(message: Any, *args: Any) -> Any:
+            return make(message._replace(should_close=True), *args)
+
+        server.request_factory = closing
+        for conn in server.connections:
+            if getattr(conn, "_request_factory", None) is not None:
+                conn._request_factory = closing
+            request = getattr(conn, "_current_request", None)
+            if request is not None:  # in flight: its response is not written yet, most likely
+                try:
+                    request._message = request._message._replace(should_close=True)
+                except AttributeError:
+                    pass
 
     async def serve(self, ctx: Context) -> None:
         self._stopped = asyncio.Event()
         self.runner = self._web.AppRunner(self.app, handle_signals=False)
         await self.runner.setup()
+        self._watch_connections(self.runner.server)
         sock = listen(_address((self.host or "", self.port or 0)))
         try:
-            self.site = self._web.SockSite(self.runner, sock, **self.site_kwargs)
+            self.site = _gated_site(self._web)(self.runner, sock, **self.site_kwargs)
             await self.site.start()
         except BaseException:
             sock.close()
             raise
+        self._acceptor = _Acceptor(asyncio.get_running_loop(), sock, ctx.gate, self._connection)
+        if not self._lame_duck:
+            self._acceptor.start()
         ctx.ready()
         await self._stopped.wait()
 
-    async def shutdown(self, ctx: Context) -> None:
-        self._lame_duck = True
-        if self.site is not None:
-            await _drain_async(self.sockets, self.drain_listener, ctx)
-            await self.site.stop()  # closes the listening socket
-        await ctx.wait_async(self.idle_grace)
+    def _close_idle(self) -> None:
+        """Ends the idle grace: idle connections close now, busy ones after their response."""
         for conn in self._connections():
-            if self._in_flight.get(conn):
+            if getattr(conn, "_request_in_progress", True) or getattr(conn, "_messages", None):
                 conn.close()  # busy: closes after its response (which says Connection: close)
             else:
                 conn.force_close()  # idle past the grace: close now
-        while self._connections():
-            if ctx.done:
-                raise TimeoutError(f"{len(self._connections())} connection(s) still open at the deadline")
-            await asyncio.sleep(0.01)
+
+    async def shutdown(self, ctx: Context) -> None:
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + self.idle_grace
+        self._lame_duck = True
+        self._all_closed = asyncio.Event()
+        self._close_after_each_request()
+        if self.site is not None:
+            await _drain_async(
+                self.sockets, self.drain_listener, ctx, self._acceptor, self._connecting, grace_end, self._close_idle
+            )
+            await self.site.stop()  # closes the listening socket
+        await ctx.wait_async(max(0.0, grace_end - loop.time()))
+        self._close_idle()
+        if self._permits:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout=ctx.remaining())
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{len(self._permits)} connection(s) still open at the deadline") from None
         if self.runner is not None:
             await self.runner.cleanup()
         if self._stopped is not None:
             self._stopped.set()
 
     async def close(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.stop()
+        for task in list(self._connecting):
+            task.cancel()
         if self.runner is not None:
             if self.runner.server is not None:
                 await self.runner.server.shutdown(0.05)  # cancel in-flight handlers, close all
             await self.runner.cleanup()
+        for permit in list(self._permits.values()):
+            permit.release()  # connections aiohttp did not report lost: cut, and not counted
         if self._stopped is not None:
             self._stopped.set()
+
+
+def _gated_site(web: Any) -> Any:
+    """``web.SockSite`` whose asyncio server does not accept by itself (``start_serving=False``;
+    see :class:`_Acceptor`): the adapter accepts through the gate."""
+
+    class GatedSockSite(web.SockSite):  # type: ignore[misc]
+        async def start(self) -> None:
+            await web.BaseSite.start(self)  # registers the site with its runner
+            self._server = await asyncio.get_running_loop().create_server(
+                self._runner.server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog, start_serving=False
+            )
+
+    return GatedSockSite
 
 
 def aiohttp_app(

@@ -80,6 +80,13 @@ class UpgradeFailedError(LameDuckError):
     timeout. It was terminated; the old process goes on serving."""
 
 
+class GateClosedError(LameDuckError):
+    """The connection gate admits no new connection: lame-duck has begun (or the run is
+    closing). Raised by :meth:`lameduck.Gate.acquire` and its forms; an accept loop that gets
+    it stops accepting (connections already in the accept queue may still be admitted with
+    ``queued=True`` while lame-duck drains it)."""
+
+
 class NotRunningError(LameDuckError, RuntimeError):
     """The runner is not serving: there is nothing to upgrade (not started, in lame-duck, or
     over)."""
@@ -95,6 +102,7 @@ _BY_KIND: Dict[str, Type[LameDuckError]] = {
     "BUSY": BusyError,
     "UPGRADE_FAILED": UpgradeFailedError,
     "NOT_RUNNING": NotRunningError,
+    "GATE_CLOSED": GateClosedError,
 }
 
 
