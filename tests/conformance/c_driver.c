@@ -64,6 +64,7 @@ static const char *kind(ld_status status) {
     case LD_NOT_RUNNING: return "not_running";
     case LD_SYSTEM: return "system";
     case LD_UPGRADE_FAILED: return "upgrade_failed";
+    case LD_GATE_CLOSED: return "gate_closed";
     }
     return "unknown";
 }
@@ -73,7 +74,7 @@ static const char *kind(ld_status status) {
 static const char *const keys[] = {
     "period_ms", "drain_delay_ms", "close_timeout_ms", "signals", "upgrade_signals", "repeat",
     "explicit_ready", "logging", "upgrade_confirm_ms", "upgrade_timeout_ms", "listen_timeout_ms",
-    "listen", "serve", "shutdown", "close", "before_run", "after_run",
+    "listen", "serve", "shutdown", "close", "before_run", "after_run", "max_connections",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 static const char *values[NKEYS];    /* NULL: not given */
@@ -148,7 +149,8 @@ static size_t parse_signals(const char *text, int *out, size_t max) {
 
 enum behaviour {
     B_BLOCK, B_RETURN, B_FAIL, B_RELEASE, B_READY_BLOCK, B_STOP_BLOCK, B_IGNORE_GATE, B_HANG,
-    B_WAIT_DEADLINE, B_IGNORE_DEADLINE, B_STOP, B_UPGRADE, B_UPGRADE_BUSY,
+    B_WAIT_DEADLINE, B_IGNORE_DEADLINE, B_STOP, B_UPGRADE, B_UPGRADE_BUSY, B_HOLD_PERMITS,
+    B_RELEASE_PERMITS,
 };
 struct hook { enum behaviour b; int code; };
 static struct hook serve_hook = {B_BLOCK, 0}, shutdown_hook = {B_RELEASE, 0},
@@ -158,7 +160,8 @@ static struct hook serve_hook = {B_BLOCK, 0}, shutdown_hook = {B_RELEASE, 0},
 static void parse_hook(struct hook *hook, const char *text, const int *allowed) {
     static const char *const names[] = {
         "block", "return", "fail", "release", "ready_block", "stop_block", "ignore_gate", "hang",
-        "wait_deadline", "ignore_deadline", "stop", "upgrade", "upgrade_busy",
+        "wait_deadline", "ignore_deadline", "stop", "upgrade", "upgrade_busy", "hold_permits",
+        "release_permits",
     };
     if (text == NULL) return;
     int b = -1;
@@ -193,6 +196,36 @@ static void flag_wait(bool *flag) {
 }
 
 static ld_runner *runner;
+
+/* The permits hold_permits took, given back by release_permits and by close. */
+#define MAX_HELD 64
+static ld_permit *held[MAX_HELD];
+static int nheld;
+
+/* Admits connections through the gate (blocking) until it refuses: with a limit, the last
+ * acquire blocks on the full gate until lame-duck releases it. */
+static void hold_permits(const ld_context *ctx) {
+    for (;;) {
+        ld_permit *permit = NULL;
+        ld_status st = nheld == MAX_HELD ? LD_BUSY : ld_context_acquire_connection(ctx, -1, &permit, NULL);
+        if (st != LD_OK) {
+            emit("accept %s", kind(st));
+            return;
+        }
+        pthread_mutex_lock(&gate_mu);
+        held[nheld++] = permit;
+        int n = nheld;
+        pthread_mutex_unlock(&gate_mu);
+        emit("admitted %d", n);
+    }
+}
+
+static void release_permits(void) {
+    pthread_mutex_lock(&gate_mu);
+    for (int i = 0; i < nheld; i++) ld_permit_release(&held[i]);
+    nheld = 0;
+    pthread_mutex_unlock(&gate_mu);
+}
 
 /* Polls (1 ms, up to 30 s) until the runner's state is `want`: an upgrade is only possible
  * once the run is READY, which the coordinator reports just after serve was called. */
@@ -240,6 +273,7 @@ static int serve(void *user_data, const ld_context *ctx) {
     case B_STOP_BLOCK: ld_runner_stop(runner); break;
     case B_UPGRADE: await_state(LD_STATE_READY); emit("upgrade %s", kind(upgrade())); break;
     case B_UPGRADE_BUSY: upgrade_busy(); break;
+    case B_HOLD_PERMITS: hold_permits(ctx); emit("exit serve"); return 0;
     default: break;
     }
     flag_wait(&gate_open);
@@ -260,6 +294,7 @@ static int shutdown_fn(void *user_data, const ld_context *ctx) {
     case B_IGNORE_DEADLINE: flag_wait(&close_called); break;
     case B_STOP: ld_runner_stop(runner); break;
     case B_FAIL: code = shutdown_hook.code; break;
+    case B_RELEASE_PERMITS: release_permits(); break;
     default: break;
     }
     flag_set(&gate_open);
@@ -271,6 +306,7 @@ static int close_fn(void *user_data) {
     (void)user_data;
     emit("enter close");
     flag_set(&close_called);
+    release_permits();
     if (close_hook.b == B_HANG) flag_wait(&never);
     flag_set(&gate_open);
     emit("exit close");
@@ -299,12 +335,14 @@ static const char *const ms_keys[] = {
 #define NMS (sizeof ms_keys / sizeof ms_keys[0])
 static uint64_t ms_values[NMS];
 static int sigs[64], upgrade_sigs[64], policy;
+static long long max_connections;
 static size_t nsigs, nupgrade_sigs;
 
 /* Turns the option arguments into values (exit 2 for one that is not even of the right type). */
 static void parse_options(void) {
     for (size_t i = 0; i < NMS; i++)
         if (arg(ms_keys[i]) != NULL) ms_values[i] = (uint64_t)parse_int(ms_keys[i], arg(ms_keys[i]));
+    if (arg("max_connections") != NULL) max_connections = parse_int("max_connections", arg("max_connections"));
     if (arg("signals") != NULL) nsigs = parse_signals(arg("signals"), sigs, 64);
     if (arg("upgrade_signals") != NULL)
         nupgrade_sigs = parse_signals(arg("upgrade_signals"), upgrade_sigs, 64);
@@ -337,6 +375,8 @@ static ld_status apply_options(ld_options *o) {
     if (st == LD_OK && arg("repeat") != NULL) st = ld_options_set_repeat_signal_policy(o, policy);
     if (st == LD_OK && arg("explicit_ready") != NULL)
         st = ld_options_set_explicit_ready(o, strcmp(arg("explicit_ready"), "true") == 0);
+    if (st == LD_OK && arg("max_connections") != NULL) /* a negative one wraps to far above the maximum */
+        st = ld_options_set_max_connections(o, (uint64_t)max_connections);
     if (st == LD_OK) st = ld_options_set_state_observer(o, state_changed, NULL);
     return st;
 }
@@ -354,9 +394,10 @@ int main(int argc, char **argv) {
     parse_args(argc, argv);
 
     static const int serve_ok[] = {B_BLOCK, B_RETURN, B_FAIL, B_READY_BLOCK, B_STOP_BLOCK,
-                                   B_IGNORE_GATE, B_HANG, B_UPGRADE, B_UPGRADE_BUSY, -1};
+                                   B_IGNORE_GATE, B_HANG, B_UPGRADE, B_UPGRADE_BUSY,
+                                   B_HOLD_PERMITS, -1};
     static const int shutdown_ok[] = {B_FAIL, B_RELEASE, B_HANG, B_WAIT_DEADLINE,
-                                      B_IGNORE_DEADLINE, B_STOP, -1};
+                                      B_IGNORE_DEADLINE, B_STOP, B_RELEASE_PERMITS, -1};
     static const int close_ok[] = {B_FAIL, B_RELEASE, B_HANG, -1};
     parse_hook(&serve_hook, arg("serve"), serve_ok);
     parse_hook(&shutdown_hook, arg("shutdown"), shutdown_ok);

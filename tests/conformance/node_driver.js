@@ -25,7 +25,7 @@ const gen = genText === undefined ? 0 : Number(genText)
 const KEYS = new Set([
   'period_ms', 'drain_delay_ms', 'close_timeout_ms', 'signals', 'upgrade_signals', 'repeat',
   'explicit_ready', 'logging', 'upgrade_confirm_ms', 'upgrade_timeout_ms', 'listen_timeout_ms',
-  'listen', 'serve', 'shutdown', 'close', 'before_run', 'after_run',
+  'listen', 'serve', 'shutdown', 'close', 'before_run', 'after_run', 'max_connections',
 ])
 
 const args = {}
@@ -56,8 +56,8 @@ function ev(text) {
 
 // The behaviours each hook accepts (README's table), with each hook's default.
 const BEHAVIOURS = {
-  serve: ['block', 'return', 'fail', 'ready_block', 'stop_block', 'ignore_gate', 'hang', 'upgrade', 'upgrade_busy'],
-  shutdown: ['fail', 'release', 'hang', 'wait_deadline', 'ignore_deadline', 'stop'],
+  serve: ['block', 'return', 'fail', 'ready_block', 'stop_block', 'ignore_gate', 'hang', 'upgrade', 'upgrade_busy', 'hold_permits'],
+  shutdown: ['fail', 'release', 'hang', 'wait_deadline', 'ignore_deadline', 'stop', 'release_permits'],
   close: ['fail', 'release', 'hang'],
 }
 const DEFAULT_BEHAVIOUR = { serve: 'block', shutdown: 'release', close: 'release' }
@@ -152,6 +152,29 @@ function waitDeadline(ctx) {
   })
 }
 
+// The permits hold_permits took from the run's connection gate; release_permits and close give
+// them back.
+const MAX_HELD = 64
+const held = []
+
+// Admits through the gate (awaiting each acquire) until it refuses: with a limit, the last
+// acquire waits on the full gate until lame-duck ends it.
+async function holdPermits(ctx) {
+  for (;;) {
+    if (held.length === MAX_HELD) return ev('accept busy')
+    try {
+      held.push(await ctx.gate.acquire())
+    } catch (err) {
+      return ev(`accept ${kind(err)}`)
+    }
+    ev(`admitted ${held.length}`)
+  }
+}
+
+function releasePermits() {
+  for (const permit of held.splice(0)) permit.release()
+}
+
 // What each behaviour does: a value (sync hook) or a Promise (async hook). Failure N is thrown.
 function act(hook, b, ctx) {
   switch (b.name) {
@@ -189,6 +212,12 @@ function act(hook, b, ctx) {
       return reportUpgrade(runner.upgrade()).then(() => gate)
     case 'upgrade_busy':
       return upgradeBusy().then(() => gate)
+    case 'hold_permits':
+      return holdPermits(ctx)
+    case 'release_permits':
+      releasePermits()
+      openGate()
+      return undefined
   }
   throw new Error(`no behaviour ${b.name}`)
 }
@@ -197,7 +226,10 @@ function act(hook, b, ctx) {
 function hook(name) {
   return (ctx) => {
     ev(`enter ${name}`)
-    if (name === 'close') closeWasCalled()
+    if (name === 'close') {
+      closeWasCalled()
+      releasePermits()
+    }
     let value
     try {
       value = act(name, behaviours[name], ctx)
@@ -237,6 +269,7 @@ set('explicitReady', bool(args.explicit_ready))
 set('upgradeConfirm', int(args.upgrade_confirm_ms))
 set('upgradeTimeout', int(args.upgrade_timeout_ms))
 set('listenTimeout', int(args.listen_timeout_ms))
+set('maxConnections', int(args.max_connections))
 options.logger =
   args.logging === 'off'
     ? false

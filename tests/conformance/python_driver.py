@@ -29,12 +29,18 @@ INT_OPTIONS = {
     "listen_timeout_ms": "listen_timeout",
 }
 SIGNAL_OPTIONS = {"signals": "signals", "upgrade_signals": "upgrade_signals"}
-OTHER_KEYS = {"repeat", "explicit_ready", "logging", "listen", "serve", "shutdown", "close", "before_run", "after_run"}
+OTHER_KEYS = {
+    "repeat", "explicit_ready", "logging", "listen", "serve", "shutdown", "close", "before_run", "after_run",
+    "max_connections",
+}
 KEYS = set(INT_OPTIONS) | set(SIGNAL_OPTIONS) | OTHER_KEYS
 
 BEHAVIOURS = {
-    "serve": {"block", "return", "fail", "ready_block", "stop_block", "ignore_gate", "hang", "upgrade", "upgrade_busy"},
-    "shutdown": {"fail", "release", "hang", "wait_deadline", "ignore_deadline", "stop"},
+    "serve": {
+        "block", "return", "fail", "ready_block", "stop_block", "ignore_gate", "hang", "upgrade", "upgrade_busy",
+        "hold_permits",
+    },
+    "shutdown": {"fail", "release", "hang", "wait_deadline", "ignore_deadline", "stop", "release_permits"},
     "close": {"fail", "release", "hang"},
 }
 DEFAULT_BEHAVIOUR = {"serve": "block", "shutdown": "release", "close": "release"}
@@ -110,6 +116,33 @@ class Server:
         self.gate = threading.Event()
         self.close_entered = threading.Event()
         self.never = threading.Event()
+        # The permits hold_permits took from the run's connection gate (release_permits and
+        # close give them back).
+        self.held: List[Any] = []
+        self.held_lock = threading.Lock()
+
+    def _hold_permits(self, ctx: lameduck.Context) -> None:
+        """Admits through the gate (a blocking acquire each) until it refuses: with a limit, the
+        last acquire waits on the full gate until lame-duck ends it."""
+        while True:
+            if len(self.held) == 64:
+                emit("accept busy")
+                return
+            try:
+                permit = ctx.gate.acquire()
+            except lameduck.LameDuckError as err:
+                emit(f"accept {err.kind.lower()}")
+                return
+            with self.held_lock:
+                self.held.append(permit)
+                count = len(self.held)
+            emit(f"admitted {count}")
+
+    def _release_permits(self) -> None:
+        with self.held_lock:
+            held, self.held = self.held, []
+        for permit in held:
+            permit.release()
 
     def _runner(self) -> lameduck.Runner:
         assert self.runner is not None
@@ -132,6 +165,9 @@ class Server:
             if name == "fail":
                 raise HookError(code)
             if name == "return":
+                return
+            if name == "hold_permits":
+                self._hold_permits(ctx)
                 return
             if name == "ignore_gate":
                 self.close_entered.wait()
@@ -173,6 +209,8 @@ class Server:
                 self.close_entered.wait()
             elif name == "stop":
                 self._runner().stop()
+            elif name == "release_permits":
+                self._release_permits()
             self.gate.set()
             if name == "fail":
                 raise HookError(code)
@@ -182,6 +220,7 @@ class Server:
     def close(self) -> None:
         self.close_entered.set()
         emit("enter close")
+        self._release_permits()
         try:
             name, code = self._behaviour("close")
             if name == "hang":
@@ -230,6 +269,11 @@ def runner_options(args: Dict[str, str]) -> Dict[str, Any]:
                 usage(f"{key}={args[key]!r}: unknown signal name")
     if "repeat" in args:
         options["repeat_signal"] = args["repeat"]
+    if "max_connections" in args:
+        try:
+            options["max_connections"] = int(args["max_connections"])
+        except ValueError:
+            usage(f"max_connections={args['max_connections']!r} is not an integer")
     ready = args.get("explicit_ready", "false")
     if ready not in ("true", "false"):
         usage(f"explicit_ready={ready!r} is not true or false")
