@@ -180,7 +180,7 @@ impl Run {
         self.shared.gate.close();
         let options = &self.shared.options;
         if let Some(outcome) = self.upgrade.finish(|pid| Lineage::point_pid_file_at(options, pid)) {
-            self.settle_upgrade(outcome, true, Instant::now());
+            self.settle_upgrade(outcome, true);
         }
         self.shared.upgrade_requests.close();
         if let Some(mut subscription) = subscription {
@@ -241,7 +241,7 @@ impl Run {
         let options = &self.shared.options;
         if let Some(outcome) = self.upgrade.poll(|pid| Lineage::point_pid_file_at(options, pid)) {
             let in_lame_duck = self.in_lame_duck();
-            self.settle_upgrade(outcome, in_lame_duck, now);
+            self.settle_upgrade(outcome, in_lame_duck);
         }
         self.absorb_trigger_events(now);
         self.absorb_upgrade_requests();
@@ -330,7 +330,9 @@ impl Run {
             } else {
                 "Stop requested".to_string()
             };
-            self.begin_lame_duck(&cause, now);
+            // Not the `now` of this step: the signal may have come after it was read, and the
+            // drain delay and the deadline count from when it was seen (after the snapshot).
+            self.begin_lame_duck(&cause, Instant::now());
         }
         if signals <= self.handled_signals {
             return;
@@ -441,7 +443,7 @@ impl Run {
 
     /// Acts on an upgrade's outcome. `in_lame_duck`: the run is already stopping (or over), so
     /// a new process that took over simply goes on serving, and a failure changes nothing.
-    fn settle_upgrade(&mut self, outcome: upgrade::Outcome, in_lame_duck: bool, now: Instant) {
+    fn settle_upgrade(&mut self, outcome: upgrade::Outcome, in_lame_duck: bool) {
         let upgrade::Outcome { pid, result, waiters } = outcome;
         match result {
             Ok(()) => {
@@ -450,7 +452,7 @@ impl Run {
                 if in_lame_duck {
                     self.log(Level::Info, &format!("New process {pid} became ready during lame-duck; it goes on serving"));
                 } else {
-                    self.begin_lame_duck(&format!("New process {pid} is ready"), now);
+                    self.begin_lame_duck(&format!("New process {pid} is ready"), Instant::now());
                 }
             }
             Err(err) if in_lame_duck => {
