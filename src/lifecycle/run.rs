@@ -477,10 +477,12 @@ impl Run {
     fn start_shutdown(&mut self, now: Instant) {
         let deadline = now + self.shared.options.period;
         self.ctx.set_deadline(deadline);
+        // Accept loops blocked on a full gate return now; the accept queue may still be drained.
+        // Before the transition: an observer (Node's gate wakes its waiters on this event) must
+        // find the gate draining already.
+        self.shared.gate.drain();
         self.transition(if self.lineage.successor().is_some() { State::HandingOver } else { State::ShuttingDown });
         self.phase = Phase::ShuttingDown { deadline, examined: false, error: None, told_waiting: false };
-        // Accept loops blocked on a full gate return now; the accept queue may still be drained.
-        self.shared.gate.drain();
         match started(self.hooks.shutdown.take(), || self.shutdown_thread()) {
             Ok(thread) => self.hooks.shutdown = Some(thread),
             Err(err) => {
