@@ -263,12 +263,22 @@ fn gate_error(py: Python<'_>, err: lameduck::GateError, timeout: Option<f64>) ->
 /// True on the process's main thread (its thread id is the pid), where Python runs signal
 /// handlers: a blocking acquire there wakes now and then to let them run.
 fn on_main_thread() -> bool {
-    // SAFETY: getpid and gettid have no preconditions.
-    unsafe { libc::getpid() == libc::gettid() }
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() == lameduck::sys::thread_id() }
 }
 
 /// How often a blocking acquire on the main thread checks for Python signal handlers to run.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// How long one native wait may last: until `deadline`, and on the main thread at most
+/// [`SIGNAL_CHECK`], so that Python's signal handlers (and Ctrl-C) run in between.
+fn next_wake(main: bool, deadline: Option<Instant>) -> Option<Instant> {
+    if !main {
+        return deadline;
+    }
+    let tick = Instant::now() + SIGNAL_CHECK;
+    Some(deadline.map_or(tick, |d| d.min(tick)))
+}
 
 /// The run's connection gate (wrapped by `lameduck.Gate` in Python): the limit, the counts, and
 /// permits. Every method may be called from any thread; the blocking ones release the GIL.
@@ -330,12 +340,7 @@ impl PyGate {
         }
         let main = on_main_thread();
         loop {
-            let until = if main {
-                let tick = Instant::now() + SIGNAL_CHECK;
-                Some(deadline.map_or(tick, |d| d.min(tick)))
-            } else {
-                deadline
-            };
+            let until = next_wake(main, deadline);
             match py.detach(|| admit(until)) {
                 Ok(permit) => return Ok(PyPermit::new(permit)),
                 Err(lameduck::GateError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => py.check_signals()?,
@@ -366,12 +371,7 @@ impl PyGate {
         }
         let main = on_main_thread();
         loop {
-            let until = if main {
-                let tick = Instant::now() + SIGNAL_CHECK;
-                Some(deadline.map_or(tick, |d| d.min(tick)))
-            } else {
-                deadline
-            };
+            let until = next_wake(main, deadline);
             if py.detach(|| self.gate.wait_empty(until)) {
                 return Ok(true);
             }
