@@ -44,6 +44,16 @@ check_glibc() {
     echo "dist: $1 needs GLIBC_$newest, newer than $GLIBC" >&2
     exit 1
   fi
+  # A strong reference without a version is a libc function the 2.17 stubs do not have (the
+  # loader would fail on an older glibc with "undefined symbol"); weak ones (Rust's std checks
+  # for statx, getrandom, ...) and the host's own API (Python's, Node-API) are fine.
+  local unversioned
+  unversioned=$(objdump -T "$1" | awk '/\*UND\*/ && $2 != "w" && $0 !~ /GLIBC_/ {print $NF}' |
+    grep -Ev '^(_?Py|napi_|node_api_)' || true)
+  if [ -n "$unversioned" ]; then
+    echo "dist: $1 needs symbols glibc $GLIBC does not have: $(echo $unversioned)" >&2
+    exit 1
+  fi
   echo "   $(basename "$1"): newest glibc symbol GLIBC_$newest"
 }
 

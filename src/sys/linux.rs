@@ -41,6 +41,13 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 
 // Processes: pidfds.
 
+/// The calling thread's id (`gettid(2)`, through `syscall(2)`: glibc's wrapper is 2.30, and
+/// a binary linked for glibc 2.17 would not load with a reference to it).
+pub fn thread_id() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
 /// A pidfd for process `pid` (`pidfd_open(2)`, Linux 5.3): it names that process for as long as
 /// it is open, even after the process exits and its pid is reused. Close-on-exec (the kernel
 /// always makes it so). Fails with `ENOSYS` on older kernels (see the module docs for what each
