@@ -504,6 +504,40 @@ size_t ld_runner_open_connections(const struct ld_runner *runner, int *fds_out, 
 size_t ld_context_open_connections(const struct ld_context *ctx, int *fds_out, size_t capacity);
 
 /**
+ * The health answer for the request path `path` (`"/ready"`, `"/live"`, `"/health"`; a query
+ * string is ignored; any other path is 404), for serving it on your own port: the same
+ * answers as the built-in listener (`ld_options_set_health_address`). `*status_out` gets the
+ * HTTP status (200, 503 or 404); the body (a line of text, or JSON for `/health`:
+ * `{"state":"READY","ready":true,"live":true,"pid":…,"generation":1,"connections":{…}}`) is
+ * copied into `body[0..body_size]`, NUL-terminated and truncated like `snprintf`, and its
+ * whole length goes to `*body_len_out` (either may be NULL/0 to skip the body). `/ready`
+ * answers count as probes for the adaptive drain (`ld_options_set_drain_quiet_ms`).
+ * Any thread, any time, before, during or after the run; never blocks (not async-signal-safe:
+ * it formats into memory it allocates). A body is `text/plain; charset=utf-8`, or
+ * `application/json` for `/health`.
+ * Errors: `LD_NULL_ARGUMENT` when runner, path or status_out is NULL.
+ */
+enum ld_status ld_runner_health(const struct ld_runner *runner,
+                                const char *path,
+                                int *status_out,
+                                char *body,
+                                size_t body_size,
+                                size_t *body_len_out);
+
+/**
+ * Writes where the built-in health listener listens (`"127.0.0.1:8081"`, with the port the
+ * kernel picked for port 0) into `buffer[0..size]`, NUL-terminated and truncated like
+ * `snprintf`; its whole length goes to `*len_out` (may be NULL). Available from when the run
+ * has started it (before `ready`) until the run ends. Any thread.
+ * Errors: `LD_NULL_ARGUMENT` when runner is NULL; `LD_NOT_RUNNING` when there is no health
+ * listener (none configured, or the run has not started it or is over).
+ */
+enum ld_status ld_runner_health_address(const struct ld_runner *runner,
+                                        char *buffer,
+                                        size_t size,
+                                        size_t *len_out);
+
+/**
  * Returns a listening socket for `address` in `*fd_out`:
  * - the one this process inherited for it, if any: systemd socket activation (`LISTEN_FDS`
  *   with `LISTEN_PID` equal to this process, matched by `name` against `LISTEN_FDNAMES`, or by
@@ -641,6 +675,28 @@ enum ld_status ld_options_set_period_ms(struct ld_options *options, uint64_t per
  * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
  */
 enum ld_status ld_options_set_drain_delay_ms(struct ld_options *options, uint64_t delay_ms);
+
+/**
+ * Sets the adaptive drain's quiet time: the drain delay ends early once no new connection has
+ * been admitted through the gate (`ld_context_acquire_connection`) for `quiet_ms` since
+ * readiness flipped, and, when readiness probes are answered here (the health listener, or
+ * `ld_runner_health`), after at least one answered "not ready". At the latest the drain ends
+ * after the drain delay. 0 (the default) turns it off.
+ * Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
+ * `ld_runner_new` refuses a quiet time that is not shorter than the drain delay.
+ */
+enum ld_status ld_options_set_drain_quiet_ms(struct ld_options *options, uint64_t quiet_ms);
+
+/**
+ * Sets where the built-in health listener answers `/ready`, `/live` and `/health` (HTTP/1.1,
+ * on a thread of the library's, from the run's state): `"127.0.0.1:8081"`, `":8081"` (every
+ * IPv4 address), `"[::1]:8081"`, a unix socket path; port 0 lets the kernel pick one
+ * (`ld_runner_health_address` tells which). It is taken like `ld_listen`, so an upgrade
+ * hands it on and systemd or start_server may pass it in. NULL (the default): no listener.
+ * The string is copied. Errors (options unchanged): `LD_NULL_ARGUMENT` when options is NULL;
+ * `LD_INVALID_ARGUMENT` for an address `ld_listen` would not take, or one not UTF-8.
+ */
+enum ld_status ld_options_set_health_address(struct ld_options *options, const char *address);
 
 /**
  * Sets how long the run waits, once close was called, for close (and for serve and shutdown)

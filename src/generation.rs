@@ -33,6 +33,10 @@ pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
 /// The pid `LAMEDUCK_READY_FD` is meant for: the process the previous generation started.
 pub const READY_PID_ENV: &str = "LAMEDUCK_READY_PID";
 
+/// This process's generation number, set by an upgrade for the process it starts (one more
+/// than its own). Trusted only with a valid `LAMEDUCK_READY_FD` (the same launch).
+pub const GENERATION_ENV: &str = "LAMEDUCK_GENERATION";
+
 /// What this process learned at start.
 pub(crate) struct Generation {
     /// The argument vector the process was started with (`argv[0]` first).
@@ -41,6 +45,9 @@ pub(crate) struct Generation {
     pub(crate) start_dir: Option<PathBuf>,
     /// The running executable, for when `argv[0]` cannot be found again.
     pub(crate) executable: Option<PathBuf>,
+    /// 1 for a process started by hand; one more for each upgrade in its line
+    /// ([`GENERATION_ENV`]), or start_server's `SERVER_STARTER_GENERATION` for its workers.
+    pub(crate) number: u64,
     /// Where the handover from the previous generation stands.
     handover: Mutex<Handover>,
     /// A malformed `LAMEDUCK_READY_FD`, reported by the first run as a warning.
@@ -179,11 +186,18 @@ fn read() -> Generation {
         Handover::Pending(p) => p.pidfd.clone(),
         _ => None,
     };
+    let number_in = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&n| n > 0);
+    let number = match &handover {
+        Handover::Pending(_) => number_in(GENERATION_ENV).unwrap_or(2),
+        _ if supervised => number_in("SERVER_STARTER_GENERATION").unwrap_or(1),
+        _ => 1,
+    };
     Generation {
         previous_pidfd,
         args: std::env::args_os().collect(),
         start_dir: std::env::current_dir().ok(),
         executable,
+        number,
         handover: Mutex::new(handover),
         problem,
         supervised,

@@ -22,6 +22,7 @@ mod error;
 mod format;
 pub mod gate;
 mod generation;
+pub mod health;
 mod lifecycle;
 mod lineage;
 pub mod listener;
@@ -46,10 +47,10 @@ pub use gate::{Gate, GateError, GatePhase, GateStats, Permit};
 pub use generation::READY_FD_ENV;
 pub use lifecycle::Runner;
 pub use options::{
-    stderr_logger, validate_close_timeout, validate_drain_delay, validate_listen_timeout, validate_max_connections,
-    validate_period, validate_pid_file, validate_signal, validate_signals, validate_upgrade_command, validate_upgrade_confirm,
-    validate_upgrade_signals, validate_upgrade_timeout, Level, Logger, OptionField, Options, RepeatSignalPolicy, SignalOwner,
-    StateObserver, UpgradeCommand, MAX_DURATION,
+    stderr_logger, validate_close_timeout, validate_drain_delay, validate_drain_quiet, validate_health_address,
+    validate_listen_timeout, validate_max_connections, validate_period, validate_pid_file, validate_signal, validate_signals,
+    validate_upgrade_command, validate_upgrade_confirm, validate_upgrade_signals, validate_upgrade_timeout, Level, Logger,
+    OptionField, Options, RepeatSignalPolicy, SignalOwner, StateObserver, UpgradeCommand, MAX_DURATION,
 };
 pub use server::Server;
 pub use state::State;

@@ -59,6 +59,10 @@ pub enum OptionField {
     UpgradeWithoutListeners,
     /// [`Options::max_connections`].
     MaxConnections,
+    /// [`Options::health_address`].
+    HealthAddress,
+    /// [`Options::drain_quiet`].
+    DrainQuiet,
 }
 
 impl OptionField {
@@ -81,6 +85,8 @@ impl OptionField {
         OptionField::UpgradeConfirm,
         OptionField::UpgradeWithoutListeners,
         OptionField::MaxConnections,
+        OptionField::HealthAddress,
+        OptionField::DrainQuiet,
     ];
 
     /// The Rust name of the field in [`Options`]: `period`, `drain_delay`, …
@@ -103,6 +109,8 @@ impl OptionField {
             OptionField::UpgradeConfirm => "upgrade_confirm",
             OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
             OptionField::MaxConnections => "max_connections",
+            OptionField::HealthAddress => "health_address",
+            OptionField::DrainQuiet => "drain_quiet",
         }
     }
 }
@@ -226,6 +234,19 @@ pub struct Options {
     /// default); see [`crate::gate`]. Changeable while running with
     /// [`crate::Runner::set_max_connections`].
     pub max_connections: Option<usize>,
+    /// Where the built-in health listener answers `/ready`, `/live` and `/health` (see
+    /// [`crate::health`]): any address [`crate::listener::listen`] takes (`127.0.0.1:8081`,
+    /// `:8081`, a unix socket path; port 0 picks one, see [`crate::Runner::health_address`]).
+    /// Taken through `listen`, so an upgrade hands it on and systemd or start_server may pass
+    /// it in. Default `None`: no listener.
+    pub health_address: Option<String>,
+    /// Adaptive drain: the drain delay ends early once no new connection has been admitted
+    /// through the gate for this long since readiness flipped (and, once a readiness probe has
+    /// been answered during the run — by the health listener or [`crate::Runner::health`] —
+    /// after at least one `/ready` answered "not ready"): the balancer has stopped sending.
+    /// At the latest it ends after `drain_delay`. Zero (the default) turns it off; otherwise it
+    /// must be shorter than `drain_delay`.
+    pub drain_quiet: Duration,
 }
 
 /// The program an upgrade starts and its whole argument vector (`args[0]` included).
@@ -268,6 +289,8 @@ impl Default for Options {
             upgrade_confirm: Duration::from_secs(1),
             upgrade_without_listeners: false,
             max_connections: None,
+            health_address: None,
+            drain_quiet: Duration::ZERO,
         }
     }
 }
@@ -292,6 +315,8 @@ impl std::fmt::Debug for Options {
             .field("upgrade_confirm", &self.upgrade_confirm)
             .field("upgrade_without_listeners", &self.upgrade_without_listeners)
             .field("max_connections", &self.max_connections)
+            .field("health_address", &self.health_address)
+            .field("drain_quiet", &self.drain_quiet)
             .finish()
     }
 }
@@ -330,6 +355,10 @@ impl Options {
             validate_pid_file(path)?;
         }
         validate_max_connections(self.max_connections)?;
+        if let Some(address) = &self.health_address {
+            validate_health_address(address)?;
+        }
+        validate_drain_quiet(self.drain_quiet, self.drain_delay)?;
         Ok(())
     }
 
@@ -437,6 +466,29 @@ pub fn validate_max_connections(limit: Option<usize>) -> Result<(), Error> {
     crate::gate::Gate::check_limit(limit).map_err(|e| Error::invalid_option(OptionField::MaxConnections, e.to_string()))
 }
 
+/// The health listener's address must be one [`crate::listener::listen`] takes.
+pub fn validate_health_address(address: &str) -> Result<(), Error> {
+    crate::listener::Address::parse(address)
+        .map(|_| ())
+        .map_err(|e| Error::invalid_option(OptionField::HealthAddress, format!("health address: {}", e.message())))
+}
+
+/// The adaptive drain's quiet time: zero (off), or shorter than the drain delay it shortens.
+pub fn validate_drain_quiet(quiet: Duration, drain_delay: Duration) -> Result<(), Error> {
+    if !quiet.is_zero() && quiet >= drain_delay {
+        return Err(Error::invalid_option(
+            OptionField::DrainQuiet,
+            format!(
+                "drain quiet time {} is invalid: it must be shorter than the drain delay ({}), which it ends early; \
+                 set a drain delay, or 0 to turn the adaptive drain off",
+                go_duration(quiet),
+                go_duration(drain_delay)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A pid file needs a path: "" is refused (no pid file is `None`).
 pub fn validate_pid_file(path: &std::path::Path) -> Result<(), Error> {
     if path.as_os_str().is_empty() {
@@ -535,6 +587,21 @@ mod tests {
                 OptionField::UpgradeCommand,
             ),
             (Options { pid_file: Some("".into()), ..Options::default() }, "pid file", OptionField::PidFile),
+            (
+                Options { health_address: Some("[::1:8081".into()), ..Options::default() },
+                "health address: address \"[::1:8081\" is invalid",
+                OptionField::HealthAddress,
+            ),
+            (
+                Options { drain_quiet: Duration::from_millis(50), ..Options::default() },
+                "drain quiet time 50ms is invalid: it must be shorter than the drain delay (0s)",
+                OptionField::DrainQuiet,
+            ),
+            (
+                Options { drain_quiet: Duration::from_secs(2), drain_delay: Duration::from_secs(2), ..Options::default() },
+                "shorter than the drain delay (2s)",
+                OptionField::DrainQuiet,
+            ),
         ];
         for (options, needle, field) in cases {
             let err = options.validate().expect_err(needle);

@@ -25,6 +25,7 @@ const SOURCES: &[&str] = &[
     "tests/c/null_args.c",
     "tests/c/upgrade.c",
     "tests/c/gate.c",
+    "tests/c/health.c",
 ];
 
 /// C files that are programs of their own, and the test that builds and runs each.
@@ -125,6 +126,9 @@ c_tests!(
     gate_open_connections,
     gate_run_waits_for_last_permit,
     gate_close_at_deadline,
+    health_null_arguments,
+    health_options,
+    health_listener,
 );
 
 #[test]

@@ -194,6 +194,26 @@ export interface Options {
    * running with `runner.maxConnections = n`.
    */
   maxConnections?: number | null
+  /**
+   * Where the built-in health listener answers /ready, /live and /health ('127.0.0.1:8081',
+   * ':8081', a unix socket path; port 0 picks one, see `runner.healthAddress`). Served by the
+   * core on its own thread, whatever the event loop is doing; taken like `listen()`, so an
+   * upgrade hands it on. Default: none.
+   */
+  health?: string | null
+  /**
+   * The adaptive drain, in milliseconds: with a `drainDelay`, the drain ends early once no new
+   * connection was admitted for this long (and, when readiness probes are answered here, after
+   * one answered "not ready"). Must be shorter than `drainDelay`; 0 (the default) turns it off.
+   */
+  drainQuiet?: number
+}
+
+/** One health answer: what /ready, /live or /health says now. */
+export interface HealthReport {
+  status: number
+  contentType: string
+  body: string
 }
 
 /** Every failed run rejects with a LameDuckError; a hook's own error is its `cause`. */
@@ -264,6 +284,10 @@ export class Runner {
   setMaxConnections(limit: number | null | undefined): number | null
   /** The gate's counts, with `requests` when the server counts them. */
   connectionStats(): ConnectionStats
+  /** The health answer for a request path ('/ready', '/live', '/health'; 404 for any other). Never blocks. */
+  health(path?: string): HealthReport
+  /** Where the built-in health listener listens, while it does; else null. */
+  readonly healthAddress: string | null
 }
 
 /**
@@ -343,3 +367,14 @@ export function httpServer<S extends NetServer>(
 ): HttpServerAdapter<S>
 
 export const version: string
+
+/**
+ * A handler answering /ready, /live and /health (the same answers as the built-in `health`
+ * listener) for node:http, Express and Connect: `app.get(['/ready', '/live', '/health'],
+ * healthHandler(runner))`, or `app.use(healthHandler(runner))` (other paths go to `next()`).
+ */
+export function healthHandler(runner: Runner): (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse, next?: () => unknown) => unknown
+/** Koa middleware answering /ready, /live and /health; other paths go to `next()`. */
+export function koaHealth(runner: Runner): (ctx: any, next: () => Promise<unknown>) => Promise<unknown>
+/** A Fastify route handler answering /ready, /live and /health: `app.get('/ready', fastifyHealth(runner))`. */
+export function fastifyHealth(runner: Runner): (request: any, reply: any) => Promise<string>

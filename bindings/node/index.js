@@ -23,6 +23,7 @@ const {
   DeadlineExceededError,
 } = require('./lib/errors')
 const { Gate, Permit } = require('./lib/gate')
+const { healthHandler, koaHealth, fastifyHealth } = require('./lib/health')
 
 module.exports = {
   run,
@@ -46,5 +47,8 @@ module.exports = {
   DeadlineExceededError,
   Gate,
   Permit,
+  healthHandler,
+  koaHealth,
+  fastifyHealth,
   version: require('./package.json').version,
 }

@@ -21,6 +21,7 @@
 mod boundary;
 mod error;
 mod gate;
+mod health;
 mod listen;
 mod options;
 mod runner;
@@ -29,6 +30,7 @@ mod version;
 
 pub use error::*;
 pub use gate::*;
+pub use health::*;
 pub use listen::*;
 pub use options::*;
 pub use runner::*;

@@ -158,6 +158,47 @@ pub extern "C" fn ld_options_set_drain_delay_ms(options: *mut ld_options, delay_
     })
 }
 
+/// Sets the adaptive drain's quiet time: the drain delay ends early once no new connection has
+/// been admitted through the gate (`ld_context_acquire_connection`) for `quiet_ms` since
+/// readiness flipped, and, when readiness probes are answered here (the health listener, or
+/// `ld_runner_health`), after at least one answered "not ready". At the latest the drain ends
+/// after the drain delay. 0 (the default) turns it off.
+/// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` above 86400000 (24 h).
+/// `ld_runner_new` refuses a quiet time that is not shorter than the drain delay.
+#[no_mangle]
+pub extern "C" fn ld_options_set_drain_quiet_ms(options: *mut ld_options, quiet_ms: u64) -> ld_status {
+    update(options, |o| {
+        o.drain_quiet = millis(quiet_ms);
+        if o.drain_quiet > crate::MAX_DURATION {
+            return ld_status::LD_INVALID_ARGUMENT;
+        }
+        ld_status::LD_OK
+    })
+}
+
+/// Sets where the built-in health listener answers `/ready`, `/live` and `/health` (HTTP/1.1,
+/// on a thread of the library's, from the run's state): `"127.0.0.1:8081"`, `":8081"` (every
+/// IPv4 address), `"[::1]:8081"`, a unix socket path; port 0 lets the kernel pick one
+/// (`ld_runner_health_address` tells which). It is taken like `ld_listen`, so an upgrade
+/// hands it on and systemd or start_server may pass it in. NULL (the default): no listener.
+/// The string is copied. Errors (options unchanged): `LD_NULL_ARGUMENT` when options is NULL;
+/// `LD_INVALID_ARGUMENT` for an address `ld_listen` would not take, or one not UTF-8.
+#[no_mangle]
+pub extern "C" fn ld_options_set_health_address(options: *mut ld_options, address: *const c_char) -> ld_status {
+    update(options, |o| {
+        if address.is_null() {
+            o.health_address = None;
+            return ld_status::LD_OK;
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let Ok(address) = unsafe { std::ffi::CStr::from_ptr(address) }.to_str() else {
+            return ld_status::LD_INVALID_ARGUMENT;
+        };
+        o.health_address = Some(address.to_string());
+        verdict(options::validate_health_address(address))
+    })
+}
+
 /// Sets how long the run waits, once close was called, for close (and for serve and shutdown)
 /// to return before it gives up on them and returns anyway (`ld_error_abandoned`).
 /// Errors (options unchanged): `LD_NULL_ARGUMENT`; `LD_INVALID_ARGUMENT` for 0 or above

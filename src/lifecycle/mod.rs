@@ -21,6 +21,7 @@
 //! thread (a fork and exec, milliseconds), then a watcher thread waits for its readiness report,
 //! its exit, the upgrade timeout or a cancel, and wakes the coordinator with the outcome.
 
+mod health;
 mod hooks;
 mod outcome;
 mod run;
@@ -73,6 +74,8 @@ pub(super) struct Shared {
     pub(super) upgrade_requests: upgrade::Requests,
     /// The connection gate (also reachable through the context).
     pub(super) gate: Arc<Gate>,
+    /// Health answers: probe counts, liveness, the built-in listener.
+    pub(super) health: health::HealthState,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ impl Runner {
                 readiness: Mutex::new(Readiness::default()),
                 readiness_changed: Condvar::new(),
                 upgrade_requests: upgrade::Requests::default(),
+                health: health::HealthState::default(),
             }),
         })
     }
@@ -211,11 +215,22 @@ impl Runner {
     /// and a new generation answering "not ready" there would make a balancer pull a port that
     /// is serving. The observer still sees the transition, in order, a moment later.
     pub fn state(&self) -> State {
-        let state = self.shared.state.get();
-        if state == State::Serving && self.shared.is_ready() && !self.shared.trigger.triggered() {
-            return State::Ready;
-        }
-        state
+        self.shared.public_state()
+    }
+
+    /// The health answer for `path` (`/ready`, `/live`, `/health`; 404 for any other), for a
+    /// route on the server's own port: the same answers as the built-in health listener
+    /// ([`Options::health_address`]), by the rules in [`crate::health`]. `/ready` answers
+    /// count as probes for the adaptive drain ([`Options::drain_quiet`]). Any thread, any time;
+    /// never blocks.
+    pub fn health(&self, path: &str) -> crate::health::Report {
+        self.shared.health_report(path)
+    }
+
+    /// Where the built-in health listener listens (`127.0.0.1:8081`, with the port the kernel
+    /// picked for port 0), once the run has started it; `None` without one.
+    pub fn health_address(&self) -> Option<String> {
+        self.shared.health.address()
     }
 
     /// True from the moment `run` is called until it returns.
@@ -268,6 +283,15 @@ impl Runner {
 }
 
 impl Shared {
+    /// The state as [`Runner::state`] reports it.
+    pub(super) fn public_state(&self) -> State {
+        let state = self.state.get();
+        if state == State::Serving && self.is_ready() && !self.trigger.triggered() {
+            return State::Ready;
+        }
+        state
+    }
+
     /// Ready: handlers are installed (before serve was spawned), serve has been called, and
     /// with explicit readiness serve has said it is accepting.
     pub(super) fn is_ready(&self) -> bool {

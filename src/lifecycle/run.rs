@@ -27,8 +27,18 @@ use crate::upgrade::{self, Request, Waiters};
 enum Phase {
     /// `serve` runs; no trigger yet.
     Serving,
-    /// Triggered with a drain delay: still serving, reported not ready, until `until`.
-    Draining { until: Instant },
+    /// Triggered with a drain delay: still serving, reported not ready, until `until` (or,
+    /// with the adaptive drain, once the balancer has clearly stopped sending).
+    Draining {
+        until: Instant,
+        /// When the drain began.
+        since: Instant,
+        /// The gate's admissions count when last looked at, and when it last changed.
+        admitted_total: u64,
+        quiet_since: Instant,
+        /// Failed readiness probes before the drain began.
+        failed_probes_before: u64,
+    },
     /// `shutdown` runs (or has returned) with this deadline.
     ShuttingDown {
         deadline: Instant,
@@ -126,6 +136,16 @@ impl Run {
         if let Some(problem) = &generation::get().problem {
             self.log(Level::Warn, problem);
         }
+        if let Some(address) = &options.health_address {
+            if let Err(err) = super::health::start(&self.shared, address) {
+                self.log(Level::Error, err.message());
+                self.transition(State::Failed);
+                return Err(err);
+            }
+            if let Some(bound) = self.shared.health.address() {
+                self.log(Level::Info, &format!("Health checks on {bound}: /ready, /live, /health"));
+            }
+        }
         self.shared.upgrade_requests.open();
         let mut subscription: Option<Subscription> = None;
         if options.signal_owner == SignalOwner::Library {
@@ -188,6 +208,10 @@ impl Run {
                 self.log(Level::Warn, &warning);
             }
         }
+        if !self.shared.health.abandoned.load(Ordering::SeqCst) {
+            // With hooks abandoned it stays, answering "not live", until the runner is freed.
+            self.shared.health.stop();
+        }
         self.lineage.clean_up(&self.shared.options);
         match &result {
             Ok(()) => self.log(Level::Info, "Server stopped"),
@@ -218,7 +242,7 @@ impl Run {
             }
             let wake_at = match self.phase {
                 Phase::Serving => None,
-                Phase::Draining { until } => Some(until),
+                Phase::Draining { until, quiet_since, .. } => Some(self.next_drain_look(until, quiet_since)),
                 Phase::ShuttingDown { deadline, .. } => Some(deadline),
                 Phase::Closing { give_up, .. } => Some(give_up),
             };
@@ -232,6 +256,7 @@ impl Run {
         if !self.in_lame_duck() && self.shared.state.get() == State::Serving && self.shared.is_ready() {
             self.lineage.became_ready(&self.shared.options);
             self.transition(State::Ready);
+            self.shared.health.serve();
             self.lineage.announce_ready();
         }
         let serving = self.serving();
@@ -251,8 +276,11 @@ impl Run {
                     return Some(self.serve_returned_before_trigger());
                 }
             }
-            Phase::Draining { until } => {
+            Phase::Draining { until, .. } => {
                 if returned(&self.hooks.serve) || now >= until {
+                    self.start_shutdown(Instant::now());
+                } else if let Some(why) = self.drained_early(now) {
+                    self.log(Level::Info, &why);
                     self.start_shutdown(Instant::now());
                 }
             }
@@ -377,6 +405,10 @@ impl Run {
     fn begin_lame_duck(&mut self, cause: &str, now: Instant) {
         let options = &self.shared.options;
         self.lineage.stopping();
+        if generation::get().supervised && self.shared.health.shared_socket.load(Ordering::SeqCst) {
+            // start_server gives the health port to the next worker too: it answers now.
+            self.shared.health.release();
+        }
         let period = go_duration(options.period);
         if returned(&self.hooks.serve) {
             // serve already returned on its own; its result is handled by the Serving phase.
@@ -394,13 +426,76 @@ impl Run {
             self.log(Level::Info, &format!("{cause}; entering lame-duck mode for {period}"));
             self.start_shutdown(now);
         } else {
+            let adaptive = if options.drain_quiet.is_zero() {
+                String::new()
+            } else {
+                format!(" (less once no new connection came for {})", go_duration(options.drain_quiet))
+            };
             self.log(
                 Level::Info,
-                &format!("{cause}; draining for {}, then entering lame-duck mode for {period}", go_duration(options.drain_delay)),
+                &format!(
+                    "{cause}; draining for {}{adaptive}, then entering lame-duck mode for {period}",
+                    go_duration(options.drain_delay)
+                ),
             );
             self.transition(State::Draining);
-            self.phase = Phase::Draining { until: now + options.drain_delay };
+            self.phase = Phase::Draining {
+                until: now + options.drain_delay,
+                since: now,
+                admitted_total: self.shared.gate.stats().total,
+                quiet_since: now,
+                failed_probes_before: self.shared.health.failed_ready_probes.load(Ordering::SeqCst),
+            };
         }
+    }
+
+    /// The adaptive drain ([`crate::Options::drain_quiet`]): why the drain may end now, if it
+    /// may. The balancer has stopped sending once no connection was admitted for the quiet
+    /// time and, if it probes readiness here at all, it has seen a "not ready".
+    fn drained_early(&mut self, now: Instant) -> Option<String> {
+        let quiet = self.shared.options.drain_quiet;
+        let health = &self.shared.health;
+        let total = self.shared.gate.stats().total;
+        let Phase::Draining { since, admitted_total, quiet_since, failed_probes_before, .. } = &mut self.phase else {
+            return None;
+        };
+        if quiet.is_zero() {
+            return None;
+        }
+        if total != *admitted_total {
+            *admitted_total = total;
+            *quiet_since = now;
+            return None;
+        }
+        if now < *quiet_since + quiet {
+            return None;
+        }
+        let failed = health.failed_ready_probes.load(Ordering::SeqCst) - *failed_probes_before;
+        let probed = self.shared.options.health_address.is_some() || health.ready_probes.load(Ordering::SeqCst) > 0;
+        if probed && failed == 0 {
+            return None; // the balancer probes us and has not seen "not ready" yet
+        }
+        let probes = if probed { format!(" and {failed} readiness probe(s) answered not ready") } else { String::new() };
+        Some(format!(
+            "Drain ended after {}: no new connection for {}{probes}",
+            go_duration(now.saturating_duration_since(*since)),
+            go_duration(quiet)
+        ))
+    }
+
+    /// When the coordinator looks at the drain again: its end, or with the adaptive drain the
+    /// end of the quiet time, looking at the gate's count a few times per quiet time meanwhile
+    /// (an admission does not wake the coordinator; a failed probe does).
+    fn next_drain_look(&self, until: Instant, quiet_since: Instant) -> Instant {
+        let quiet = self.shared.options.drain_quiet;
+        if quiet.is_zero() {
+            return until;
+        }
+        let now = Instant::now();
+        let poll = (quiet / 4).clamp(std::time::Duration::from_millis(1), std::time::Duration::from_millis(50));
+        let quiet_end = quiet_since + quiet;
+        let next = if quiet_end > now { quiet_end.min(now + poll) } else { now + poll };
+        until.min(next)
     }
 
     /// Upgrade signals and [`super::Runner::upgrade`] calls that arrived since the last look.
@@ -481,6 +576,9 @@ impl Run {
         // Before the transition: an observer (Node's gate wakes its waiters on this event) must
         // find the gate draining already.
         self.shared.gate.drain();
+        if self.lineage.successor().is_some() {
+            self.shared.health.release(); // the new process answers for the port now
+        }
         self.transition(if self.lineage.successor().is_some() { State::HandingOver } else { State::ShuttingDown });
         self.phase = Phase::ShuttingDown { deadline, examined: false, error: None, told_waiting: false };
         match started(self.hooks.shutdown.take(), || self.shutdown_thread()) {
@@ -515,6 +613,7 @@ impl Run {
 
     fn start_close(&mut self, reason: CloseReason, shutdown_error: Option<HookError>, now: Instant) {
         self.shared.gate.close();
+        self.shared.health.close_started(now);
         self.transition(State::Closing);
         self.phase = Phase::Closing { give_up: now + self.shared.options.close_timeout, reason, shutdown_error };
         match started(self.hooks.close.take(), || self.close_thread()) {
@@ -552,6 +651,9 @@ impl Run {
         shutdown_error: Option<HookError>,
         abandoned: Vec<&'static str>,
     ) -> Ending {
+        if !abandoned.is_empty() {
+            self.shared.health.abandoned.store(true, Ordering::SeqCst);
+        }
         outcome::decide(Facts {
             close_reason,
             shutdown_error,

@@ -165,6 +165,12 @@ fn validate_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The address the socket `fd` is bound to, as text (`127.0.0.1:8081`, `[::1]:80`, a unix
+/// socket path): for logs and for the health listener's bound port.
+pub(crate) fn bound_address_of(fd: RawFd) -> std::io::Result<String> {
+    bound_address(fd).map(|b| b.to_string())
+}
+
 /// True when `fd` is a socket this process was given (systemd, Server::Starter or a previous
 /// generation), under its own number or a copy's, whether `listen` took it or not.
 pub fn is_inherited(fd: RawFd) -> bool {

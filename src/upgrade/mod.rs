@@ -30,7 +30,7 @@ pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Variables that describe this process's inheritance, never passed on as they are: the
 /// library leaves them in its own environment (see [`crate::generation`]), and the new process
 /// gets its own values from [`spawn`] instead.
-const INHERITANCE_ENV: [&str; 10] = [
+const INHERITANCE_ENV: [&str; 11] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -41,6 +41,7 @@ const INHERITANCE_ENV: [&str; 10] = [
     crate::listener::REQUIRED_FDS_ENV,
     crate::listener::LINEAGE_FDS_ENV,
     crate::generation::PREVIOUS_PID_ENV,
+    crate::generation::GENERATION_ENV,
 ];
 
 /// A new generation that has been started (its `execve` succeeded) but is not yet ready.

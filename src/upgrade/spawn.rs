@@ -100,7 +100,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     // Everything the child needs, allocated now.
     let program = c_string(plan.program.as_os_str().as_bytes(), "the program path")?;
     let args: Vec<CString> = plan.args.iter().map(|a| c_string(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 7);
+    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 8);
     for (key, value) in &plan.env {
         let mut entry = key.as_bytes().to_vec();
         entry.push(b'=');
@@ -112,6 +112,8 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, Error> {
     let ready_fd = FIRST_FD + n as RawFd;
     env.push(c_string(format!("{}={ready_fd}", crate::generation::READY_FD_ENV).as_bytes(), "")?);
     env.push(c_string(format!("{}={}", crate::generation::PREVIOUS_PID_ENV, std::process::id()).as_bytes(), "")?);
+    let next = crate::generation::get().number.saturating_add(1);
+    env.push(c_string(format!("{}={next}", crate::generation::GENERATION_ENV).as_bytes(), "")?);
     if n > 0 {
         env.push(c_string(format!("LISTEN_FDS={n}").as_bytes(), "")?);
         env.push(c_string(format!("LISTEN_FDNAMES={}", plan.names.join(":")).as_bytes(), "")?);

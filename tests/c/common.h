@@ -187,7 +187,10 @@ int wait_for_log(const char *needle);
     X(gate_two_threads_one_slot) \
     X(gate_open_connections) \
     X(gate_run_waits_for_last_permit) \
-    X(gate_close_at_deadline)
+    X(gate_close_at_deadline) \
+    X(health_null_arguments) \
+    X(health_options) \
+    X(health_listener)
 #define DECLARE_SUBTEST(name) int test_##name(void);
 SUBTESTS(DECLARE_SUBTEST)
 #undef DECLARE_SUBTEST

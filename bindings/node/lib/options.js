@@ -21,7 +21,7 @@ const DEFAULTS = {
   upgradeWithoutListeners: false,
 }
 // explicitReady has no default here: left out, the server decides (see Runner).
-const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile', 'maxConnections'])
+const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile', 'maxConnections', 'health', 'drainQuiet'])
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -83,6 +83,9 @@ function normalizeOptions(options) {
     throw new TypeError(`upgradeCommand must be an array of strings (an argv), got ${describeValue(o.upgradeCommand)}`)
   }
   if (o.pidFile !== undefined && typeof o.pidFile !== 'string') throw new TypeError(`pidFile must be a path string, got ${describeValue(o.pidFile)}`)
+  if (o.health !== undefined && o.health !== null && typeof o.health !== 'string') {
+    throw new TypeError(`health must be an address string such as '127.0.0.1:8081', got ${describeValue(o.health)}`)
+  }
   return {
     period: milliseconds('period', o.period),
     signals: signalNumbers(o.signals),
@@ -101,6 +104,8 @@ function normalizeOptions(options) {
     upgradeConfirm: milliseconds('upgradeConfirm', o.upgradeConfirm),
     upgradeWithoutListeners: o.upgradeWithoutListeners,
     maxConnections: connectionLimit('maxConnections', options.maxConnections),
+    health: o.health ?? undefined,
+    drainQuiet: milliseconds('drainQuiet', o.drainQuiet ?? 0),
   }
 }
 
@@ -122,6 +127,8 @@ function nativeOptions(o, explicitReady) {
     upgradeConfirm: o.upgradeConfirm,
     upgradeWithoutListeners: o.upgradeWithoutListeners,
     maxConnections: o.maxConnections || undefined,
+    health: o.health,
+    drainQuiet: o.drainQuiet,
   }
 }
 

@@ -104,6 +104,20 @@ class Runner {
     return this.#gate
   }
 
+  /**
+   * The health answer for a request path ('/ready', '/live', '/health'; 404 for any other):
+   * { status, contentType, body }, the same as the built-in `health` listener serves. For a
+   * route on your own port; see healthHandler(). Never blocks.
+   */
+  health(path = '/health') {
+    return this.#native.health(String(path))
+  }
+
+  /** Where the built-in health listener listens ('127.0.0.1:8081'), while it does; else null. */
+  get healthAddress() {
+    return this.#native.healthAddress ?? null
+  }
+
   /** The connection limit; null when unlimited. Setting it is setMaxConnections(n). */
   get maxConnections() {
     return this.#gate.limit

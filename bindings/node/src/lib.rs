@@ -45,6 +45,18 @@ pub struct RunnerOptions {
     pub upgrade_without_listeners: bool,
     /// The connection gate's initial limit; absent or 0: unlimited.
     pub max_connections: Option<u32>,
+    /// The built-in health listener's address; absent: none.
+    pub health: Option<String>,
+    /// The adaptive drain's quiet time; 0: off.
+    pub drain_quiet: f64,
+}
+
+/// One health answer, for a route on the server's own port.
+#[napi(object)]
+pub struct HealthReport {
+    pub status: u32,
+    pub content_type: String,
+    pub body: String,
 }
 
 /// The method of JS's logger a line goes to (the core's `Level`).
@@ -247,6 +259,8 @@ fn js_option(err: &lameduck::Error, o: &RunnerOptions) -> Option<(&'static str, 
         OptionField::MaxConnections => {
             ("maxConnections", o.max_connections.map_or_else(|| "undefined".into(), |n| n.to_string()))
         }
+        OptionField::HealthAddress => ("health", json_string(o.health.as_deref().unwrap_or_default())),
+        OptionField::DrainQuiet => ("drainQuiet", o.drain_quiet.to_string()),
         // Set by the JS half itself (a function, or always host-owned signals): never invalid.
         OptionField::Logger | OptionField::StateObserver | OptionField::SignalOwner => return None,
     })
@@ -294,6 +308,8 @@ fn core_options(o: &RunnerOptions, bridge: &Arc<Bridge>) -> Result<Options> {
         upgrade_confirm: millis("upgradeConfirm", o.upgrade_confirm)?,
         upgrade_without_listeners: o.upgrade_without_listeners,
         max_connections: o.max_connections.map(|n| n as usize),
+        health_address: o.health.clone(),
+        drain_quiet: millis("drainQuiet", o.drain_quiet)?,
     })
 }
 
@@ -382,6 +398,19 @@ impl NativeRunner {
     #[napi(getter)]
     pub fn state(&self) -> String {
         self.runner.state().name().into()
+    }
+
+    /// The health answer for a request path (never blocks).
+    #[napi]
+    pub fn health(&self, path: String) -> HealthReport {
+        let report = self.runner.health(&path);
+        HealthReport { status: u32::from(report.status), content_type: report.content_type.into(), body: report.body }
+    }
+
+    /// Where the built-in health listener listens, while it does.
+    #[napi(getter)]
+    pub fn health_address(&self) -> Option<String> {
+        self.runner.health_address()
     }
 
     /// Milliseconds left until the deadline; null before lame-duck; 0 once done.

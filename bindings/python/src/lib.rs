@@ -113,6 +113,8 @@ fn python_name(field: OptionField) -> Option<&'static str> {
         OptionField::UpgradeConfirm => "upgrade_confirm",
         OptionField::UpgradeWithoutListeners => "upgrade_without_listeners",
         OptionField::MaxConnections => "max_connections",
+        OptionField::HealthAddress => "health",
+        OptionField::DrainQuiet => "drain_quiet",
     })
 }
 
@@ -684,6 +686,10 @@ impl PyRunner {
         if let Some(limit) = given.get::<Option<usize>>(OptionField::MaxConnections)? {
             o.max_connections = limit;
         }
+        if let Some(address) = given.get::<Option<String>>(OptionField::HealthAddress)? {
+            o.health_address = address;
+        }
+        given.set_seconds(py, OptionField::DrainQuiet, &mut o.drain_quiet)?;
         let runner = Runner::new(Arc::new(PyServer { bridge }), o).map_err(|e| given.invalid(e))?;
         Ok(PyRunner { runner })
     }
@@ -732,6 +738,19 @@ impl PyRunner {
     #[getter]
     fn running(&self) -> bool {
         self.runner.is_running()
+    }
+
+    /// The health answer for a request path: `(status, content_type, body)` (see
+    /// `lameduck::health`). Never blocks.
+    fn health(&self, path: &str) -> (u16, &'static str, String) {
+        let report = self.runner.health(path);
+        (report.status, report.content_type, report.body)
+    }
+
+    /// Where the built-in health listener listens, while it does.
+    #[getter]
+    fn health_address(&self) -> Option<String> {
+        self.runner.health_address()
     }
 
     /// The run's connection gate (the context's).

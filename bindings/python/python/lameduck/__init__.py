@@ -12,6 +12,7 @@ with every listener from :func:`listen` (or registered with :func:`adopt`), and 
 ready this process lame-ducks.
 """
 
+from . import health
 from ._gate import MAX_CONNECTIONS, ConnectionStats, Gate, Permit
 from ._lameduck import VERSION, __version__
 from ._listen import adopt, is_shared, listen
@@ -46,6 +47,7 @@ __all__ = [
     "Permit",
     "ConnectionStats",
     "MAX_CONNECTIONS",
+    "health",
     "LameDuckError",
     "ExpiredError",
     "ForcedError",

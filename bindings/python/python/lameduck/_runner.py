@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Pro
 
 from . import _lameduck
 from ._gate import ConnectionStats, Gate, _limit
+from .health import HealthReport
 from .errors import SignalSetupError, _from_native
 
 __all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "DEFAULT_SIGNALS"]
@@ -331,6 +332,14 @@ class Runner:
       this many connections are open at once, and the ones above it wait in the kernel's
       accept queue (not refused) until a slot frees. ``None`` or 0: unlimited (the default).
       Change it while running with :attr:`max_connections` / :meth:`set_max_connections`.
+    - ``health``: where the built-in health listener answers ``/ready``, ``/live`` and
+      ``/health`` (``"127.0.0.1:8081"``, ``":8081"``, a unix socket path; port 0 picks one, see
+      :attr:`health_address`). Served by the core on its own thread, whatever Python is doing;
+      taken like :func:`lameduck.listen`, so an upgrade hands it on. Default None: none.
+    - ``drain_quiet``: the adaptive drain. With a ``drain_delay``, the drain ends early once no
+      new connection was admitted for this many seconds (and, when readiness probes are answered
+      here, after one answered "not ready"): the balancer has stopped sending. Must be shorter
+      than ``drain_delay``; 0 (the default) turns it off.
 
     Invalid options raise ``ValueError`` or ``TypeError`` here, before anything starts.
     """
@@ -355,6 +364,8 @@ class Runner:
         upgrade_confirm: float = 1.0,
         upgrade_without_listeners: bool = False,
         max_connections: Optional[int] = None,
+        health: Optional[str] = None,
+        drain_quiet: float = 0.0,
     ) -> None:
         for hook in ("serve", "shutdown", "close"):
             if not callable(getattr(server, hook, None)):
@@ -374,6 +385,8 @@ class Runner:
             upgrade_argv = [os.fspath(a) for a in upgrade_command]
         if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
             raise TypeError(f"pid_file={pid_file!r} must be a path")
+        if health is not None and not isinstance(health, str):
+            raise TypeError(f"health={health!r} must be an address string such as '127.0.0.1:8081', or None")
         if not isinstance(upgrade_without_listeners, bool):
             raise TypeError(f"upgrade_without_listeners={upgrade_without_listeners!r} must be True or False")
         self._bridge = _Bridge(server)
@@ -395,6 +408,8 @@ class Runner:
             upgrade_confirm=_seconds("upgrade_confirm", upgrade_confirm),
             upgrade_without_listeners=upgrade_without_listeners,
             max_connections=_limit(max_connections),
+            health=health,
+            drain_quiet=_seconds("drain_quiet", drain_quiet),
         )
         self._gate = Gate(self._native.gate)
         self._bridge.gate = self._gate
@@ -403,6 +418,19 @@ class Runner:
     def state(self) -> State:
         """The current state (an atomic read in the core; any thread)."""
         return State(self._native.state)
+
+    def health(self, path: str = "/health") -> HealthReport:
+        """The health answer for a request path (``/ready``, ``/live``, ``/health``; 404 for any
+        other), for a route on your own port: the same answers as the ``health`` listener. See
+        :mod:`lameduck.health` for WSGI, ASGI and aiohttp handlers. Never blocks; any thread."""
+        status, content_type, body = self._native.health(path)
+        return HealthReport(status, content_type, body)
+
+    @property
+    def health_address(self) -> Optional[str]:
+        """Where the built-in health listener listens (``"127.0.0.1:8081"``, with the port the
+        kernel picked for port 0), from when the run has started it until it ends; else None."""
+        return self._native.health_address
 
     @property
     def gate(self) -> Gate:
@@ -615,6 +643,8 @@ def run(
     upgrade_confirm: float = 1.0,
     upgrade_without_listeners: bool = False,
     max_connections: Optional[int] = None,
+    health: Optional[str] = None,
+    drain_quiet: float = 0.0,
 ) -> None:
     """Runs ``server`` under lame-duck coordination until it stops (Go's ``lameduck.Run``).
     See :class:`Runner` for the options and errors."""
@@ -640,6 +670,8 @@ async def run_async(
     upgrade_confirm: float = 1.0,
     upgrade_without_listeners: bool = False,
     max_connections: Optional[int] = None,
+    health: Optional[str] = None,
+    drain_quiet: float = 0.0,
 ) -> None:
     """The asyncio form of :func:`run`: ``await lameduck.run_async(server)``."""
     await Runner(**locals()).run_async()  # the arguments, exactly as given
