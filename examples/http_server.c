@@ -3,6 +3,7 @@
  *
  *   http_server [--host 127.0.0.1] [--port 8080] [--listen ADDRESS] [--period MS] [--drain MS]
  *               [--pid-file PATH] [--upgrade-timeout MS] [--max-connections N]
+ *               [--health ADDRESS] [--drain-quiet MS]
  *
  * The listening socket comes from ld_listen: inherited from systemd socket activation
  * (LISTEN_FDS), Server::Starter (SERVER_STARTER_PORT) or the previous generation when there
@@ -483,9 +484,13 @@ static void usage(FILE *to, const char *program) {
     fprintf(to,
             "usage: %s [--host H] [--port N] [--listen ADDRESS] [--period MS] [--drain MS]"
             " [--pid-file PATH] [--upgrade-timeout MS] [--listen-timeout MS] [--upgrade-confirm MS]"
-            " [--max-connections N]\n"
+            " [--max-connections N] [--health ADDRESS] [--drain-quiet MS]\n"
             "  --max-connections N  at most N connections at once (0, the default: unlimited); the\n"
             "                       others wait in the listen backlog, none is refused\n"
+            "  --health ADDRESS     the library's health listener (/ready, /live, /health) on its own\n"
+            "                       port, e.g. 127.0.0.1:8081; an upgrade hands it on\n"
+            "  --drain-quiet MS     adaptive drain: end the --drain delay early once no connection came\n"
+            "                       for MS (and a /ready probe was answered 503); less than --drain\n"
             "signals: SIGINT/SIGTERM lame-duck, then exit; SIGHUP zero-downtime upgrade;\n"
             "         SIGUSR1 raises the connection limit by 1 (unlimited stays unlimited), SIGUSR2\n"
             "         lowers it by 1 (never below 1; from unlimited: to the connections open now);\n"
@@ -495,9 +500,9 @@ static void usage(FILE *to, const char *program) {
 
 int main(int argc, char **argv) {
     static demo d;
-    const char *host = "127.0.0.1", *listen_address = NULL, *pid_file = NULL;
+    const char *host = "127.0.0.1", *listen_address = NULL, *pid_file = NULL, *health = NULL;
     long port = 8080, period_ms = 3000, drain_ms = 0, upgrade_timeout_ms = 60000, listen_timeout_ms = 10000, upgrade_confirm_ms = 1000;
-    long max_connections = 0;
+    long max_connections = 0, drain_quiet_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--host") == 0 && value) host = argv[++i];
@@ -510,6 +515,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--listen-timeout") == 0) listen_timeout_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--upgrade-confirm") == 0) upgrade_confirm_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--max-connections") == 0) max_connections = arg_number(argv[i], value), i++;
+        else if (strcmp(argv[i], "--health") == 0 && value) health = argv[++i];
+        else if (strcmp(argv[i], "--drain-quiet") == 0) drain_quiet_ms = arg_number(argv[i], value), i++;
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout, argv[0]);
             return 0;
@@ -521,6 +528,16 @@ int main(int argc, char **argv) {
     ld_options *options = ld_options_new();
     if (ld_options_set_max_connections(options, (uint64_t)max_connections) != LD_OK) {
         fprintf(stderr, "demo: --max-connections %ld is too large (at most 2147483647; 0: unlimited)\n", max_connections);
+        ld_options_free(options);
+        return 2;
+    }
+    if (health != NULL && ld_options_set_health_address(options, health) != LD_OK) {
+        fprintf(stderr, "demo: --health %s is not an address to listen on (host:port or a unix socket path)\n", health);
+        ld_options_free(options);
+        return 2;
+    }
+    if (ld_options_set_drain_quiet_ms(options, (uint64_t)drain_quiet_ms) != LD_OK) {
+        fprintf(stderr, "demo: --drain-quiet %ld is too large (at most 86400000)\n", drain_quiet_ms);
         ld_options_free(options);
         return 2;
     }

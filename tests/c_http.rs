@@ -134,3 +134,55 @@ fn connections_queued_when_lame_duck_begins_are_answered() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("draining the listener"), "{stderr}");
 }
+
+/// `--health ADDRESS` serves the library's `/ready` on a port of its own, and `--drain-quiet MS`
+/// ends the `--drain` delay early: once that port has answered a probe "not ready" and no new
+/// connection came for MS. The drain delay here (20 s) is longer than any wait below, so the
+/// "Drain ended after" line can only come from the adaptive drain.
+#[test]
+fn health_and_drain_quiet_flags_serve_ready_and_end_the_drain_early() {
+    let health = common::free_port();
+    let address = format!("127.0.0.1:{health}");
+    let (proc, port) = start(&["--drain", "20000", "--drain-quiet", "300", "--health", &address]);
+    proc.wait_line(true, "demo: state READY", LIMIT);
+    let ready = get(health, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(get(port, "/").starts_with("HTTP/1.1 200 OK"));
+    proc.signal(libc::SIGTERM);
+    proc.wait_line(true, "draining for 20s (less once no new connection came for 300ms)", LIMIT);
+    proc.wait_line(true, "demo: state DRAINING", LIMIT);
+    // A balancer's probe: "not ready" from the trigger on, while the demo still serves.
+    let not_ready = get(health, "/ready");
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    assert!(get(port, "/").starts_with("HTTP/1.1 200 OK"));
+    let ended = proc.wait_line(true, "Drain ended after", Duration::from_secs(15));
+    assert!(ended.contains("no new connection for 300ms and 1 readiness probe(s) answered not ready"), "{ended}");
+    let (status, stderr) = proc.finish(LIMIT);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+/// A bad `--health` or `--drain-quiet` value is an error with a message, not a crash or a run
+/// without it: a malformed address and a non-number are usage errors (exit 2); a quiet time not
+/// shorter than the drain delay is refused by the library (exit 1, its message).
+#[test]
+fn bad_health_and_drain_quiet_values_are_errors() {
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["--health", "127.0.0.1:99999"], 2, "demo: --health 127.0.0.1:99999 is not an address to listen on"),
+        (&["--health", "::1:8081"], 2, "demo: --health ::1:8081 is not an address to listen on"),
+        (&["--drain-quiet", "soon"], 2, "demo: --drain-quiet needs a non-negative number"),
+        (&["--drain-quiet", "86400001", "--drain", "1000"], 2, "demo: --drain-quiet 86400001 is too large"),
+        (
+            &["--drain", "500", "--drain-quiet", "500"],
+            1,
+            "drain quiet time 500ms is invalid: it must be shorter than the drain delay",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let mut cmd = common::c_command(server_binary());
+        cmd.args(["--port", "0"]).args(args);
+        let (status, _, stderr) = common::run_limited(cmd, LIMIT);
+        assert_eq!(status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("AddressSanitizer") && !stderr.contains("runtime error"), "{args:?}: {stderr}");
+    }
+}
