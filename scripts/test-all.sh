@@ -4,8 +4,9 @@
 # the release build (scripts/dist.sh into dist/), the Python package's tests (pytest, mypy
 # --strict) on the dist wheel in a project venv (.venv), the Node package's tests (node --test)
 # on the dist addon with its dependencies in bindings/node/node_modules, every dist artifact
-# installed on a machine without Rust (tests/dist/check.sh), and the conformance suite
-# (tests/conformance) in all three languages.
+# installed on a machine without Rust (tests/dist/check.sh), the fleets behind haproxy for the
+# Python and Node examples (tests/fleet.rs; the C demo's ran with cargo test), and the
+# conformance suite (tests/conformance) in all three languages.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
 # haproxy) by itself.
 set -euo pipefail
@@ -54,6 +55,9 @@ echo "== Node: npm install (the test dependencies; the addon is dist's), node --
 # npm install, not npm ci: npm 11 leaves other platforms' optional packages out of the lockfile
 # and then npm ci rejects it. npm install still follows the lockfile.
 (cd bindings/node && npm install --no-audit --no-fund --loglevel=error && npm test)
+
+echo "== fleets behind haproxy: the Python and Node examples (tests/fleet.rs; the C demo and the control ran above)"
+LAMEDUCK_FLEET=python,node LAMEDUCK_FLEET_PYTHON="$PWD/.venv/bin/python" cargo test --test fleet -- --nocapture 2>&1
 
 echo "== install checks: every dist/ artifact installed without Rust (tests/dist/check.sh)"
 bash tests/dist/check.sh

@@ -18,15 +18,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Proc;
+use common::haproxy::{alive, answering_pid, kill, read_pid, required_tool, runs, wait_for, Haproxy};
+use common::{free_port, Proc};
 
 /// Limit for each awaited event; generous, for a busy 2-core machine under load.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -36,63 +33,6 @@ const CHECK_INTER_MS: u64 = 100;
 const SERVERS: [&str; 2] = ["a", "b"];
 /// What a new generation logs once its predecessor has handed over (it may upgrade from then on).
 const HANDED_OVER: &str = "The previous generation handed over; this process is the current generation";
-
-/// `name` on PATH, or in the sbin directories Debian installs haproxy to (which a non-root
-/// PATH often lacks). A missing tool fails the test: skipping would hide the scenario.
-fn required_tool(name: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path.split(':').filter(|d| !d.is_empty()).chain(["/usr/sbin", "/usr/local/sbin", "/sbin"]);
-    if let Some(found) = dirs.map(|d| PathBuf::from(d).join(name)).find(|p| p.is_file()) {
-        return found;
-    }
-    panic!(
-        "`{name}` is not installed (not on PATH={path}, nor in /usr/sbin): this test needs a real {name}; \
-         install it with `apt-get install -y {name}` (scripts/test-all.sh does)"
-    )
-}
-
-fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill(2) on a pid this test started (directly or through an upgrade).
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
-}
-
-/// Whether `pid` is a running (not zombie) process.
-fn alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit(')').next().and_then(|rest| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
-}
-
-/// Waits until `f` gives a value; panics after `limit` with `what()`.
-fn wait_for<T>(limit: Duration, what: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {}", what());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The pid in the demo's `GET /` answer, asked directly (not through haproxy) on a fresh
-/// connection: the process that accepted it.
-fn answering_pid(port: u16) -> Option<i32> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    answer.split("(pid ").nth(1)?.split(')').next()?.parse().ok()
-}
 
 /// One demo instance: its first process (whose pipes every later generation inherits), port,
 /// pid file and current generation.
@@ -114,15 +54,13 @@ struct Fleet {
     dir: PathBuf,
     demos: Vec<Instance>,
     generations: Vec<i32>,
-    haproxy: Option<Proc>,
+    haproxy: Option<Haproxy>,
     wrk: Option<Proc>,
 }
 
 impl Fleet {
     fn is_demo(&self, pid: i32) -> bool {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let binary = self.binary.as_os_str().as_encoded_bytes();
-        alive(pid) && cmdline.windows(binary.len()).any(|w| w == binary)
+        runs(pid, self.binary.as_os_str().as_encoded_bytes())
     }
 
     fn start_demo(&mut self, name: &'static str) {
@@ -141,11 +79,8 @@ impl Fleet {
         self.demos.push(Instance { name, proc, port, pid_file, current, upgrades: 0 });
     }
 
-    fn stats_socket(&self) -> PathBuf {
-        self.dir.join("haproxy.sock")
-    }
-
-    fn start_haproxy(&mut self, haproxy: &Path, frontend: u16) {
+    fn start_haproxy(&mut self, haproxy: &std::path::Path, frontend: u16) {
+        let socket = self.dir.join("haproxy.sock");
         let servers: String = self
             .demos
             .iter()
@@ -176,53 +111,23 @@ impl Fleet {
              \x20   option httpchk GET /health\n\
              \x20   http-check expect status 200\n\
              {servers}",
-            socket = self.stats_socket().display(),
+            socket = socket.display(),
         );
-        let cfg = self.dir.join("haproxy.cfg");
-        std::fs::write(&cfg, config).unwrap();
-        let mut cmd = Command::new(haproxy);
-        cmd.arg("-db").arg("-f").arg(&cfg);
-        self.haproxy = Some(Proc::spawn(cmd));
+        self.haproxy = Some(Haproxy::start(haproxy, &self.dir, &config, socket, &SERVERS));
         // Ready once both servers passed a check.
         wait_for(
             LIMIT,
             || format!("haproxy to see both servers UP: {}", self.haproxy_text()),
-            || {
-                let stats = self.try_stats()?;
-                SERVERS
-                    .iter()
-                    .all(|s| stats.get(*s).is_some_and(|r| r["status"] == "UP" && r["check_status"] == "L7OK"))
-                    .then_some(())
-            },
+            || SERVERS.iter().all(|s| self.haproxy.as_ref().unwrap().is_up(s)).then_some(()),
         );
     }
 
     fn haproxy_text(&self) -> String {
-        let Some(h) = &self.haproxy else { return String::new() };
-        let (out, err) = h.text();
-        let state = if alive(h.pid()) { "running" } else { "EXITED" };
-        format!("haproxy {state}; stdout: {out}\nstderr: {err}")
+        self.haproxy.as_ref().map(Haproxy::text).unwrap_or_default()
     }
 
-    /// `show stat` on the stats socket: the backend's server rows, by server name.
-    fn try_stats(&self) -> Option<HashMap<String, HashMap<String, String>>> {
-        let mut s = UnixStream::connect(self.stats_socket()).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        s.write_all(b"show stat\n").ok()?;
-        let mut csv = String::new();
-        s.read_to_string(&mut csv).ok()?;
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
-        let rows = lines
-            .map(|l| header.iter().map(|h| h.to_string()).zip(l.split(',').map(str::to_string)).collect::<HashMap<_, _>>())
-            .filter(|r| r.get("pxname").map(String::as_str) == Some("be") && SERVERS.contains(&r["svname"].as_str()))
-            .map(|r| (r["svname"].clone(), r))
-            .collect::<HashMap<_, _>>();
-        (rows.len() == SERVERS.len()).then_some(rows)
-    }
-
-    fn stats(&self) -> HashMap<String, HashMap<String, String>> {
-        wait_for(LIMIT, || format!("haproxy's stats socket: {}", self.haproxy_text()), || self.try_stats())
+    fn stats(&self) -> std::collections::HashMap<String, common::haproxy::Row> {
+        self.haproxy.as_ref().unwrap().stats(LIMIT)
     }
 
     fn counter(&self, server: &str, field: &str) -> u64 {
@@ -344,7 +249,7 @@ fn twenty_upgrades_of_each_instance_behind_haproxy_lose_no_request_and_no_health
     let field = |server: &str, f: &str| stats[server][f].parse::<u64>().unwrap_or(0);
     let flaps: Vec<u64> = SERVERS.iter().map(|s| field(s, "chkdown")).collect();
     let statuses: Vec<&str> = SERVERS.iter().map(|s| stats[*s]["status"].as_str()).collect();
-    let (_, haproxy_log) = fleet.haproxy.as_ref().unwrap().text();
+    let (_, haproxy_log) = fleet.haproxy.as_ref().unwrap().proc.text();
     let down_lines = haproxy_log.lines().filter(|l| l.starts_with("[WARNING]") && l.contains(" is DOWN")).count();
     let sum = |f: &str| SERVERS.iter().map(|s| field(s, f)).sum::<u64>();
     let report = format!(

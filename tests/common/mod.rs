@@ -2,6 +2,8 @@
 //! `liblameduck.so`, and running child processes with a time limit.
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod haproxy;
 pub mod load;
 
 use std::io::Read;
@@ -125,6 +127,8 @@ pub struct Proc {
 pub struct Lines {
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
+    /// When each stderr line arrived (for measuring the time between two events).
+    pub stderr_at: Vec<Instant>,
 }
 
 impl Proc {
@@ -155,7 +159,8 @@ impl Proc {
                     let Ok(line) = line else { break };
                     let mut l = lines.0.lock().unwrap();
                     if is_err {
-                        l.stderr.push(line)
+                        l.stderr.push(line);
+                        l.stderr_at.push(Instant::now());
                     } else {
                         l.stdout.push(line)
                     }
@@ -184,6 +189,12 @@ impl Proc {
             });
             l = self.lines.1.wait_timeout(l, left).unwrap().0;
         }
+    }
+
+    /// When the first stderr line containing `needle` arrived, if one did.
+    pub fn stderr_line_time(&self, needle: &str) -> Option<Instant> {
+        let l = self.lines.0.lock().unwrap();
+        l.stderr.iter().zip(&l.stderr_at).find(|(line, _)| line.contains(needle)).map(|(_, &at)| at)
     }
 
     /// Waits until `n` lines on stderr contain `needle`; returns the `n`th.
