@@ -15,7 +15,7 @@ ready this process lame-ducks.
 from ._gate import MAX_CONNECTIONS, ConnectionStats, Gate, Permit
 from ._lameduck import VERSION, __version__
 from ._listen import adopt, is_shared, listen
-from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
+from ._runner import DEFAULT_SIGNALS, Context, Runner, State, current_runner, run, run_async
 from .errors import (
     BusyError,
     CanceledError,
@@ -39,6 +39,7 @@ __all__ = [
     "State",
     "run",
     "run_async",
+    "current_runner",
     "listen",
     "adopt",
     "is_shared",
