@@ -202,6 +202,8 @@ def wsgi_app(environ: Any, start_response: Any) -> List[bytes]:
         (lambda: lameduck.asgi.uvicorn(asgi_app, idle_grace="1"), TypeError, "idle_grace='1' must be a number"),
         (lambda: lameduck.asgi.uvicorn(asgi_app, max_connections=10), ValueError, "limit_concurrency"),
         (lambda: lameduck.asgi.uvicorn(asgi_app, config={"port": 80}), TypeError, "config: port: not supported"),
+        (lambda: lameduck.asgi.uvicorn(asgi_app, config={"timeout_graceful_shutdown": 5}), TypeError, "period="),
+        (lambda: lameduck.asgi.uvicorn(asgi_app, config={"no_such": 1}), TypeError, "no_such"),
         (lambda: lameduck.asgi.uvicorn(asgi_app, config=[("a", 1)]), TypeError, "must be a mapping"),
         (lambda: lameduck.asgi.uvicorn("app:main"), TypeError, "is not an ASGI application"),
         (lambda: lameduck.asgi.hypercorn(asgi_app, signals="TERM"), TypeError, "signals='TERM'"),

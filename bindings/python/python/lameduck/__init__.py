@@ -10,6 +10,9 @@ deadline of now + ``period``; if it runs out of time, call ``close()``.
 SIGHUP (or :meth:`Runner.upgrade`) upgrades with zero downtime: the program is started again
 with every listener from :func:`listen` (or registered with :func:`adopt`), and once it is
 ready this process lame-ducks.
+
+ASGI and WSGI apps (FastAPI, Starlette, Django, Flask) run on uvicorn or hypercorn with
+:mod:`lameduck.asgi` and :mod:`lameduck.wsgi`; :func:`current_runner` is the runner in progress.
 """
 
 from ._gate import MAX_CONNECTIONS, ConnectionStats, Gate, Permit

@@ -29,17 +29,7 @@ from . import _lameduck
 from ._gate import ConnectionStats, Gate, _limit
 from .errors import SignalSetupError, _from_native
 
-__all__ = [
-    "Context",
-    "Runner",
-    "State",
-    "SupportsLog",
-    "LoggerOption",
-    "run",
-    "run_async",
-    "current_runner",
-    "DEFAULT_SIGNALS",
-]
+__all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "current_runner", "DEFAULT_SIGNALS"]
 
 DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_UPGRADE_SIGNALS: Tuple[int, ...] = (signal.SIGHUP,)

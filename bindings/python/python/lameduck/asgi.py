@@ -65,13 +65,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ClosingMiddleware:
-    """ASGI middleware for lame-duck. Once :attr:`closing` is set, every HTTP response starts
-    with ``Connection: close`` (replacing the app's own), so the server closes each kept-alive
-    connection after answering the request it carried; the flag is read as the response
-    starts, so a request already in flight then closes too. It also keeps the task of each
-    request (and WebSocket) in flight: :meth:`in_flight` counts them and :meth:`cut` cancels
-    them at the deadline, so the server's own shutdown (and the lifespan shutdown after it)
-    can go on. Per request that costs a wrapped ``send`` and a set insertion."""
+    """ASGI middleware for lame-duck. Once :attr:`closing` is set, the response to every HTTP
+    request that arrives starts with ``Connection: close`` (replacing the app's own), so the
+    server closes each kept-alive connection after answering the request it carried. (Those
+    in flight at that moment are not wrapped; the server's own shutdown closes their
+    connections after the response, at the end of the idle grace.) It also keeps the task of
+    each request (and WebSocket) in flight: :meth:`in_flight` counts them and :meth:`cut`
+    cancels them at the deadline, so the server's own shutdown (and the lifespan shutdown
+    after it) can go on. Before lame-duck that is all it does per request: a set insertion
+    and removal."""
 
     __slots__ = ("app", "closing", "_tasks", "_cut")
 
@@ -105,16 +107,17 @@ class ClosingMiddleware:
         try:
             if self._cut:
                 return
-            await self.app(scope, receive, self._closing_send(send) if kind == "http" else send)
+            await self.app(scope, receive, self._closing_send(send) if self.closing and kind == "http" else send)
         except asyncio.CancelledError:
             if not self._cut:
                 raise  # not ours
         finally:
             self._tasks.discard(task)
 
-    def _closing_send(self, send: Send) -> Send:
+    @staticmethod
+    def _closing_send(send: Send) -> Send:
         async def closing_send(message: Message) -> None:
-            if self.closing and message.get("type") == "http.response.start":
+            if message.get("type") == "http.response.start":
                 headers = [(k, v) for (k, v) in message.get("headers", ()) if bytes(k).lower() != b"connection"]
                 headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
@@ -297,6 +300,7 @@ _UVICORN_TAKEN = {
     "fd": "the socket comes from lameduck.listen()",
     "workers": "one process per lameduck run (run several behind a shared socket instead)",
     "reload": "upgrade with SIGHUP instead",
+    "timeout_graceful_shutdown": "the lame-duck period (period=) is the graceful timeout",
 }
 
 
@@ -305,8 +309,8 @@ class UvicornServer(_Served):
 
     ``config`` holds ``uvicorn.Config`` keyword arguments (``log_level``, ``http``,
     ``timeout_keep_alive``, ``limit_concurrency``, ``proxy_headers``, ``ssl_certfile``…);
-    ``host``, ``port``, ``fd``, ``uds``, ``workers`` and ``reload`` are lameduck's own and
-    refused there. Only public uvicorn API is used: ``Config``, ``Server.serve(sockets=…)``,
+    ``host``, ``port``, ``fd``, ``uds``, ``workers``, ``reload`` and
+    ``timeout_graceful_shutdown`` are lameduck's own and refused there. Only public uvicorn API is used: ``Config``, ``Server.serve(sockets=…)``,
     its ``should_exit``/``force_exit`` flags, and two public methods overridden in a subclass
     (``capture_signals``, so uvicorn installs no handler; ``startup``, to report ready).
     :attr:`server` is the ``uvicorn.Server`` while it runs."""
