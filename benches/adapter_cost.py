@@ -1,9 +1,10 @@
 """The adapters' per-request cost (issue 13): server CPU time per request, with lameduck and without.
 
-    .venv/bin/python benches/adapter_cost.py [--rounds 8] [--seconds 5] [--only python-threading,asyncio,aiohttp,node,c]
+    .venv/bin/python benches/adapter_cost.py [--rounds 8] [--seconds 5]
+                                             [--only python-threading,asyncio,aiohttp,uvicorn,hypercorn,node,c]
                                              [--bare-vs-bare]
 
-Five pairs, each the same server without lameduck ("bare") and with it (the default unlimited
+Seven pairs, each the same server without lameduck ("bare") and with it (the default unlimited
 gate, no max_connections):
 
 - python-threading  http.server.ThreadingHTTPServer, bare vs under lameduck.adapters.http_server
@@ -13,6 +14,9 @@ gate, no max_connections):
                     ``await adapter.next_request(...)`` and a ``lame_duck`` check per request)
 - aiohttp           web.AppRunner + web.TCPSite vs lameduck.adapters.aiohttp_app (skipped
                     when aiohttp is not installed)
+- uvicorn           a plain ASGI app on uvicorn.Server vs under lameduck.asgi.uvicorn (issue 14;
+                    skipped when uvicorn is not installed)
+- hypercorn         the same app on hypercorn.asyncio.serve vs under lameduck.asgi.hypercorn
 - node              node:http createServer vs lameduck's httpServer (bindings/node, built)
 - c                 examples/http_server.c vs benches/bare_http_server.c, the same serving code
                     without lameduck (both built here with cc -O2 against target/release)
@@ -57,7 +61,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-KINDS = ("python-threading", "asyncio", "aiohttp", "node", "c")
+KINDS = ("python-threading", "asyncio", "aiohttp", "uvicorn", "hypercorn", "node", "c")
 BODY = b"hello\n"
 READY_TIMEOUT = 30.0  # seconds for a server to answer its first request
 
@@ -164,7 +168,49 @@ def serve_aiohttp(port: int, with_lameduck: bool) -> None:
     asyncio.run(main())
 
 
-PYTHON_SERVERS = {"python-threading": serve_python_threading, "asyncio": serve_asyncio, "aiohttp": serve_aiohttp}
+async def asgi_hello(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(BODY)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def serve_uvicorn(port: int, with_lameduck: bool) -> None:
+    import uvicorn
+
+    settings: Dict[str, Any] = {"log_level": "warning", "access_log": False}
+    if with_lameduck:
+        import lameduck.asgi
+
+        asyncio.run(lameduck.asgi.uvicorn(asgi_hello, "127.0.0.1", port, config=settings, logger=False).run_async())
+    else:
+        asyncio.run(uvicorn.Server(uvicorn.Config(asgi_hello, host="127.0.0.1", port=port, **settings)).serve())
+
+
+def serve_hypercorn(port: int, with_lameduck: bool) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    settings: Dict[str, Any] = {"accesslog": None, "errorlog": None}
+    if with_lameduck:
+        import lameduck.asgi
+
+        asyncio.run(lameduck.asgi.hypercorn(asgi_hello, "127.0.0.1", port, config=settings, logger=False).run_async())
+    else:
+        asyncio.run(serve(asgi_hello, Config.from_mapping(settings, bind=[f"127.0.0.1:{port}"]), mode="asgi"))
+
+
+PYTHON_SERVERS = {
+    "python-threading": serve_python_threading,
+    "asyncio": serve_asyncio,
+    "aiohttp": serve_aiohttp,
+    "uvicorn": serve_uvicorn,
+    "hypercorn": serve_hypercorn,
+}
 
 #: The Node servers: `node -e NODE_SERVER PORT bare|lameduck BINDINGS_DIR`.
 NODE_SERVER = r"""
@@ -217,11 +263,8 @@ def why_unavailable(kind: str) -> Optional[str]:
     """The reason a pair cannot run here, or None."""
     if kind in PYTHON_SERVERS and importlib.util.find_spec("lameduck") is None:
         return f"lameduck is not installed for {sys.executable} (pip install ./bindings/python)"
-    if kind == "aiohttp":
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError:
-            return "aiohttp is not installed (pip install aiohttp)"
+    if kind in ("aiohttp", "uvicorn", "hypercorn") and importlib.util.find_spec(kind) is None:
+        return f"{kind} is not installed (pip install {kind})"
     if kind == "node":
         if shutil.which("node") is None:
             return "node is not installed"

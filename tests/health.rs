@@ -1,7 +1,8 @@
 //! The built-in health listener and the adaptive drain (issue 14), through the Rust API, over
 //! real sockets with a real HTTP/1.1 exchange: every endpoint in every phase, bad requests,
 //! clients that hold connections, and the drain ending once the balancer has stopped sending.
-//! Runners here never install handlers, so tests can run in parallel.
+//! Runners here never install handlers, so tests can run in parallel. `wrk` (which
+//! scripts/test-all.sh installs) loads the listener in every phase.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -323,4 +324,47 @@ fn without_probes_the_quiet_time_alone_ends_the_drain_and_without_it_the_delay_d
     done.recv_timeout(PATIENCE).unwrap().unwrap();
     assert!(stopped.elapsed() >= delay);
     assert!(!has_line(&log, "Drain ended"));
+}
+
+/// Runs `wrk` for `seconds` against `url`; its summary.
+fn wrk(url: &str, seconds: u32) -> String {
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--timeout", "10s", url])
+        .output()
+        .expect("wrk is needed (scripts/test-all.sh installs it)");
+    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (requests, non-2xx) from a wrk summary; socket errors fail the test.
+fn wrk_counts(summary: &str) -> (u64, u64) {
+    assert!(!summary.contains("Socket errors"), "{summary}");
+    let requests = summary
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().parse::<u64>().unwrap()))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let non_2xx = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").map(|n| n.trim().parse::<u64>().unwrap()))
+        .unwrap_or(0);
+    (requests, non_2xx)
+}
+
+#[test]
+fn the_listener_holds_under_load_in_every_phase() {
+    let log = Log { lines: Arc::default() };
+    let options = Options { drain_delay: Duration::from_secs(60), ..options(&log) };
+    let (runner, done) = start(waiter(false), options);
+    let address = runner.health_address().unwrap();
+    let (requests, non_2xx) = wrk_counts(&wrk(&format!("http://{address}/ready"), 2));
+    assert!(requests > 100 && non_2xx == 0, "READY: {requests} requests, {non_2xx} not 200");
+    runner.stop();
+    wait_for("DRAINING", || runner.state() == State::Draining);
+    let (requests, non_2xx) = wrk_counts(&wrk(&format!("http://{address}/ready"), 2));
+    assert!(requests > 100 && non_2xx == requests, "DRAINING: {requests} requests, {non_2xx} 503");
+    let (requests, non_2xx) = wrk_counts(&wrk(&format!("http://{address}/live"), 1));
+    assert!(requests > 100 && non_2xx == 0, "alive in lame-duck: {requests} requests, {non_2xx} not 200");
+    runner.deliver_signal(libc::SIGTERM).unwrap();
+    runner.deliver_signal(libc::SIGTERM).unwrap();
+    assert!(done.recv_timeout(PATIENCE).unwrap().unwrap_err().is_forced());
 }

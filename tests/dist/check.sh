@@ -67,8 +67,10 @@ for py in "${pythons[@]}"; do
   "$venv/bin/python" - "$repo/bindings/python/README.md" "$work/readme-py$pyv" <<'PY'
 import re, sys
 blocks = re.findall(r"^```python\n(.*?)^```", open(sys.argv[1]).read(), re.S | re.M)
+# Those that import a framework (aiohttp, FastAPI, Flask, …) need it installed: not checked here.
+framework = re.compile(r"^\s*(from|import) (aiohttp|fastapi|starlette|flask|uvicorn|hypercorn)\b", re.M)
 for i, block in enumerate(blocks):
-    if "aiohttp" not in block:
+    if not framework.search(block):
         open(f"{sys.argv[2]}/example_{i}.py", "w").write(block)
 PY
   norust "$venv/bin/python" -m mypy --strict --no-incremental tests/dist/smoke_server.py tests/dist/smoke.py "$work/readme-py$pyv"/*.py

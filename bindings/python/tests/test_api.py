@@ -371,3 +371,44 @@ def test_run_async_raises_hook_errors_with_cause() -> None:
     with pytest.raises(lameduck.FailedError) as info:
         asyncio.run(lameduck.run_async(Broken(), **quiet()))
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_current_runner_is_the_run_in_progress_from_any_thread_and_asyncio() -> None:
+    assert lameduck.current_runner() is None
+    first, second = Server(), Server()
+    outer = lameduck.Runner(first, signals=(), **quiet())
+    inner = lameduck.Runner(second, signals=(), **quiet())
+    seen: List[Optional[lameduck.Runner]] = []
+    threads = [threading.Thread(target=r.run, daemon=True) for r in (outer, inner)]
+    threads[0].start()
+    assert outer.wait_ready(30)
+    assert lameduck.current_runner() is outer  # asked from another thread than the run's
+    threads[1].start()
+    assert inner.wait_ready(30)
+    assert lameduck.current_runner() is inner  # the one started last
+    inner.stop()
+    threads[1].join(30)
+    assert lameduck.current_runner() is outer
+    outer.stop()
+    threads[0].join(30)
+    assert lameduck.current_runner() is None
+
+    class Async:
+        async def serve(self, ctx: lameduck.Context) -> None:
+            seen.append(lameduck.current_runner())  # inside a hook on the loop
+            lameduck.current_runner().stop()  # type: ignore[union-attr]
+
+        async def shutdown(self, ctx: lameduck.Context) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    runner = lameduck.Runner(Async(), signals=(), **quiet())
+    asyncio.run(runner.run_async())
+    assert seen == [runner] and lameduck.current_runner() is None
+    with pytest.raises(lameduck.CanceledError):  # stopped before it ran: not in progress after
+        stopped = lameduck.Runner(Server(), signals=(), **quiet())
+        stopped.stop()
+        stopped.run()
+    assert lameduck.current_runner() is None

@@ -125,7 +125,7 @@ def test_readme_quick_start_upgrades_under_load_lose_nothing(script: str) -> Non
         app.kill()
 
 
-@pytest.mark.parametrize("script", ["readme_http_server.py", "readme_aiohttp.py"])
+@pytest.mark.parametrize("script", ["readme_http_server.py", "readme_aiohttp.py", "readme_fastapi.py"])
 def test_the_readme_prints_the_quick_start_exactly(script: str) -> None:
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     code = (Path(__file__).resolve().parent / script).read_text()

@@ -10,13 +10,16 @@ deadline of now + ``period``; if it runs out of time, call ``close()``.
 SIGHUP (or :meth:`Runner.upgrade`) upgrades with zero downtime: the program is started again
 with every listener from :func:`listen` (or registered with :func:`adopt`), and once it is
 ready this process lame-ducks.
+
+ASGI and WSGI apps (FastAPI, Starlette, Django, Flask) run on uvicorn or hypercorn with
+:mod:`lameduck.asgi` and :mod:`lameduck.wsgi`; :func:`current_runner` is the runner in progress.
 """
 
 from . import health
 from ._gate import MAX_CONNECTIONS, ConnectionStats, Gate, Permit
 from ._lameduck import VERSION, __version__
 from ._listen import adopt, is_shared, listen
-from ._runner import DEFAULT_SIGNALS, Context, Runner, State, run, run_async
+from ._runner import DEFAULT_SIGNALS, Context, Runner, State, current_runner, run, run_async
 from .errors import (
     BusyError,
     CanceledError,
@@ -40,6 +43,7 @@ __all__ = [
     "State",
     "run",
     "run_async",
+    "current_runner",
     "listen",
     "adopt",
     "is_shared",

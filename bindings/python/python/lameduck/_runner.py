@@ -30,7 +30,7 @@ from ._gate import ConnectionStats, Gate, _limit
 from .health import HealthReport
 from .errors import SignalSetupError, _from_native
 
-__all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "DEFAULT_SIGNALS"]
+__all__ = ["Context", "Runner", "State", "SupportsLog", "LoggerOption", "run", "run_async", "current_runner", "DEFAULT_SIGNALS"]
 
 DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_UPGRADE_SIGNALS: Tuple[int, ...] = (signal.SIGHUP,)
@@ -290,6 +290,39 @@ class _LoopSignal:
                 )
 
 
+#: The runners whose run() or run_async() is in progress, in the order they started.
+_RUNNING: List["Runner"] = []
+_RUNNING_LOCK = threading.Lock()
+
+
+def current_runner() -> Optional["Runner"]:
+    """The :class:`Runner` whose :meth:`~Runner.run` or :meth:`~Runner.run_async` is in
+    progress in this process (the one started last, if several are), else ``None``.
+
+    So a request handler, a health endpoint or a framework helper that built the runner for
+    you (:mod:`lameduck.asgi`, :func:`lameduck.run`) reaches its state, :meth:`~Runner.stop`,
+    its gate and its counts without being handed the runner. Safe from any thread."""
+    with _RUNNING_LOCK:
+        return _RUNNING[-1] if _RUNNING else None
+
+
+class _Running:
+    """Registers a runner with :func:`current_runner` for the duration of its run."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self, runner: "Runner") -> None:
+        self.runner = runner
+
+    def __enter__(self) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING.append(self.runner)
+
+    def __exit__(self, *exc: object) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING.remove(self.runner)
+
+
 class Runner:
     """Runs one server once under lame-duck coordination (Go's ``lameduck.Runner``).
 
@@ -536,7 +569,8 @@ class Runner:
             for sig in handled:
                 previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
-            failure = self._run_native() if handled else self._native.run()
+            with _Running(self):
+                failure = self._run_native() if handled else self._native.run()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -610,13 +644,14 @@ class Runner:
         try:
             for sig in self._handled_signals():
                 joined.append(_LoopSignal.join(loop, sig, self, self._native.deliver_signal))
-            threading.Thread(target=target, name="lameduck-run", daemon=True).start()
-            try:
-                failure = await asyncio.shield(settled)
-            except asyncio.CancelledError:
-                self._native.stop()
-                await settled
-                raise
+            with _Running(self):
+                threading.Thread(target=target, name="lameduck-run", daemon=True).start()
+                try:
+                    failure = await asyncio.shield(settled)
+                except asyncio.CancelledError:
+                    self._native.stop()
+                    await settled
+                    raise
         finally:
             for dispatch in joined:
                 dispatch.leave(self)
