@@ -1,11 +1,12 @@
 //! Fleets behind a real haproxy, the short run (the long one, with latencies, is
-//! `cargo bench --bench fleet`): two instances of the C demo, the Python example and the Node
-//! example (`examples/python/balanced.py`, `examples/node/balanced.js`), each with lameduck's
-//! health listener (haproxy checks its `/ready` every 100 ms, `fall 1 rise 1`) and the adaptive
-//! drain, under `wrk -t2 -c20` through haproxy; 3 rounds of rolling SIGTERM restarts and 3
-//! rounds of SIGHUP upgrades of both instances. The client must see no socket error, no answer
-//! ≥ 400 and haproxy no 5xx; an upgrade must never get a server marked DOWN; every restart's
-//! drain must end early, on haproxy's 503 (at most 5 s, so one that does not cannot hide).
+//! `cargo bench --bench fleet`): two instances of the C demo, the Python example (a FastAPI app
+//! on uvicorn, `examples/python/balanced.py`) and the Node example (`http`,
+//! `examples/node/balanced.js`), each with lameduck's health listener (haproxy checks its
+//! `/ready` every 100 ms, `fall 1 rise 1`) and the adaptive drain, under `wrk -t2 -c20` through
+//! haproxy; 3 rounds of rolling SIGTERM restarts and 3 rounds of SIGHUP upgrades of both
+//! instances. The client must see no socket error, no answer ≥ 400 and haproxy no 5xx; an
+//! upgrade must never get a server marked DOWN; every restart's drain must end early, on
+//! haproxy's 503 (at most 5 s, so one that does not cannot hide).
 //!
 //! haproxy's retries hide a server that stops accepting while still in rotation (a refused
 //! connect is retried after 1 s, then elsewhere): the client sees a delay, not an error. The

@@ -1,4 +1,5 @@
-"""An aiohttp app meant to run behind a load balancer (benches/fleet.rs runs two behind haproxy):
+"""A FastAPI app on uvicorn meant to run behind a load balancer (benches/fleet.rs runs two behind
+haproxy):
 
     python examples/python/balanced.py [--port N] [--health ADDRESS] [--drain MS]
                                        [--drain-quiet MS] [--period MS] [--pid-file PATH]
@@ -8,8 +9,8 @@ PID_FILE (a flag wins); durations in milliseconds, as for the C demo and the Nod
 balancer checks GET /ready on the --health port, which lameduck's core answers on its own thread
 (200 while serving, 503 from SIGTERM on), so a busy event loop never fails a check. SIGTERM
 drains: the app keeps serving, unready, for --drain ms, or less with --drain-quiet once the
-balancer has seen the 503 and no new connection came for that long; then it finishes what is in
-flight and exits. SIGHUP upgrades: the script starts again on the same sockets (the port and the
+balancer has seen the 503 (uvicorn's connections do not go through lameduck's gate, so only the
+probe ends the quiet time); then it finishes what is in flight and exits. SIGHUP upgrades: the script starts again on the same sockets (the port and the
 health port), and this process hands over. Every answer names the process (pid); lameduck's log
 lines and each state change ("state READY") go to stderr.
 """
@@ -23,14 +24,18 @@ import os
 import sys
 from typing import Optional
 
-from aiohttp import web
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
 import lameduck
-import lameduck.adapters
+import lameduck.asgi
+
+app = FastAPI()
 
 
-async def hello(request: web.Request) -> web.Response:
-    return web.Response(text=f"hello from lameduck (pid {os.getpid()})\n")
+@app.get("/", response_class=PlainTextResponse)
+async def hello() -> str:
+    return f"hello from lameduck (pid {os.getpid()})\n"
 
 
 def count(text: str) -> int:
@@ -50,7 +55,6 @@ def on_state_change(old: str, new: str) -> None:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # not a line per request
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=count, default=env("PORT") or "8080")
     parser.add_argument("--health", default=env("HEALTH"), help="host:port of the health listener")
@@ -59,10 +63,11 @@ async def main() -> None:
     parser.add_argument("--period", type=count, default=env("PERIOD") or "10000")
     parser.add_argument("--pid-file", default=env("PID_FILE"))
     args = parser.parse_args()
-    app = web.Application()
-    app.add_routes([web.get("/", hello)])
-    runner = lameduck.Runner(
-        lameduck.adapters.aiohttp_app(app, "127.0.0.1", args.port),
+    runner = lameduck.asgi.uvicorn(
+        app,
+        "127.0.0.1",
+        args.port,
+        config={"log_level": "warning", "access_log": False},  # not a line per request
         health=args.health,
         drain_delay=args.drain / 1000,
         drain_quiet=args.drain_quiet / 1000,

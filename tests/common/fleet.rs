@@ -33,10 +33,12 @@ const NOTABLE: [&str; 8] =
     ["run ended: ", "Upgrade failed", "AddressSanitizer", "runtime error", "Traceback", "Error", "expired", "still open"];
 
 /// wrk's `done`: one line of numbers (latencies in µs). `FLEET_SLOW_US` is the threshold for
-/// "slow"; the histogram is walked bucket by bucket (`latency(i)`: value and count).
+/// "slow" (`auto`: this run's own p50 + 100 ms); the histogram is walked bucket by bucket
+/// (`latency(i)`: value and count).
 const WRK_SCRIPT: &str = r#"
 done = function(summary, latency, requests)
-  local limit = tonumber(os.getenv("FLEET_SLOW_US") or "0")
+  local given = os.getenv("FLEET_SLOW_US") or "0"
+  local limit = given == "auto" and latency:percentile(50) + 100000 or tonumber(given)
   local slow, recorded = 0, 0
   for i = 1, #latency do
     local value, count = latency(i)
@@ -55,7 +57,7 @@ end
 pub enum App {
     /// examples/http_server.c
     C,
-    /// examples/python/balanced.py (aiohttp)
+    /// examples/python/balanced.py (FastAPI on uvicorn, through lameduck.asgi)
     Python,
     /// examples/node/balanced.js (http)
     Node,
@@ -69,7 +71,7 @@ impl App {
     pub fn name(self) -> &'static str {
         match self {
             App::C => "C demo",
-            App::Python => "Python aiohttp",
+            App::Python => "Python FastAPI/uvicorn",
             App::Node => "Node http",
             App::PlainNode => "plain Node http (control)",
             App::PlainPython => "plain Python http.server (control)",
@@ -201,13 +203,18 @@ impl Wrk {
 pub struct Outcome {
     pub title: String,
     pub wrk: Wrk,
-    /// The p50 of the calm run, when there was one; `wrk.slow` counts above it + 100 ms.
-    pub baseline_p50_us: Option<u64>,
+    /// The calm run, when there was one (its `slow`: above its own p50 + 100 ms); `wrk.slow`
+    /// counts above its p50 + 100 ms.
+    pub baseline: Option<Wrk>,
     /// 5xx answers haproxy sent the client.
     pub fe_5xx: u64,
     /// UP → DOWN transitions haproxy counted, and its "is DOWN" warnings.
     pub downs: u64,
     pub down_warnings: Vec<String>,
+    /// Connects haproxy retried, and requests it sent to the other server after failed
+    /// connects (`wretr`, `wredis`): failures the client did not see, as delays.
+    pub retries: u64,
+    pub redispatches: u64,
     /// Each restart's drain, DRAINING → SHUTTING_DOWN.
     pub drains: Vec<Duration>,
     /// Restarts whose adaptive drain ended early ("Drain ended after": on haproxy's probe).
@@ -217,7 +224,7 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Notable lines from the servers, and exits that were not clean.
     pub trouble: Vec<String>,
-    /// haproxy's log of failed requests (`option dontlog-normal`: only those).
+    /// haproxy's log of requests that failed or were retried (`option dontlog-normal`: only those).
     pub failed_requests: Vec<String>,
 }
 
@@ -235,8 +242,17 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let w = &self.wrk;
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
-        let slow = match self.baseline_p50_us {
-            Some(base) => format!("{} above {} ms", w.slow, ms(base + 100_000)),
+        let slow = match &self.baseline {
+            Some(b) => format!(
+                "{} above {} ms (calm run: {} requests, p50 {} ms, p99 {} ms, max {} ms, {} above its p50 + 100 ms)",
+                w.slow,
+                ms(b.p50_us + 100_000),
+                b.requests,
+                ms(b.p50_us),
+                ms(b.p99_us),
+                ms(b.max_us),
+                b.slow
+            ),
             None => "-".into(),
         };
         let drain = self.mean_drain().map_or("-".into(), |d| {
@@ -244,7 +260,8 @@ impl Outcome {
         });
         format!(
             "{}\n  {} changes in {:.1?}: {} requests; errors connect {} read {} write {} timeout {}; status>=400 {}; \
-             5xx {}; p50 {} ms, p99 {} ms, max {} ms; slow: {slow}; mean drain {drain}; DOWN {}",
+             5xx {}; p50 {} ms, p99 {} ms, max {} ms; slow: {slow}; mean drain {drain}; DOWN {}; haproxy retries {}, \
+             redispatches {}",
             self.title,
             self.changes,
             self.elapsed,
@@ -259,6 +276,8 @@ impl Outcome {
             ms(w.p99_us),
             ms(w.max_us),
             self.downs,
+            self.retries,
+            self.redispatches,
         )
     }
 }
@@ -436,14 +455,14 @@ impl Fleet<'_> {
         );
     }
 
-    fn wrk_command(&self, frontend: u16, duration: Duration, slow_us: u64) -> Command {
+    fn wrk_command(&self, frontend: u16, duration: Duration, slow_us: String) -> Command {
         let script = self.dir.join("fleet.lua");
         std::fs::write(&script, WRK_SCRIPT).unwrap();
         let mut cmd = Command::new(&self.programs.wrk);
         cmd.args(["-t2", "-c20", "--timeout", "10s", &format!("-d{}s", duration.as_secs().max(1)), "-s"])
             .arg(&script)
             .arg(format!("http://127.0.0.1:{frontend}/"))
-            .env("FLEET_SLOW_US", slow_us.to_string());
+            .env("FLEET_SLOW_US", slow_us);
         cmd
     }
 
@@ -581,14 +600,14 @@ pub fn run(programs: &Programs, case: &Case) -> Outcome {
     let frontend = super::free_port();
     fleet.start_haproxy(frontend);
 
-    let baseline_p50_us = case.baseline.map(|d| {
-        let (status, out, err) = super::run_limited(fleet.wrk_command(frontend, d, 0), d + LIMIT);
+    let baseline = case.baseline.map(|d| {
+        let (status, out, err) = super::run_limited(fleet.wrk_command(frontend, d, "auto".into()), d + LIMIT);
         assert!(status.success(), "the calm wrk run failed: {out}\n{err}");
-        Wrk::parse(&out).p50_us
+        Wrk::parse(&out)
     });
-    let slow_us = baseline_p50_us.map_or(0, |p50| p50 + 100_000);
+    let slow = baseline.as_ref().map_or("0".into(), |b| (b.p50_us + 100_000).to_string());
     // Stopped by SIGINT (wrk then prints its numbers); the hour is only a bound.
-    fleet.wrk = Some(Proc::spawn(fleet.wrk_command(frontend, Duration::from_secs(3600), slow_us)));
+    fleet.wrk = Some(Proc::spawn(fleet.wrk_command(frontend, Duration::from_secs(3600), slow)));
     for name in SERVERS {
         let served = fleet.counter(name, "hrsp_2xx");
         wait_for(
@@ -634,6 +653,8 @@ pub fn run(programs: &Programs, case: &Case) -> Outcome {
     let field = |server: &str, f: &str| stats[server][f].parse::<u64>().unwrap_or(0);
     let downs = SERVERS.iter().map(|s| field(s, "chkdown")).sum::<u64>() - downs_before;
     let fe_5xx = field("fe", "hrsp_5xx");
+    let retries = SERVERS.iter().map(|s| field(s, "wretr")).sum();
+    let redispatches = SERVERS.iter().map(|s| field(s, "wredis")).sum();
     let down_warnings = fleet.haproxy().down_warnings().split_off(warnings_before);
     let (_, haproxy_log) = fleet.haproxy().proc.text();
     let failed_requests = haproxy_log.lines().filter(|l| l.contains(" fe be/")).take(10).map(str::to_string).collect();
@@ -645,10 +666,12 @@ pub fn run(programs: &Programs, case: &Case) -> Outcome {
     Outcome {
         title: case.title(),
         wrk,
-        baseline_p50_us,
+        baseline,
         fe_5xx,
         downs,
         down_warnings,
+        retries,
+        redispatches,
         drains: std::mem::take(&mut fleet.drains),
         early_drains: fleet.early_drains,
         changes,
