@@ -9,10 +9,11 @@
 //! - SIGHUP upgrades, one instance after the other;
 //!
 //! and, as the control, plain servers without lameduck (Node `http.createServer`, Python
-//! `http.server`) restarted the same way. Each case first runs wrk for 3 s with nothing
-//! changing: its p50 is the normal latency, and "slow" counts the requests of the measured run
-//! that took more than that + 100 ms (from wrk's histogram); the calm run's own count of those
-//! is shown beside it, for the machine's noise. Prints one block per case, then a table.
+//! `http.server`) restarted the same way. Each case first runs wrk for 2 s to warm the servers
+//! up, then for 3 s with nothing changing: its p50 is the normal latency, and "slow" counts the
+//! requests of the measured run that took more than that + 100 ms (from wrk's histogram); the
+//! calm run's own count of those is shown beside it, for the machine's noise. Prints one block
+//! per case, then a table.
 //!
 //!     cargo bench --bench fleet [-- --rounds N] [--quick] [--calm S] [--only c,python,node,plain]
 //!

@@ -319,8 +319,8 @@ impl Fleet<'_> {
     fn marker(&self) -> Vec<u8> {
         match self.case.app {
             App::C => self.programs.c_demo.as_ref().unwrap().as_os_str().as_encoded_bytes().to_vec(),
-            App::Python => b"examples/python/balanced.py".to_vec(),
-            App::Node => b"examples/node/balanced.js".to_vec(),
+            App::Python => super::repo().join("examples/python/balanced.py").into_os_string().into_encoded_bytes(),
+            App::Node => super::repo().join("examples/node/balanced.js").into_os_string().into_encoded_bytes(),
             App::PlainNode | App::PlainPython => self.dir.as_os_str().as_encoded_bytes().to_vec(),
         }
     }
@@ -601,6 +601,11 @@ pub fn run(programs: &Programs, case: &Case) -> Outcome {
     fleet.start_haproxy(frontend);
 
     let baseline = case.baseline.map(|d| {
+        // A fresh process is slower for its first requests (JIT, imports, caches): warm up first,
+        // so the calm run measures the normal latency, not the start.
+        let warm = Duration::from_secs(2);
+        let (status, out, err) = super::run_limited(fleet.wrk_command(frontend, warm, "0".into()), warm + LIMIT);
+        assert!(status.success(), "the warm-up wrk run failed: {out}\n{err}");
         let (status, out, err) = super::run_limited(fleet.wrk_command(frontend, d, "auto".into()), d + LIMIT);
         assert!(status.success(), "the calm wrk run failed: {out}\n{err}");
         Wrk::parse(&out)
