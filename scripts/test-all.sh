@@ -7,13 +7,13 @@
 # installed on a machine without Rust (tests/dist/check.sh), and the conformance suite
 # (tests/conformance) in all three languages.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
-# haproxy) by itself.
+# haproxy, systemd's systemd-socket-activate and systemd-analyze) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib/tools.sh
 need_tools test-all pkg-config:pkg-config valgrind:valgrind nm:binutils make:make wrk:wrk \
-  start_server:libserver-starter-perl haproxy:haproxy
+  start_server:libserver-starter-perl haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd
 
 echo "== cargo fmt --check and cargo clippy -D warnings (the core, start_server, the tests)"
 if cargo fmt --version >/dev/null 2>&1; then
