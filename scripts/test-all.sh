@@ -49,6 +49,8 @@ echo "== Python: the dist wheel into the project venv, pytest, mypy --strict"
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/python/lameduck-*.whl
 .venv/bin/python -m mypy --strict bindings/python/python/lameduck examples/python
 (cd bindings/python && ../../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
+# The README's YAML blocks again, now with the venv's PyYAML (cargo test above may have had none).
+LAMEDUCK_PYTHON="$PWD/.venv/bin/python" cargo test --test readme yaml 2>&1
 
 echo "== Node: npm install (the test dependencies; the addon is dist's), node --test"
 # npm install, not npm ci: npm 11 leaves other platforms' optional packages out of the lockfile
