@@ -212,18 +212,19 @@ fn kill(pid: i32, signal: i32) {
     unsafe { libc::kill(pid, signal) };
 }
 
-/// The manager's side of one unit: the notify socket, the main process, and every process the
-/// unit has had as its main one (killed and reaped at the end, whatever happens).
+/// The manager's side of one unit: the notify socket, the main process, every process the
+/// unit has had as its main one, and the unit's processes: the process group its first process
+/// leads, which every generation inherits (as systemd has a cgroup; reparented processes stay
+/// in it). Whatever happens, the group is killed and reaped at the end.
 struct Manager {
     dir: PathBuf,
     socket: UnixDatagram,
+    group: i32,
     main: i32,
     /// The main process was not this manager's child when it became the main one: systemd's
     /// "alien" main process, which it does not wait for once signalled.
     alien: bool,
     mains: Vec<i32>,
-    /// The main processes reaped already (their pids may be reused by now: never signalled).
-    reaped: Vec<i32>,
     notes: Vec<Note>,
 }
 
@@ -235,7 +236,17 @@ impl Manager {
         let dir = common::scratch_dir(&format!("systemd-{name}"));
         let socket = UnixDatagram::bind(dir.join("notify")).unwrap();
         lameduck::sys::pass_credentials(socket.as_raw_fd()).unwrap();
-        Manager { dir, socket, main: 0, alien: false, mains: Vec::new(), reaped: Vec::new(), notes: Vec::new() }
+        Manager { dir, socket, group: 0, main: 0, alien: false, mains: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Starts the unit's first process, the main one, in a process group of its own.
+    fn start(&mut self, mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let proc = Proc::spawn(cmd);
+        self.group = proc.pid();
+        self.set_main(proc.pid());
+        proc
     }
 
     fn notify_socket(&self) -> String {
@@ -286,22 +297,19 @@ impl Manager {
         assert!(usec >= begin, "MONOTONIC_USEC={usec} is before the reload began ({begin}): systemd would ignore it");
     }
 
-    /// Every process of the unit: the main ones not reaped yet, and their descendants.
+    /// Every process of the unit still running: the members of its process group that are not
+    /// zombies (`/proc/<pid>/stat`). Not only generations: a sanitizer's helper process, say.
     fn processes(&self) -> Vec<i32> {
-        let mut all: Vec<i32> = self.mains.iter().copied().filter(|p| !self.reaped.contains(p)).collect();
-        let pids: Vec<i32> =
-            std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-        loop {
-            let more: Vec<i32> = pids
-                .iter()
-                .copied()
-                .filter(|p| !all.contains(p) && lameduck::sys::parent_pid(*p).is_some_and(|parent| all.contains(&parent)))
-                .collect();
-            if more.is_empty() {
-                return all;
-            }
-            all.extend(more);
-        }
+        let running_in_group = |pid: &i32| -> Option<bool> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect(); // state, ppid, pgrp, …
+            Some(fields.first()? != &"Z" && fields.get(2)?.parse() == Ok(self.group))
+        };
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid| self.group > 0 && running_in_group(pid) == Some(true))
+            .collect()
     }
 
     /// Stops the unit as systemd does for its `KillMode=`: SIGTERM to every process of the
@@ -325,13 +333,12 @@ impl Manager {
     /// Waits (bounded) for main process `pid` to exit and reaps it: our child, or an orphan
     /// reparented to us (until then waitpid says ECHILD: its parent still runs). None when
     /// `limit` passes first.
-    fn reap(&mut self, pid: i32, limit: Duration) -> Option<i32> {
+    fn reap(&self, pid: i32, limit: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             let mut status = 0;
             // SAFETY: waitpid on one pid, without blocking.
             if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                self.reaped.push(pid);
                 return Some(status);
             }
             if start.elapsed() > limit {
@@ -345,7 +352,7 @@ impl Manager {
     /// 0, or, for one that is no longer the main process, killed by the stop's SIGTERM (it can
     /// arrive between the end of its run and its exit, when the default action is back; systemd
     /// counts that as a clean exit too).
-    fn exits_cleanly(&mut self, pid: i32, limit: Duration, proc: &Proc) {
+    fn exits_cleanly(&self, pid: i32, limit: Duration, proc: &Proc) {
         let status =
             self.reap(pid, limit).unwrap_or_else(|| panic!("process {pid} still runs after {limit:?}: {:?}", proc.text()));
         let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -359,9 +366,17 @@ impl Drop for Manager {
         for pid in self.processes() {
             kill(pid, libc::SIGKILL);
         }
-        let left: Vec<i32> = self.mains.iter().copied().filter(|p| !self.reaped.contains(p)).collect();
-        for pid in left {
-            let _ = self.reap(pid, Duration::from_secs(5));
+        // Our children among them (the first process, orphans reparented to us), whether or
+        // not they were ever a main one.
+        let start = Instant::now();
+        while self.group > 0 && start.elapsed() < Duration::from_secs(5) {
+            let mut status = 0;
+            // SAFETY: waitpid on the members of one process group, without blocking.
+            match unsafe { libc::waitpid(-self.group, &mut status, libc::WNOHANG) } {
+                -1 => break, // none left that is ours
+                0 => std::thread::sleep(Duration::from_millis(5)),
+                _ => {}
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -430,8 +445,7 @@ fn start_demo_unit(activate: &Path, manager: &mut Manager) -> (Proc, u16, Unit, 
         cmd.arg(format!("--setenv={k}={v}"));
     }
     cmd.args(local_command(&words, &listen, &local));
-    let proc = Proc::spawn(cmd);
-    manager.set_main(proc.pid());
+    let proc = manager.start(cmd);
     proc.wait_line(true, &format!("Listening on {local}"), LIMIT);
     (proc, port, service, local)
 }
@@ -560,8 +574,7 @@ fn start_server_unit_reloads_and_stops_as_systemd_expects() {
     let command = local_command(&words, &address, &local);
     let mut cmd = Command::new(&command[0]);
     cmd.env_clear().args(&command[1..]).envs(service_environment(&manager));
-    let proc = Proc::spawn(cmd);
-    manager.set_main(proc.pid());
+    let proc = manager.start(cmd);
     assert!(manager.next_from_main("READY=1 once the worker is ready").has("READY=1"));
     let load = Load::start(port, 4);
     load.wait_for_more(20, LIMIT);
@@ -598,8 +611,7 @@ fn a_refused_reload_signal_still_ends_the_reload() {
     let pid_file = manager.dir.join("demo.pid");
     let mut cmd = common::c_command(demo());
     cmd.args(["--port", "0", "--pid-file"]).arg(&pid_file).env("NOTIFY_SOCKET", manager.notify_socket());
-    let proc = Proc::spawn(cmd);
-    manager.set_main(proc.pid());
+    let proc = manager.start(cmd);
     assert_eq!(manager.next_from_main("READY=1").text, "READY=1");
     std::fs::remove_file(&pid_file).unwrap();
     std::fs::create_dir(&pid_file).unwrap(); // the pid file cannot be pointed at a new process
