@@ -19,9 +19,13 @@ const DEFAULTS = {
   listenTimeout: 10000,
   upgradeConfirm: 1000,
   upgradeWithoutListeners: false,
+  onUncaughtError: 'default',
 }
 // explicitReady has no default here: left out, the server decides (see Runner).
 const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile', 'maxConnections'])
+
+// What onUncaughtError takes: the lame-duck policy (lib/uncaught.js), or Node's own handling.
+const UNCAUGHT_POLICIES = ['lame-duck', 'default']
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -83,6 +87,10 @@ function normalizeOptions(options) {
     throw new TypeError(`upgradeCommand must be an array of strings (an argv), got ${describeValue(o.upgradeCommand)}`)
   }
   if (o.pidFile !== undefined && typeof o.pidFile !== 'string') throw new TypeError(`pidFile must be a path string, got ${describeValue(o.pidFile)}`)
+  if (typeof o.onUncaughtError !== 'string') throw new TypeError(`onUncaughtError must be 'lame-duck' or 'default', got ${describeValue(o.onUncaughtError)}`)
+  if (!UNCAUGHT_POLICIES.includes(o.onUncaughtError)) {
+    throw new RangeError(`onUncaughtError=${JSON.stringify(o.onUncaughtError)} is invalid: use 'lame-duck' (log, lame-duck, then exit 1) or 'default' (Node's own handling)`)
+  }
   return {
     period: milliseconds('period', o.period),
     signals: signalNumbers(o.signals),
@@ -101,6 +109,7 @@ function normalizeOptions(options) {
     upgradeConfirm: milliseconds('upgradeConfirm', o.upgradeConfirm),
     upgradeWithoutListeners: o.upgradeWithoutListeners,
     maxConnections: connectionLimit('maxConnections', options.maxConnections),
+    onUncaughtError: o.onUncaughtError,
   }
 }
 
