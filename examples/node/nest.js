@@ -24,8 +24,8 @@ class AppController {
   hello() {
     return `hello from nest (pid ${process.pid})\n`
   }
-  async slow(query) {
-    const ms = Number(query ?? 1000)
+  async slow(msParam) {
+    const ms = Number(msParam ?? 1000) // @Query('ms'), applied below
     await new Promise((resolve) => setTimeout(resolve, ms))
     return `slept ${ms} ms\n`
   }
