@@ -134,7 +134,8 @@ fn connections_queued_when_lame_duck_begins_are_answered() {
     }
     let (status, stderr) = proc.finish(LIMIT);
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("draining the listener"), "{stderr}");
+    assert!(!stderr.contains("demo: stopping the listener"), "{stderr}");
+    assert!(!stderr.contains("queued connection(s) with 503"), "every queued connection got a slot: {stderr}");
 }
 
 /// How one fresh connection attempt ended.
