@@ -376,8 +376,9 @@ export type HttpListenOptions =
 export interface HttpServerAdapterOptions {
   /** Ms an idle keep-alive socket may stay open once lame-duck began (never past the deadline). Default 1000. */
   idleGrace?: number
-  /** Drop new SYNs and accept what is queued before closing the listener. Default: on, unless the
-   * listener is shared (inherited, handed on by an upgrade, or LISTEN_FDS / SERVER_STARTER_PORT set). */
+  /** Accept what is queued, then stop the listener at once (new connections are refused at once)
+   * before closing it, so the close resets nobody. Default: on, unless the listener is shared
+   * (inherited, handed on by an upgrade, or LISTEN_FDS / SERVER_STARTER_PORT set). */
   drainListener?: boolean
 }
 
