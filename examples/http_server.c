@@ -35,18 +35,21 @@
  * lameduck stays off the request path: one acquire and one release per connection.
  *
  * serve    reports ready (ld_context_ready), accepts through the gate until shutdown wakes it,
- *          then closes the listening socket (new connections are refused from then on).
- *          Lame-duck drains the gate: an accept loop blocked on a full gate returns at once
- *          (LD_GATE_CLOSED) and from then on admits only the connections already queued
- *          (ld_context_acquire_queued_connection), still within the limit. Connections still
- *          queued when the loop ends (the gate stayed full until the deadline) are answered 503
- *          and closed, not reset by closing the listener.
- * shutdown drains the listener (ld_listen_drain: no new connections, but every one already
- *          waiting in its queue is accepted and answered, not reset; a listener shared with
- *          other processes is left to them), stops accepting, answers requests already sent
- *          (with "Connection: close"), closes idle keep-alive connections after a short grace,
- *          and returns once the accept loop has ended. The run itself then waits for the open
- *          connections (the gate's permits) until the deadline, and calls close at the deadline.
+ *          then stops the listening socket with ld_listen_shut and closes it. ld_listen_shut
+ *          accepts every connection still queued and stops the socket listening at once: new
+ *          connections are refused at once from then on (none waits a second for a dropped
+ *          SYN's retransmission), and none is reset by the close. The connections it took are
+ *          admitted through the gate, in lame-duck only within the limit, as slots free
+ *          (ld_context_acquire_queued_connection), and served like the others; those that get
+ *          no slot before the deadline (the gate stayed full) are answered 503 and closed. A
+ *          listener shared with other processes is left to them: closing our copy loses
+ *          nothing. Lame-duck closes the gate to new connections: an accept loop blocked on a
+ *          full gate returns at once (LD_GATE_CLOSED).
+ * shutdown wakes the accept loop, answers requests already sent (with "Connection: close"),
+ *          closes idle keep-alive connections after a short grace (which frees slots for the
+ *          queued connections), and returns once the accept loop has ended. The run itself then
+ *          waits for the open connections (the gate's permits) until the deadline, and calls
+ *          close at the deadline.
  * close    shuts down every connection the gate still lists (ld_runner_open_connections: each
  *          permit is tagged with its descriptor), at once.
  */
@@ -251,23 +254,92 @@ static ld_permit *admit(demo *d, const ld_context *ctx, int *queued_only) {
     }
 }
 
-/* The accept loop ended with connections still waiting in the queue of a listener that is ours
- * alone (the gate stayed full until the deadline, or close came first): closing the listener
- * would reset them. Each is accepted, its request read, answered 503 and closed: refused
- * cleanly. (After a drain that emptied the queue there is nothing to refuse.) */
-static void refuse_queued(demo *d) {
-    int refused = 0;
-    for (;;) {
-        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) break;
-        char buf[8192];
-        while (recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
-        }
-        respond(fd, 503, "Service Unavailable", "text/plain", "shutting down\n", 0);
-        shutdown(fd, SHUT_WR);
-        close(fd);
-        refused++;
+/* Answers a connection that cannot be admitted 503 and closes it: refused cleanly, not reset
+ * (its request is read first, so the close sends no RST). */
+static void refuse(int fd) {
+    char buf[8192];
+    while (recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
     }
+    respond(fd, 503, "Service Unavailable", "text/plain", "shutting down\n", 0);
+    shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
+/* Serves the accepted connection fd, holding permit, on a thread of its own. */
+static void start_connection(demo *d, int fd, ld_permit *permit) {
+    /* Tagged under the lock close takes: close either lists it or this sees closing. */
+    pthread_mutex_lock(&d->mu);
+    ld_permit_set_fd(permit, fd);
+    if (atomic_load(&d->closing)) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&d->mu);
+    conn *c = malloc(sizeof *c);
+    int started = 0;
+    if (c != NULL) {
+        c->d = d;
+        c->fd = fd;
+        c->permit = permit;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&t, &attr, conn_main, c) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started) {
+        pthread_mutex_lock(&d->mu);
+        ld_permit_release(&permit);
+        close(fd);
+        pthread_mutex_unlock(&d->mu);
+        free(c);
+    }
+}
+
+/* The connections ld_listen_shut took from the queue, in order. */
+typedef struct {
+    int *fds;
+    size_t n, cap;
+} fd_list;
+
+static void on_queued(void *ud, int fd) {
+    fd_list *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        int *more = realloc(l->fds, cap * sizeof *more);
+        if (more == NULL) {
+            refuse(fd);
+            return;
+        }
+        l->fds = more;
+        l->cap = cap;
+    }
+    l->fds[l->n++] = fd;
+}
+
+/* The accept loop has ended: stops the listener without resetting or delaying anyone, closes
+ * it, then admits what was still queued (within the limit, waiting for slots until the
+ * deadline; what gets none is refused with 503). */
+static void stop_listening(demo *d, const ld_context *ctx) {
+    fd_list queued = {NULL, 0, 0};
+    ld_error *err = NULL;
+    if (ld_listen_shut(d->listen_fd, on_queued, &queued, &err) != LD_OK)
+        fprintf(stderr, "demo: stopping the listener: %s\n", ld_error_message(err));
+    ld_error_free(err);
+    close(d->listen_fd);
+    /* As soon as new connections are refused, and before shutdown can see accepting = 0 and
+     * return: so this line always comes before the library's "Completed lame-duck mode" (README
+     * shows the two in this order). */
+    fprintf(stderr, "demo: stopped accepting new connections\n");
+    int refused = 0;
+    for (size_t i = 0; i < queued.n; i++) {
+        ld_permit *permit = NULL;
+        if (ld_context_acquire_queued_connection(ctx, ld_context_remaining_ms(ctx), &permit, NULL) == LD_OK) {
+            start_connection(d, queued.fds[i], permit);
+        } else {
+            refuse(queued.fds[i]);
+            refused++;
+        }
+    }
+    free(queued.fds);
     if (refused > 0) fprintf(stderr, "demo: refused %d queued connection(s) with 503\n", refused);
 }
 
@@ -294,37 +366,9 @@ static int demo_serve(void *ud, const ld_context *ctx) {
             ld_permit_release(&permit);
             continue;
         }
-        /* Tagged under the lock close takes: close either lists it or this sees closing. */
-        pthread_mutex_lock(&d->mu);
-        ld_permit_set_fd(permit, fd);
-        if (atomic_load(&d->closing)) shutdown(fd, SHUT_RDWR);
-        pthread_mutex_unlock(&d->mu);
-        conn *c = malloc(sizeof *c);
-        int started = 0;
-        if (c != NULL) {
-            c->d = d;
-            c->fd = fd;
-            c->permit = permit;
-            pthread_t t;
-            pthread_attr_t attr;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            started = pthread_create(&t, &attr, conn_main, c) == 0;
-            pthread_attr_destroy(&attr);
-        }
-        if (!started) {
-            pthread_mutex_lock(&d->mu);
-            ld_permit_release(&permit);
-            close(fd);
-            pthread_mutex_unlock(&d->mu);
-            free(c);
-        }
+        start_connection(d, fd, permit);
     }
-    if (ld_listen_should_drain(d->listen_fd)) refuse_queued(d);
-    close(d->listen_fd);
-    /* Before shutdown can see accepting = 0 and return: so this line always comes before the
-     * library's "Completed lame-duck mode" (README shows the two in this order). */
-    fprintf(stderr, "demo: stopped accepting new connections\n");
+    stop_listening(d, ctx);
     pthread_mutex_lock(&d->mu);
     d->accepting = 0;
     pthread_cond_broadcast(&d->changed);
@@ -337,26 +381,14 @@ static int demo_shutdown(void *ud, const ld_context *ctx) {
     pthread_mutex_lock(&d->mu);
     atomic_store(&d->draining, 1);
     pthread_cond_broadcast(&d->changed);
-    int accepting = d->accepting;
     pthread_mutex_unlock(&d->mu);
-    /* Closing a listener resets the connections waiting in its queue: clients whose connect
-     * already succeeded, often with a request sent. So first let serve's accept loop take every
-     * one of them while no new ones join (only when serve runs: nobody else would accept); the
-     * gate still admits them (the queued form), within the limit, as open connections end.
-     * A close during the drain (a repeated signal) makes serve close the listener, which ends
-     * the drain with an error: expected then, so not reported. */
-    if (accepting) {
-        ld_error *err = NULL;
-        ld_status rc = ld_listen_drain(d->listen_fd, ld_context_remaining_ms(ctx), &err);
-        if (rc != LD_OK && !atomic_load(&d->closing))
-            fprintf(stderr, "demo: draining the listener: %s\n", ld_error_message(err));
-        ld_error_free(err);
-    }
+    /* Woken, the accept loop stops the listener at once (ld_listen_shut): no new connection
+     * from then on, and the queued ones are served, not reset by the close. */
     char byte = 1;
     if (write(d->wake[1], &byte, 1) < 0) return errno;
-    /* Wait for the accept loop to end (it closes the listener). The open connections are the
-     * run's to wait for: it ends the shutdown phase when the last permit is back, or calls
-     * close at the deadline. */
+    /* Wait for the accept loop to end (it closes the listener, and admits what was queued).
+     * The open connections are the run's to wait for: it ends the shutdown phase when the last
+     * permit is back, or calls close at the deadline. */
     pthread_mutex_lock(&d->mu);
     while (d->accepting) {
         int64_t left = ld_context_remaining_ms(ctx);

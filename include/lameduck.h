@@ -327,6 +327,13 @@ typedef struct ld_connection_stats {
 } ld_connection_stats;
 
 /**
+ * Called by `ld_listen_shut` once for each connection it took from the queue, after the
+ * listener stopped listening: `fd` is the connection (close-on-exec, blocking), now the
+ * callee's to serve (or refuse) and close.
+ */
+typedef void (*ld_connection_fn)(void *user_data, int fd);
+
+/**
  * Receives one log line. `message` is NUL-terminated and valid only during the call.
  * Called on the thread running `ld_run`/`ld_runner_run`, one call at a time per runner.
  * Must not call `ld_runner_run` or `ld_runner_free` on the same runner.
@@ -462,10 +469,10 @@ enum ld_status ld_context_acquire_connection(const struct ld_context *ctx,
                                              struct ld_error **error_out);
 
 /**
- * `ld_context_acquire_connection` for a connection already waiting in the accept queue: it
- * also admits (within the limit) during lame-duck, so that a shutdown that drains its queue
- * (`ld_listen_stop_accepting`, then accept until `ld_listen_has_pending` is false) answers
- * those clients instead of resetting them. `LD_GATE_CLOSED` once close is called.
+ * `ld_context_acquire_connection` for a connection already waiting in the accept queue (or
+ * taken from it by `ld_listen_shut`): it also admits (within the limit) during lame-duck, so
+ * that a shutdown that drains its queue answers those clients instead of resetting them.
+ * `LD_GATE_CLOSED` once close is called.
  */
 enum ld_status ld_context_acquire_queued_connection(const struct ld_context *ctx,
                                                     int64_t timeout_ms,
@@ -596,10 +603,11 @@ bool ld_listen_should_drain(int fd);
 
 /**
  * Makes the listening socket `fd` drop new connection attempts (their SYNs, so clients retry
- * and, once the listener is closed, are refused), while the connections already queued can
- * still be accepted. Only for a listener `ld_listen_should_drain` says is ours alone: the
- * filter belongs to the socket, and would stop every process sharing it. Usually called
- * through `ld_listen_drain`. Linux only. Any thread; the descriptor stays the caller's.
+ * after one second and, once the listener is closed, are refused), while the connections
+ * already queued can still be accepted and handshakes under way complete. Only for a listener
+ * `ld_listen_should_drain` says is ours alone: the filter belongs to the socket, and would stop
+ * every process sharing it. Usually called through `ld_listen_shut` or `ld_listen_drain`.
+ * Linux only (a unix socket is not affected). Any thread; the descriptor stays the caller's.
  *
  * Errors: `LD_SYSTEM` when the filter cannot be attached (`fd` is not a socket, or not open);
  * the message names the fd and the system's reason.
@@ -616,12 +624,43 @@ enum ld_status ld_listen_stop_accepting(int fd, struct ld_error **error_out);
 enum ld_status ld_listen_has_pending(int fd, bool *pending_out, struct ld_error **error_out);
 
 /**
- * Stops the listener `fd` without resetting the connections in its queue: when
- * `ld_listen_should_drain(fd)`, drops new connection attempts (`ld_listen_stop_accepting`),
- * then blocks until every queued connection has been accepted (`ld_listen_has_pending`) or
- * `timeout_ms` has passed (negative: no limit, as in `ld_context_wait`). A shared listener is
- * left alone (its queue survives this process's close) and the call returns at once. Close the
- * listener afterwards, either way.
+ * Stops the listener `fd` at once without resetting anyone: at shutdown, once the program's
+ * accept loop has stopped. It accepts every connection still queued, drops new SYNs
+ * (`ld_listen_stop_accepting`) only while it accepts once more what joined meanwhile (one
+ * accept that finds the queue empty: a microsecond or two), then stops the socket listening
+ * with `shutdown(fd, SHUT_RD)`. From its return on, a new connection attempt is refused at once
+ * (`ECONNREFUSED`) instead of waiting a second for its SYN's retransmission, as it does
+ * during `ld_listen_drain`. Then it calls `on_connection(user_data, conn_fd)` for each
+ * connection it took, in queue order, on this thread: admit them (the gate's
+ * `ld_context_acquire_queued_connection`, within the limit, as slots free) and serve them like
+ * any other. Close `fd` afterwards: the socket no longer listens, through any descriptor. A
+ * unix socket is shut first (its queue stays) and then accepted, with no filter. An accept
+ * that fails for want of descriptors (`EMFILE`) ends the sweep: what is still queued is reset,
+ * as closing the listener would.
+ *
+ * A listener that `ld_listen_should_drain` says is shared is left alone (its queue survives
+ * this process's close, and shutting it would stop every process that shares it): the call
+ * returns `LD_OK` at once, with no callback. Close it afterwards, either way. Any thread; the
+ * descriptor stays the caller's.
+ *
+ * Errors: `LD_NULL_ARGUMENT` (on_connection); `LD_SYSTEM` when `fd` is not a listening socket
+ * (or not open), before anything is changed; the message names the fd.
+ */
+enum ld_status ld_listen_shut(int fd,
+                              ld_connection_fn on_connection,
+                              void *user_data,
+                              struct ld_error **error_out);
+
+/**
+ * Stops the listener `fd` without resetting the connections in its queue, for a program that
+ * closes it itself while its accept loop runs: when `ld_listen_should_drain(fd)`, drops new
+ * connection attempts (`ld_listen_stop_accepting`), then blocks until every queued connection
+ * has been accepted (`ld_listen_has_pending`) or `timeout_ms` has passed (negative: no limit,
+ * as in `ld_context_wait`). A shared listener is left alone (its queue survives this
+ * process's close) and the call returns at once. Close the listener afterwards, either way.
+ * Every client that arrives from the filter to the close waits a second for its SYN's
+ * retransmission and is refused only then: where the accept loop can stop first,
+ * `ld_listen_shut` leaves no such gap.
  *
  * The program's accept loop must keep running meanwhile, on another thread: this only watches
  * the queue. In a shutdown hook, pass `ld_context_remaining_ms(ctx)`, then wake the accept

@@ -8,13 +8,13 @@
 # Python and Node examples (tests/fleet.rs; the C demo's ran with cargo test), and the
 # conformance suite (tests/conformance) in all three languages.
 # Installs what a fresh machine lacks (pkg-config, valgrind, binutils, wrk, Perl's start_server,
-# haproxy) by itself.
+# haproxy, systemd's systemd-socket-activate and systemd-analyze) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib/tools.sh
 need_tools test-all pkg-config:pkg-config valgrind:valgrind nm:binutils make:make wrk:wrk \
-  start_server:libserver-starter-perl haproxy:haproxy
+  start_server:libserver-starter-perl haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd
 
 echo "== cargo fmt --check and cargo clippy -D warnings (the core, start_server, the tests)"
 if cargo fmt --version >/dev/null 2>&1; then
@@ -50,6 +50,8 @@ echo "== Python: the dist wheel into the project venv, pytest, mypy --strict"
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/python/lameduck-*.whl
 .venv/bin/python -m mypy --strict bindings/python/python/lameduck examples/python
 (cd bindings/python && ../../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
+# The README's YAML blocks again, now with the venv's PyYAML (cargo test above may have had none).
+LAMEDUCK_PYTHON="$PWD/.venv/bin/python" cargo test --test readme yaml 2>&1
 
 echo "== Node: npm install (the test dependencies; the addon is dist's), node --test"
 # npm install, not npm ci: npm 11 leaves other platforms' optional packages out of the lockfile

@@ -70,6 +70,20 @@ impl Lineage {
         }
     }
 
+    /// An upgrade signal was refused before anything started (see the coordinator's refusals).
+    /// Under `Type=notify-reload` systemd may have sent it, and then waits for `RELOADING=1`
+    /// and `READY=1` until its start timeout (90 s by default) fails the reload: so it hears
+    /// that the reload began and is over, with why in `STATUS=`, as after an upgrade that
+    /// failed. Not from a start_server worker: start_server is the one that speaks to systemd.
+    pub(crate) fn reload_refused(&self, why: &str) {
+        let generation = generation::get();
+        if generation.supervised || !generation.is_current() {
+            return;
+        }
+        notify::systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", notify::monotonic_usec()));
+        notify::systemd(&format!("READY=1\nSTATUS=upgrade refused: {why}"));
+    }
+
     /// Lame-duck begins: systemd hears `STOPPING=1`, unless a successor serves on.
     pub(crate) fn stopping(&self) {
         if self.successor.is_none() {

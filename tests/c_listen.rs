@@ -176,6 +176,11 @@ fn drain_parts_and_their_errors() {
 }
 
 #[test]
+fn shut_takes_the_queue_and_refuses_newcomers_at_once() {
+    drain_api_test("shut_listener");
+}
+
+#[test]
 fn an_inherited_listener_is_never_drained_whatever_was_called_first() {
     drain_api_test("inherited_listener");
 }

@@ -8,12 +8,13 @@
 //! `LAMEDUCK_CONFORMANCE_ONLY=text` runs only the scenarios whose name contains `text`.
 mod common;
 
-use common::Proc;
+use common::{Notes, Proc};
+use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// How long any one wait may take: generous, since CI machines can be busy; a passing run
@@ -63,7 +64,7 @@ impl Lang {
     }
 }
 
-/// One scenario, with `{port}` already replaced.
+/// One scenario, with `{port}` and `{port2}` already replaced.
 struct Scenario {
     name: String,
     args: Vec<String>,
@@ -93,8 +94,9 @@ fn token(value: &toml::Value) -> String {
 }
 
 fn instantiate(raw: &toml::Table) -> Scenario {
-    let port = common::free_port().to_string();
-    let fill = |s: &str| s.replace("{port}", &port);
+    let port = common::free_port();
+    let port2 = std::iter::repeat_with(common::free_port).find(|p| *p != port).unwrap();
+    let fill = |s: &str| s.replace("{port}", &port.to_string()).replace("{port2}", &port2.to_string());
     let name = raw["name"].as_str().expect("name").to_string();
     let known = ["name", "doc", "options", "g1", "steps", "inherit", "expect"];
     for key in raw.keys() {
@@ -113,6 +115,25 @@ fn instantiate(raw: &toml::Table) -> Scenario {
         .map(|s| s.as_array().unwrap().iter().map(|s| fill(s.as_str().expect("a step is a string"))).collect())
         .unwrap_or_default();
     let inherit = raw.get("inherit").map(|s| fill(s.as_str().unwrap()));
+    let expect_keys = [
+        "result",
+        "cause",
+        "abandoned",
+        "message",
+        "message_prefix",
+        "message_contains",
+        "option",
+        "calls",
+        "states",
+        "logs",
+        "no_logs",
+        "absent_logs",
+        "events",
+        "exit",
+    ];
+    for key in raw.get("expect").and_then(|e| e.as_table()).expect("expect").keys() {
+        assert!(expect_keys.contains(&key.as_str()), "scenario {name}: unknown expectation {key:?}");
+    }
     let expect_text = toml::to_string(raw.get("expect").expect("expect")).unwrap();
     let expect = fill(&expect_text).parse().unwrap();
     Scenario { name, args, steps, inherit, expect }
@@ -152,8 +173,10 @@ fn run(lang: Lang, scenario: &Scenario) -> Transcript {
         socket
     });
     let mut proc = Proc::spawn(cmd);
+    let notes = proc.notes();
     let mut problems = Vec::new();
     let mut connections = Vec::new();
+    let mut marks = Vec::new();
     for step in &scenario.steps {
         let (verb, rest) = step.split_once(' ').unwrap_or((step, ""));
         match verb {
@@ -178,6 +201,15 @@ fn run(lang: Lang, scenario: &Scenario) -> Transcript {
                 }
             }
             "connect" => connections.push(std::net::TcpStream::connect(("127.0.0.1", rest.parse::<u16>().unwrap())).unwrap()),
+            "probe" => {
+                if let Err(problem) = probe(&proc, rest) {
+                    problems.push(format!("step {step:?}: {problem}"));
+                }
+            }
+            "mark" => {
+                let (name, ms) = rest.split_once(' ').expect("mark NAME MS");
+                marks.push(mark(&notes, name, Duration::from_millis(ms.parse().expect("mark NAME MS"))));
+            }
             other => panic!("scenario {}: unknown step {other:?}", scenario.name),
         }
     }
@@ -202,8 +234,99 @@ fn run(lang: Lang, scenario: &Scenario) -> Transcript {
     if !proc.wait_output_end(LIMIT) {
         problems.push(format!("the output did not end within {LIMIT:?}: a process of this run is still alive"));
     }
+    // A moment still to come comes now: after everything the run printed.
+    for (stop, thread) in marks {
+        drop(stop);
+        thread.join().unwrap();
+    }
     let (_, stderr) = proc.text();
     Transcript { lines: proc.stdout_lines(), stderr, exit, problems }
+}
+
+/// `mark NAME MS`: `MS` from now the line `harness NAME` joins the output (at the end of the
+/// run if that comes first), so `events` can say what happened before or after that moment.
+/// Drop the sender to end it early.
+fn mark(notes: &Notes, name: &str, after: Duration) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (notes, line) = (notes.clone(), format!("harness {name}"));
+    (
+        stop,
+        std::thread::spawn(move || {
+            let _ = stopped.recv_timeout(after);
+            notes.add(line);
+        }),
+    )
+}
+
+/// `probe gN PATH STATUS [= TEXT | json KEY=VALUE ...]`: one GET over HTTP/1.1 to the health
+/// listener generation N reported (`gN health ADDRESS`), noted as `harness probe gN PATH
+/// STATUS`; Err says what did not match.
+fn probe(proc: &Proc, rest: &str) -> Result<(), String> {
+    let mut words = rest.splitn(4, ' ');
+    let (generation, path, want) = match (words.next(), words.next(), words.next()) {
+        (Some(g), Some(p), Some(s)) => (g, p, s.parse::<u16>().expect("probe gN PATH STATUS")),
+        _ => panic!("probe gN PATH STATUS [= TEXT | json KEY=VALUE ...], not {rest:?}"),
+    };
+    let check = words.next().unwrap_or("");
+    let prefix = format!("{generation} health ");
+    proc.wait_stdout_from(&prefix, 0, LIMIT).ok_or_else(|| format!("{generation} reported no health address"))?;
+    let lines = proc.stdout_lines();
+    let address = lines.iter().find_map(|l| l.strip_prefix(&prefix)).ok_or("no health line")?.to_string();
+    let (status, content_type, body) = match http_get(&address, path) {
+        Ok(answer) => answer,
+        Err(err) => {
+            proc.notes().add(format!("harness probe {generation} {path} failed"));
+            return Err(format!("GET http://{address}{path}: {err}"));
+        }
+    };
+    proc.notes().add(format!("harness probe {generation} {path} {status}"));
+    let got = format!("got {status}, {content_type}, {body:?}");
+    if status != want {
+        return Err(format!("expected status {want}; {got}"));
+    }
+    if let Some(text) = check.strip_prefix("= ") {
+        if body != format!("{text}\n") || !content_type.starts_with("text/plain") {
+            return Err(format!("expected the text/plain body {text:?} and a newline; {got}"));
+        }
+    } else if let Some(members) = check.strip_prefix("json ") {
+        if content_type != "application/json" {
+            return Err(format!("expected application/json; {got}"));
+        }
+        for member in members.split_whitespace() {
+            let (key, value) = member.split_once('=').expect("json KEY=VALUE");
+            let text = format!("\"{key}\":{value}");
+            let found = body.match_indices(&text).any(|(i, _)| matches!(body[i + text.len()..].chars().next(), Some(',' | '}')));
+            if !found {
+                return Err(format!("expected the member {text}; {got}"));
+            }
+        }
+    } else if !check.is_empty() {
+        panic!("probe: {check:?} is neither `= TEXT` nor `json KEY=VALUE ...`");
+    }
+    Ok(())
+}
+
+/// One GET on a new connection (`Connection: close`): the status, the Content-Type and the body.
+fn http_get(address: &str, path: &str) -> Result<(u16, String, String), String> {
+    let socket: std::net::SocketAddr = address.parse().map_err(|e| format!("{address:?}: {e}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, LIMIT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(LIMIT)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("reading the answer: {e} (so far {answer:?})"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+    let mut head = head.split("\r\n");
+    let status = head
+        .next()
+        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
+        .and_then(|line| line.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP/1.1 status line: {answer:?}"))?;
+    let content_type = head
+        .filter_map(|h| h.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map_or("", |(_, value)| value.trim());
+    Ok((status, content_type.to_string(), body.to_string()))
 }
 
 fn generation_pid(lines: &[String], generation: &str) -> Option<i32> {
@@ -212,7 +335,7 @@ fn generation_pid(lines: &[String], generation: &str) -> Option<i32> {
 }
 
 /// The expectations that `transcript` fails, as messages.
-fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
+fn check(lang: Lang, scenario: &Scenario, t: &Transcript) -> Vec<String> {
     let mut problems = t.problems.clone();
     let g0: Vec<&str> = t.lines.iter().filter_map(|l| l.strip_prefix("g0 ")).collect();
     let result = g0.iter().find_map(|l| l.strip_prefix("result "));
@@ -243,6 +366,19 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
     if let Some(want) = str_of("message_prefix") {
         if !message.is_some_and(|m| m.starts_with(&want)) {
             problems.push(format!("message: expected {want:?}…, got {message:?}"));
+        }
+    }
+    if let Some(want) = str_of("message_contains") {
+        if !message.is_some_and(|m| m.contains(&want)) {
+            problems.push(format!("message: expected …{want:?}…, got {message:?}"));
+        }
+    }
+    if let Some(key) = str_of("option") {
+        let refused = g0.iter().find_map(|l| l.strip_prefix("refused "));
+        let spellings = option_spellings(lang, &key);
+        let named = |text: Option<&str>| text.is_some_and(|t| spellings.iter().any(|s| t.starts_with(s)));
+        if !named(message) && !named(refused) {
+            problems.push(format!("option: expected the error to name {spellings:?}; message {message:?}, refused {refused:?}"));
         }
     }
     if let Some(calls) = expect.get("calls").and_then(|c| c.as_table()) {
@@ -276,6 +412,11 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
     if expect.get("no_logs").and_then(|b| b.as_bool()) == Some(true) && !logs.is_empty() {
         problems.push(format!("no_logs: got {logs:?}"));
     }
+    for absent in expect.get("absent_logs").and_then(|s| s.as_array()).into_iter().flatten().map(token) {
+        if let Some(found) = logs.iter().find(|l| l.contains(&absent)) {
+            problems.push(format!("absent_logs: {absent:?} is in {found:?}"));
+        }
+    }
     if let Some(want) = expect.get("events").and_then(|s| s.as_array()) {
         let want: Vec<String> = want.iter().map(token).collect();
         let all: Vec<&str> = t.lines.iter().map(String::as_str).collect();
@@ -301,7 +442,29 @@ fn check(scenario: &Scenario, t: &Transcript) -> Vec<String> {
 /// The first of `want` (prefixes, in order) that `have` does not contain after the previous one.
 fn first_missing<'a>(want: &'a [String], have: &[&str]) -> Option<&'a str> {
     let mut rest = have.iter();
-    want.iter().find(|w| !rest.any(|h| h.starts_with(w.as_str()))).map(String::as_str)
+    want.iter().find(|w| !rest.any(|h| starts_like(h, w))).map(String::as_str)
+}
+
+/// `line` starts with `pattern`, where `{*}` in the pattern stands for any text.
+fn starts_like(line: &str, pattern: &str) -> bool {
+    let mut pieces = pattern.split("{*}");
+    let Some(rest) = pieces.next().and_then(|first| line.strip_prefix(first)) else { return false };
+    pieces.try_fold(rest, |rest, piece| rest.find(piece).map(|i| &rest[i + piece.len()..])).is_some()
+}
+
+/// How an option's error starts, naming it in `lang` (expectation `option`, by driver key):
+/// Python and Node prefix the message with the option's keyword (`drain_quiet=0.1: …`); in C a
+/// setter that refuses a value names itself (the driver's `refused` line), and `ld_runner_new`,
+/// which checks options against each other, starts with the core's words for the option.
+fn option_spellings(lang: Lang, key: &str) -> Vec<&'static str> {
+    match (key, lang) {
+        ("health", Lang::C) => vec!["ld_options_set_health_address"],
+        ("health", Lang::Python | Lang::Node) => vec!["health="],
+        ("drain_quiet_ms", Lang::C) => vec!["ld_options_set_drain_quiet_ms", "drain quiet time"],
+        ("drain_quiet_ms", Lang::Python) => vec!["drain_quiet="],
+        ("drain_quiet_ms", Lang::Node) => vec!["drainQuiet="],
+        _ => panic!("option: no spellings of {key:?} for {lang:?} (add them to option_spellings)"),
+    }
 }
 
 fn signal_name(sig: i32) -> String {
@@ -343,7 +506,7 @@ fn every_scenario_gives_the_same_outcome_in_every_language() {
                 let Some((lang, raw)) = queue.lock().unwrap().pop() else { break };
                 let scenario = instantiate(&raw);
                 let transcript = run(lang, &scenario);
-                let problems = check(&scenario, &transcript);
+                let problems = check(lang, &scenario, &transcript);
                 if !problems.is_empty() {
                     failures.lock().unwrap().push(format!(
                         "--- {} ({lang:?}) {}:\n  {}\n  output:\n    {}\n  stderr:\n    {}",

@@ -13,6 +13,15 @@
 //!   crate), the targets of `make` (in the Makefile), the local directories given to
 //!   `pip install`/`npm install`/`cargo install --path`, relative to the directory a `cd`
 //!   moved to;
+//! - ```yaml: parsed by PyYAML (through `python3`; skipped with a note when it lacks PyYAML,
+//!   as before the venv exists: test-all.sh runs this check again with the venv's); in a pod
+//!   spec, the probes must ask `/ready` (readiness) and `/live` (liveness) on the port of a
+//!   `health` address the README's code sets, and `terminationGracePeriodSeconds` must cover
+//!   `preStop` + `drain_delay` + `period` + `close_timeout` of the nearest Python block above it
+//!   that sets `health=`;
+//! - ```haproxy: `haproxy -c` (skipped with a note without haproxy), and the health check must
+//!   be `GET /ready` on a `health` port, with `option redispatch` and `retries`;
+//! - ```ini PATH: the file PATH of the repository, exactly (the systemd units);
 //! - a plain ``` block is an output sample (`tests/demo.rs` checks the demo's).
 //!
 //! Any other language fails, so that nothing is left unchecked by accident. A failure names the
@@ -25,18 +34,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// A fenced code block: the line of its opening fence (1-based), its language, its text.
+/// A fenced code block: the line of its opening fence (1-based), its language, the rest of
+/// its info string, its text.
 #[derive(Debug)]
 struct Block {
     line: usize,
     lang: String,
+    info: String,
     code: String,
 }
 
 /// The fenced blocks of a Markdown text (``` or ~~~ fences, indented ones too).
 fn blocks(text: &str) -> Result<Vec<Block>, String> {
     let mut out = Vec::new();
-    let mut open: Option<(usize, String, usize, String, Vec<&str>)> = None; // line, fence, indent, lang, lines
+    type Open<'a> = (usize, String, usize, String, String, Vec<&'a str>); // line, fence, indent, lang, info, lines
+    let mut open: Option<Open> = None;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
@@ -44,17 +56,20 @@ fn blocks(text: &str) -> Result<Vec<Block>, String> {
             None => {
                 let fence: String = trimmed.chars().take_while(|&c| c == '`' || c == '~').collect();
                 if fence.len() >= 3 && fence.chars().all(|c| c == fence.chars().next().unwrap()) {
-                    let lang = trimmed[fence.len()..].split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-                    open = Some((i + 1, fence, indent, lang, Vec::new()));
+                    let mut words = trimmed[fence.len()..].split_whitespace();
+                    let lang = words.next().unwrap_or("").to_ascii_lowercase();
+                    let info = words.collect::<Vec<_>>().join(" ");
+                    open = Some((i + 1, fence, indent, lang, info, Vec::new()));
                 }
             }
-            Some((start, fence, fence_indent, lang, lines)) => {
+            Some((start, fence, fence_indent, lang, info, lines)) => {
                 if trimmed.trim_end().starts_with(fence.as_str())
                     && trimmed.trim_end().chars().all(|c| c == fence.as_bytes()[0] as char)
                 {
                     out.push(Block {
                         line: *start,
                         lang: std::mem::take(lang),
+                        info: std::mem::take(info),
                         code: lines.iter().map(|l| format!("{l}\n")).collect(),
                     });
                     open = None;
@@ -86,6 +101,9 @@ enum Kind {
     Js,
     Ts,
     Sh,
+    Yaml,
+    Haproxy,
+    Ini,
     Output,
 }
 
@@ -96,6 +114,9 @@ fn kind(lang: &str) -> Option<Kind> {
         "js" | "javascript" | "mjs" | "cjs" => Kind::Js,
         "ts" | "typescript" | "mts" | "cts" => Kind::Ts,
         "sh" | "bash" | "shell" => Kind::Sh,
+        "yaml" | "yml" => Kind::Yaml,
+        "haproxy" => Kind::Haproxy,
+        "ini" => Kind::Ini,
         "" | "text" | "txt" | "output" | "console" => Kind::Output,
         _ => return None,
     })
@@ -154,7 +175,7 @@ fn every_block_has_a_language_this_test_checks() {
         .map(|b| {
             format!(
                 "README.md:{}: a ```{} block, which tests/readme.rs cannot check: give it a checked language \
-                 (c, python, js, ts, sh), make it a plain ``` output sample, or add a checker",
+                 (c, python, js, ts, sh, yaml, haproxy, ini FILE), make it a plain ``` output sample, or add a checker",
                 b.line, b.lang
             )
         })
@@ -557,12 +578,250 @@ fn check_command(words: &[Word], cwd: &mut Option<PathBuf>, repo: &Path) -> Vec<
     problems
 }
 
+/// The ports of the `health` addresses the README's code sets, in each language's spelling:
+/// `ld_options_set_health_address(o, "HOST:PORT")`, Python `health="HOST:PORT"`, Node
+/// `health: 'HOST:PORT'`.
+fn health_ports(blocks: &[Block]) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for b in blocks {
+        for (spelling, quote) in [("ld_options_set_health_address(", '"'), ("health=\"", '"'), ("health: '", '\'')] {
+            for (at, _) in b.code.match_indices(spelling) {
+                // The address is the next quoted text (the spelling may end with its opening quote).
+                let rest = &b.code[at + spelling.len()..];
+                let rest = if spelling.ends_with(quote) { rest } else { rest.split_once(quote).map_or("", |(_, a)| a) };
+                let address = rest.split(quote).next().unwrap_or("");
+                if let Some(port) = address.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// The number given to the keyword argument `name` in Python code (`name=1.5`), if any.
+fn kwarg(code: &str, name: &str) -> Option<f64> {
+    let pattern = format!("{name}=");
+    let (at, _) =
+        code.match_indices(&pattern).find(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))?;
+    let number: String = code[at + pattern.len()..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    number.parse().ok()
+}
+
+/// What a pod spec (a YAML document, flattened to `path=value` pairs) gets wrong: probes that
+/// do not ask `/ready` or `/live` on a `health` port, a grace period shorter than `preStop` +
+/// the budget of `server` (the Python code that sets `health=`: `drain_delay`, `period`,
+/// `close_timeout`, 5 s by default).
+fn pod_spec_problems(flat: &[(String, String)], ports: &BTreeSet<u16>, server: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let value = |suffix: &str| flat.iter().find(|(k, _)| k.ends_with(suffix)).map(|(_, v)| v.as_str());
+    for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/live")] {
+        for (key, got) in flat.iter().filter(|(k, _)| k.ends_with(&format!("{probe}.httpGet.path"))) {
+            if got != path {
+                problems.push(format!("{key} is {got}, not {path}"));
+            }
+            let port_key = key.replace(".path", ".port");
+            let port = flat.iter().find(|(k, _)| *k == port_key).and_then(|(_, v)| v.parse::<u16>().ok());
+            if !port.is_some_and(|p| ports.contains(&p)) {
+                problems.push(format!("{port_key} is {port:?}, not a port of the health addresses the README sets ({ports:?})"));
+            }
+        }
+    }
+    if let Some(grace) = value(".terminationGracePeriodSeconds") {
+        let pre_stop = match (value("lifecycle.preStop.exec.command.0"), value("lifecycle.preStop.exec.command.1")) {
+            (Some("sleep"), Some(seconds)) => seconds.parse().unwrap_or(f64::NAN),
+            _ => value("lifecycle.preStop.sleep.seconds").map_or(0.0, |s| s.parse().unwrap_or(f64::NAN)),
+        };
+        match server {
+            None => problems.push("no Python block above sets health=: nothing to check the grace period against".into()),
+            Some(code) => {
+                let budget = pre_stop
+                    + kwarg(code, "drain_delay").unwrap_or(0.0)
+                    + kwarg(code, "period").unwrap_or(3.0)
+                    + kwarg(code, "close_timeout").unwrap_or(5.0);
+                if !grace.parse::<f64>().is_ok_and(|g| g >= budget) {
+                    problems.push(format!(
+                        "terminationGracePeriodSeconds {grace} < preStop + drain_delay + period + close_timeout = {budget}"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Flattens every YAML document of a file to `N.path.to.key=value` lines, or exits 3 when
+/// this Python has no PyYAML.
+const FLATTEN_YAML: &str = "import sys
+try:
+    import yaml
+except ImportError:
+    sys.exit(3)
+def walk(path, v):
+    if isinstance(v, dict):
+        for k, x in v.items(): walk(path + [str(k)], x)
+    elif isinstance(v, list):
+        for i, x in enumerate(v): walk(path + [str(i)], x)
+    else:
+        print('.'.join(path) + '=' + str(v))
+for i, doc in enumerate(yaml.safe_load_all(open(sys.argv[1]))):
+    walk([str(i)], doc)
+";
+
+#[test]
+fn yaml_blocks_parse_and_pod_specs_match_the_health_options() {
+    let python = std::env::var("LAMEDUCK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ports = health_ports(readme_blocks());
+    check_all(&of_kind(Kind::Yaml), |b| {
+        let source = scratch().join(format!("readme-{}.yaml", b.line));
+        std::fs::write(&source, &b.code).unwrap();
+        let out =
+            Command::new(&python).arg("-c").arg(FLATTEN_YAML).arg(&source).output().map_err(|e| format!("{python}: {e}"))?;
+        if out.status.code() == Some(3) {
+            eprintln!("README.md:{}: ```yaml block not checked: {python} has no PyYAML (the project venv has)", b.line);
+            return Ok(());
+        }
+        if !out.status.success() {
+            return Err(format!(
+                "README.md:{}: the ```yaml block does not parse:\n{}",
+                b.line,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let flat: Vec<(String, String)> =
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let server = readme_blocks()
+            .iter()
+            .rev()
+            .find(|p| kind(&p.lang) == Some(Kind::Python) && p.line < b.line && p.code.contains("health="))
+            .map(|p| p.code.as_str());
+        let problems = pod_spec_problems(&flat, &ports, server);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!("README.md:{}: the ```yaml block: {}", b.line, problems.join("; ")))
+    });
+}
+
+/// What an haproxy configuration gets wrong for a lameduck server: its health check must be
+/// `GET /ready` on a `health` port, and it must retry a failed connection elsewhere.
+fn haproxy_problems(config: &str, ports: &BTreeSet<u16>) -> Vec<String> {
+    let lines: Vec<&str> = config.lines().map(str::trim).collect();
+    let mut problems = Vec::new();
+    if !lines.iter().any(|l| l.starts_with("option httpchk") && l.split_whitespace().any(|w| w == "/ready")) {
+        problems.push("no `option httpchk GET /ready`".to_string());
+    }
+    let check_ports: Vec<Option<u16>> = lines
+        .iter()
+        .filter(|l| l.starts_with("server ") || l.starts_with("default-server "))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.contains(&"check").then(|| words.windows(2).find(|w| w[0] == "port").and_then(|w| w[1].parse().ok()))
+        })
+        .collect();
+    if check_ports.is_empty() || check_ports.iter().any(|p| !p.is_some_and(|p| ports.contains(&p))) {
+        problems.push(format!("health checks on ports {check_ports:?}, not the health addresses' ({ports:?})"));
+    }
+    for needed in ["option redispatch", "retries "] {
+        if !lines.iter().any(|l| l.starts_with(needed)) {
+            problems.push(format!("no `{}`", needed.trim()));
+        }
+    }
+    problems
+}
+
+#[test]
+fn haproxy_blocks_pass_haproxy_check_and_check_the_health_port() {
+    let ports = health_ports(readme_blocks());
+    let haproxy = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default())
+        .map(|d| d.join("haproxy"))
+        .find(|p| p.exists());
+    check_all(&of_kind(Kind::Haproxy), |b| {
+        let problems = haproxy_problems(&b.code, &ports);
+        if !problems.is_empty() {
+            return Err(format!("README.md:{}: the ```haproxy block: {}", b.line, problems.join("; ")));
+        }
+        let Some(haproxy) = &haproxy else {
+            eprintln!("README.md:{}: ```haproxy block not run through haproxy -c: haproxy is not installed", b.line);
+            return Ok(());
+        };
+        let source = scratch().join(format!("readme-{}.cfg", b.line));
+        std::fs::write(&source, &b.code).unwrap();
+        let mut cmd = Command::new(haproxy);
+        cmd.arg("-c").arg("-f").arg(&source);
+        run(cmd, &format!("README.md:{}: the ```haproxy block is not a valid configuration", b.line))
+    });
+}
+
+#[test]
+fn ini_blocks_are_the_files_they_name() {
+    check_all(&of_kind(Kind::Ini), |b| {
+        if b.info.is_empty() {
+            return Err(format!("README.md:{}: an ```ini block names the file it shows (```ini examples/x.service)", b.line));
+        }
+        let path = common::repo().join(&b.info);
+        let file = std::fs::read_to_string(&path).map_err(|e| format!("README.md:{}: {}: {e}", b.line, b.info))?;
+        if file != b.code {
+            return Err(format!("README.md:{}: the ```ini block is not {} as committed", b.line, b.info));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_pod_spec_and_haproxy_checkers_find_what_is_wrong() {
+    let flat = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let ports = BTreeSet::from([8081]);
+    let server = "run(server, health=\"0.0.0.0:8081\", drain_delay=15.0, period=20.0)";
+    let c = "0.spec.template.spec.containers.0";
+    let good = flat(&[
+        ("0.spec.template.spec.terminationGracePeriodSeconds", "42"),
+        (&format!("{c}.readinessProbe.httpGet.path"), "/ready"),
+        (&format!("{c}.readinessProbe.httpGet.port"), "8081"),
+        (&format!("{c}.livenessProbe.httpGet.path"), "/live"),
+        (&format!("{c}.livenessProbe.httpGet.port"), "8081"),
+        (&format!("{c}.lifecycle.preStop.exec.command.0"), "sleep"),
+        (&format!("{c}.lifecycle.preStop.exec.command.1"), "2"),
+    ]);
+    assert_eq!(pod_spec_problems(&good, &ports, Some(server)), Vec::<String>::new(), "2 + 15 + 20 + 5 = 42");
+    let mut bad = good.clone();
+    bad[0].1 = "41".into();
+    bad[1].1 = "/live".into();
+    bad[4].1 = "8080".into();
+    let problems = pod_spec_problems(&bad, &ports, Some(server));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(pod_spec_problems(&good, &ports, None)[0].contains("no Python block"));
+    assert_eq!(
+        health_ports(&blocks("```python\nrun(health=\"0.0.0.0:8081\")\n```\n```js\n{ health: '[::1]:9000' }\n```\n").unwrap()),
+        BTreeSet::from([8081, 9000])
+    );
+    assert_eq!(kwarg("x(drain_period=1, period=2.5)", "period"), Some(2.5));
+
+    let config = "defaults\n  retries 3\n  option redispatch\nbackend b\n  option httpchk GET /ready\n  server a 10.0.0.1:8080 check port 8081\n";
+    assert_eq!(haproxy_problems(config, &ports), Vec::<String>::new());
+    let wrong = config.replace("/ready", "/health").replace("port 8081", "port 8080").replace("  retries 3\n", "");
+    assert_eq!(haproxy_problems(&wrong, &ports).len(), 3, "{:?}", haproxy_problems(&wrong, &ports));
+}
+
 #[test]
 fn the_fence_parser_finds_every_block() {
-    let text = "intro\n```c\nint x;\n```\n\n- item\n\n  ```python\n  print(1)\n  ```\n~~~\nout\n~~~\n````sh\n```\n````\n";
+    let text = "intro\n```c\nint x;\n```\n\n- item\n\n  ```python\n  print(1)\n  ```\n~~~\nout\n~~~\n````sh\n```\n````\n```ini a/b.service\nK=V\n```\n";
     let found = blocks(text).unwrap();
-    let summary: Vec<_> = found.iter().map(|b| (b.line, b.lang.as_str(), b.code.as_str())).collect();
-    assert_eq!(summary, [(2, "c", "int x;\n"), (8, "python", "print(1)\n"), (11, "", "out\n"), (14, "sh", "```\n")]);
+    let summary: Vec<_> = found.iter().map(|b| (b.line, b.lang.as_str(), b.info.as_str(), b.code.as_str())).collect();
+    assert_eq!(
+        summary,
+        [
+            (2, "c", "", "int x;\n"),
+            (8, "python", "", "print(1)\n"),
+            (11, "", "", "out\n"),
+            (14, "sh", "", "```\n"),
+            (17, "ini", "a/b.service", "K=V\n")
+        ]
+    );
     assert!(blocks("```c\nint x;\n").unwrap_err().contains("README.md:1:"));
 }
 

@@ -1,7 +1,9 @@
 /// <reference types="node" />
 // Types for lameduck (Node): the public surface. The implementation is index.js, which re-exports
-// lib/{errors,options,runner,listen,http}.js, over the Rust core (its native half: native.d.ts).
+// lib/{errors,options,runner,listen,http}.js and the framework helpers lib/{fastify,koa,express,nest}.js
+// (also `lameduck/fastify` …, typed by lib/*.d.ts from here), over the Rust core (its native half: native.d.ts).
 
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http'
 import type { Server as NetServer } from 'node:net'
 
 /** A runner's lifecycle state; the same names in C, Python and Node. */
@@ -38,6 +40,12 @@ export interface Context {
   ready(): void
   /** The run's connection gate (the same object as `runner.gate`). */
   readonly gate: Gate
+  /**
+   * The name of the trigger signal that started lame-duck ('SIGTERM', 'SIGINT', …), what
+   * frameworks' shutdown hooks take (Nest's `onApplicationShutdown(signal)`). Null before, and
+   * when `stop()`, the `signal` option, an upgrade's hand-over or the uncaught-error policy started it.
+   */
+  readonly triggerSignal: SignalName | null
 }
 
 /** Where the connection gate stands: admitting, lame-duck (only connections already queued), or closed. */
@@ -195,6 +203,15 @@ export interface Options {
    */
   maxConnections?: number | null
   /**
+   * What an exception nothing caught (`uncaughtException`) or a promise rejection nothing handled
+   * (`unhandledRejection`) does while the run is in progress:
+   * - 'default' (the default): Node's own handling, untouched (the process ends at once);
+   * - 'lame-duck': the error is logged (at error level, with its stack), lame-duck starts as for
+   *   `stop()`, so that the requests in flight finish, and once the run is over the process exits
+   *   with code 1 (`process.exit(1)`, on the turn of the event loop after the run's promise settled).
+   */
+  onUncaughtError?: 'lame-duck' | 'default'
+  /**
    * Where the built-in health listener answers /ready, /live and /health ('127.0.0.1:8081',
    * ':8081', a unix socket path; port 0 picks one, see `runner.healthAddress`). Served by the
    * core on its own thread, whatever the event loop is doing; taken like `listen()`, so an
@@ -254,11 +271,24 @@ export class DeadlineExceededError extends Error {
   constructor(message?: string)
 }
 
+/** What `run()` and `runner.run()` return: the run's promise, with the Runner doing the run. */
+export interface RunPromise<R extends Runner | null = Runner> extends Promise<void> {
+  /**
+   * The Runner: `ready()`, `stop()`, `state`, `upgrade()`, `connectionStats()`… From the
+   * function `run()` (and the framework helpers' `run…()`), null only when the Runner could not be
+   * made (bad options or server): the promise then rejects with that TypeError or RangeError.
+   */
+  readonly runner: R
+}
+
 /** Runs one server once under lame-duck coordination. Invalid options throw TypeError/RangeError. */
 export class Runner {
   constructor(server: Server, options?: Options)
   readonly state: State
-  run(): Promise<void>
+  /** Runs until the server stopped; rejects with a LameDuckError subclass otherwise. Its `runner` is this runner. */
+  run(): RunPromise<Runner>
+  /** The name of the trigger signal that started lame-duck (see `Context.triggerSignal`), or null. */
+  readonly triggerSignal: SignalName | null
   /** Resolves once ready; rejects if the run ends without becoming ready. */
   ready(): Promise<void>
   /** Starts lame-duck like a trigger signal; before run() it makes run() reject with CanceledError. */
@@ -308,8 +338,18 @@ export function adopt(target: number | NetServer, name?: string): void
 /** True when the listening socket `fd` is shared with other processes (inherited, or handed on by an upgrade). */
 export function isShared(fd: number): boolean
 
-/** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
-export function run(server: Server, options?: Options): Promise<void>
+/**
+ * Runs `server` under lame-duck coordination (Go's lameduck.Run). The promise's `runner` is the
+ * Runner (null when the options or the server are invalid: the promise rejects with a TypeError or
+ * RangeError, it never throws).
+ */
+export function run(server: Server, options?: Options): RunPromise<Runner | null>
+
+/**
+ * The Runner whose run is in progress (the most recently started one, if several are), or null:
+ * for code without a reference to it, say a request handler deep in a framework.
+ */
+export function currentRunner(): Runner | null
 
 /**
  * Where httpServer listens. `{ port, host }` and `{ path }` are bound through lameduck's
@@ -336,8 +376,9 @@ export type HttpListenOptions =
 export interface HttpServerAdapterOptions {
   /** Ms an idle keep-alive socket may stay open once lame-duck began (never past the deadline). Default 1000. */
   idleGrace?: number
-  /** Drop new SYNs and accept what is queued before closing the listener. Default: on, unless the
-   * listener is shared (inherited, handed on by an upgrade, or LISTEN_FDS / SERVER_STARTER_PORT set). */
+  /** Accept what is queued, then stop the listener at once (new connections are refused at once)
+   * before closing it, so the close resets nobody. Default: on, unless the listener is shared
+   * (inherited, handed on by an upgrade, or LISTEN_FDS / SERVER_STARTER_PORT set). */
   drainListener?: boolean
 }
 
@@ -372,9 +413,77 @@ export const version: string
  * A handler answering /ready, /live and /health (the same answers as the built-in `health`
  * listener) for node:http, Express and Connect: `app.get(['/ready', '/live', '/health'],
  * healthHandler(runner))`, or `app.use(healthHandler(runner))` (other paths go to `next()`).
+ * Without a runner, each request asks `currentRunner()` (503 while no run is in progress).
  */
-export function healthHandler(runner: Runner): (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse, next?: () => unknown) => unknown
+export function healthHandler(runner?: Runner): (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse, next?: () => unknown) => unknown
 /** Koa middleware answering /ready, /live and /health; other paths go to `next()`. */
-export function koaHealth(runner: Runner): (ctx: any, next: () => Promise<unknown>) => Promise<unknown>
+export function koaHealth(runner?: Runner): (ctx: any, next: () => Promise<unknown>) => Promise<unknown>
 /** A Fastify route handler answering /ready, /live and /health: `app.get('/ready', fastifyHealth(runner))`. */
-export function fastifyHealth(runner: Runner): (request: any, reply: any) => Promise<string>
+export function fastifyHealth(runner?: Runner): (request: any, reply: any) => Promise<string>
+/**
+ * A framework helper's server: the httpServer adapter around the framework's HTTP server, with
+ * the framework's own start (Fastify's `ready()`, Nest's `init()`) before it listens and its own
+ * shutdown hooks (Fastify's `close()`, Nest's `close(signal)`) run once after the drain: the
+ * listener closed and every request in flight finished (at the deadline: after close destroyed
+ * what was left).
+ */
+export interface FrameworkServer<A, S extends NetServer = NetServer> extends HttpServerAdapter<S> {
+  /** The framework's app, as given. */
+  readonly app: A
+}
+
+/** What `fastifyServer` needs of a Fastify instance (a `FastifyInstance` is one). */
+export interface FastifyApp {
+  readonly server: NetServer
+  ready(): PromiseLike<unknown>
+  close(): PromiseLike<unknown>
+}
+
+/**
+ * A lameduck server for a Fastify app, in place of `app.listen()` (an app that already listens is
+ * adopted: leave `listenOptions` out). serve awaits `app.ready()`, then listens through httpServer;
+ * once the drain is over, `app.close()` runs Fastify's preClose and onClose hooks, exactly once
+ * (its own server close then has nothing left to cut). Throws TypeError for what is not a Fastify
+ * instance, and what httpServer throws for bad listen or adapter options.
+ */
+export function fastifyServer<A extends FastifyApp>(app: A, listenOptions?: HttpListenOptions, adapterOptions?: HttpServerAdapterOptions): FrameworkServer<A, A['server']>
+/** `run(fastifyServer(app, listenOptions, adapterOptions), options)`; a bad app or option rejects (then `runner` is null). */
+export function runFastify(app: FastifyApp, listenOptions?: HttpListenOptions, options?: Options, adapterOptions?: HttpServerAdapterOptions): RunPromise<Runner | null>
+
+/** What `koaServer` needs of a Koa application. */
+export interface KoaApp {
+  callback(): (req: IncomingMessage, res: ServerResponse) => unknown
+}
+
+/** A lameduck server for a Koa app: `http.createServer(app.callback())` through httpServer. Koa has no shutdown hooks. */
+export function koaServer<A extends KoaApp>(app: A, listenOptions?: HttpListenOptions, adapterOptions?: HttpServerAdapterOptions): FrameworkServer<A, HttpServer>
+/** `run(koaServer(app, listenOptions, adapterOptions), options)`; a bad app or option rejects (then `runner` is null). */
+export function runKoa(app: KoaApp, listenOptions?: HttpListenOptions, options?: Options, adapterOptions?: HttpServerAdapterOptions): RunPromise<Runner | null>
+
+/** An Express application, or any request listener. */
+export type ExpressApp = (req: IncomingMessage, res: ServerResponse) => unknown
+
+/** A lameduck server for an Express app: `http.createServer(app)` through httpServer. Express has no shutdown hooks. */
+export function expressServer<A extends ExpressApp>(app: A, listenOptions?: HttpListenOptions, adapterOptions?: HttpServerAdapterOptions): FrameworkServer<A, HttpServer>
+/** `run(expressServer(app, listenOptions, adapterOptions), options)`; a bad app or option rejects (then `runner` is null). */
+export function runExpress(app: ExpressApp, listenOptions?: HttpListenOptions, options?: Options, adapterOptions?: HttpServerAdapterOptions): RunPromise<Runner | null>
+
+/** What `nestServer` needs of a Nest application (an `INestApplication` is one). */
+export interface NestApp {
+  init(): PromiseLike<unknown>
+  close(signal?: string): PromiseLike<unknown>
+  getHttpServer(): any
+}
+
+/**
+ * A lameduck server for a Nest application made by `NestFactory.create()`, in place of
+ * `app.listen()` and `app.enableShutdownHooks()` (which must not be called: Nest would take the
+ * signals itself; nestServer throws a TypeError when it finds Nest 12's listeners). serve awaits
+ * `app.init()`, then listens on `app.getHttpServer()` through httpServer; once the drain is over,
+ * `app.close(signal)` runs onModuleDestroy(), beforeApplicationShutdown(signal) and
+ * onApplicationShutdown(signal) in Nest's order, exactly once, `signal` being the trigger signal's
+ * name (`Context.triggerSignal`; undefined when stop() or the uncaught-error policy started it).
+ */
+export function nestServer<A extends NestApp>(app: A, listenOptions?: HttpListenOptions, adapterOptions?: HttpServerAdapterOptions): FrameworkServer<A>
+/** `run(nestServer(app, listenOptions, adapterOptions), options)`; a bad app or option rejects (then `runner` is null). */
+export function runNest(app: NestApp, listenOptions?: HttpListenOptions, options?: Options, adapterOptions?: HttpServerAdapterOptions): RunPromise<Runner | null>

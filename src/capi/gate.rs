@@ -191,10 +191,10 @@ pub extern "C" fn ld_context_acquire_connection(
     acquire(ctx, timeout_ms, permit_out, error_out, false)
 }
 
-/// `ld_context_acquire_connection` for a connection already waiting in the accept queue: it
-/// also admits (within the limit) during lame-duck, so that a shutdown that drains its queue
-/// (`ld_listen_stop_accepting`, then accept until `ld_listen_has_pending` is false) answers
-/// those clients instead of resetting them. `LD_GATE_CLOSED` once close is called.
+/// `ld_context_acquire_connection` for a connection already waiting in the accept queue (or
+/// taken from it by `ld_listen_shut`): it also admits (within the limit) during lame-duck, so
+/// that a shutdown that drains its queue answers those clients instead of resetting them.
+/// `LD_GATE_CLOSED` once close is called.
 #[no_mangle]
 pub extern "C" fn ld_context_acquire_queued_connection(
     ctx: *const ld_context,

@@ -1,8 +1,10 @@
 //! `ld_listen`: a listening socket, inherited (systemd, Server::Starter) or fresh; and
-//! `ld_listen_drain` and its parts, to stop one at shutdown without resetting the connections
-//! waiting in its queue.
+//! `ld_listen_shut` (or `ld_listen_drain`) and their parts, to stop one at shutdown without
+//! resetting the connections waiting in its queue, and (`ld_listen_shut`) without making a
+//! client that arrives then wait a second for its SYN's retransmission (see
+//! `src/listener/drain.rs`).
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
@@ -93,10 +95,11 @@ pub extern "C" fn ld_listen_should_drain(fd: c_int) -> bool {
 }
 
 /// Makes the listening socket `fd` drop new connection attempts (their SYNs, so clients retry
-/// and, once the listener is closed, are refused), while the connections already queued can
-/// still be accepted. Only for a listener `ld_listen_should_drain` says is ours alone: the
-/// filter belongs to the socket, and would stop every process sharing it. Usually called
-/// through `ld_listen_drain`. Linux only. Any thread; the descriptor stays the caller's.
+/// after one second and, once the listener is closed, are refused), while the connections
+/// already queued can still be accepted and handshakes under way complete. Only for a listener
+/// `ld_listen_should_drain` says is ours alone: the filter belongs to the socket, and would stop
+/// every process sharing it. Usually called through `ld_listen_shut` or `ld_listen_drain`.
+/// Linux only (a unix socket is not affected). Any thread; the descriptor stays the caller's.
 ///
 /// Errors: `LD_SYSTEM` when the filter cannot be attached (`fd` is not a socket, or not open);
 /// the message names the fd and the system's reason.
@@ -127,12 +130,62 @@ pub extern "C" fn ld_listen_has_pending(fd: c_int, pending_out: *mut bool, error
     })
 }
 
-/// Stops the listener `fd` without resetting the connections in its queue: when
-/// `ld_listen_should_drain(fd)`, drops new connection attempts (`ld_listen_stop_accepting`),
-/// then blocks until every queued connection has been accepted (`ld_listen_has_pending`) or
-/// `timeout_ms` has passed (negative: no limit, as in `ld_context_wait`). A shared listener is
-/// left alone (its queue survives this process's close) and the call returns at once. Close the
-/// listener afterwards, either way.
+/// Called by `ld_listen_shut` once for each connection it took from the queue, after the
+/// listener stopped listening: `fd` is the connection (close-on-exec, blocking), now the
+/// callee's to serve (or refuse) and close.
+pub type ld_connection_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, fd: c_int)>;
+
+/// Stops the listener `fd` at once without resetting anyone: at shutdown, once the program's
+/// accept loop has stopped. It accepts every connection still queued, drops new SYNs
+/// (`ld_listen_stop_accepting`) only while it accepts once more what joined meanwhile (one
+/// accept that finds the queue empty: a microsecond or two), then stops the socket listening
+/// with `shutdown(fd, SHUT_RD)`. From its return on, a new connection attempt is refused at once
+/// (`ECONNREFUSED`) instead of waiting a second for its SYN's retransmission, as it does
+/// during `ld_listen_drain`. Then it calls `on_connection(user_data, conn_fd)` for each
+/// connection it took, in queue order, on this thread: admit them (the gate's
+/// `ld_context_acquire_queued_connection`, within the limit, as slots free) and serve them like
+/// any other. Close `fd` afterwards: the socket no longer listens, through any descriptor. A
+/// unix socket is shut first (its queue stays) and then accepted, with no filter. An accept
+/// that fails for want of descriptors (`EMFILE`) ends the sweep: what is still queued is reset,
+/// as closing the listener would.
+///
+/// A listener that `ld_listen_should_drain` says is shared is left alone (its queue survives
+/// this process's close, and shutting it would stop every process that shares it): the call
+/// returns `LD_OK` at once, with no callback. Close it afterwards, either way. Any thread; the
+/// descriptor stays the caller's.
+///
+/// Errors: `LD_NULL_ARGUMENT` (on_connection); `LD_SYSTEM` when `fd` is not a listening socket
+/// (or not open), before anything is changed; the message names the fd.
+#[no_mangle]
+pub extern "C" fn ld_listen_shut(
+    fd: c_int,
+    on_connection: ld_connection_fn,
+    user_data: *mut c_void,
+    error_out: *mut *mut ld_error,
+) -> ld_status {
+    guard_result(error_out, || {
+        let on_connection = on_connection.ok_or_else(|| null_arg("on_connection"))?;
+        if !crate::listener::should_drain(fd) {
+            return Ok(());
+        }
+        let taken = crate::listener::shut(fd).map_err(|e| Error::new(ErrorKind::System, format!("cannot shut fd {fd}: {e}")))?;
+        for conn in taken {
+            // SAFETY: the caller's callback, given a descriptor it now owns.
+            unsafe { on_connection(user_data, conn.into_raw_fd()) };
+        }
+        Ok(())
+    })
+}
+
+/// Stops the listener `fd` without resetting the connections in its queue, for a program that
+/// closes it itself while its accept loop runs: when `ld_listen_should_drain(fd)`, drops new
+/// connection attempts (`ld_listen_stop_accepting`), then blocks until every queued connection
+/// has been accepted (`ld_listen_has_pending`) or `timeout_ms` has passed (negative: no limit,
+/// as in `ld_context_wait`). A shared listener is left alone (its queue survives this
+/// process's close) and the call returns at once. Close the listener afterwards, either way.
+/// Every client that arrives from the filter to the close waits a second for its SYN's
+/// retransmission and is refused only then: where the accept loop can stop first,
+/// `ld_listen_shut` leaves no such gap.
 ///
 /// The program's accept loop must keep running meanwhile, on another thread: this only watches
 /// the queue. In a shutdown hook, pass `ld_context_remaining_ms(ctx)`, then wake the accept

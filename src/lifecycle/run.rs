@@ -510,8 +510,14 @@ impl Run {
     fn request_upgrade(&mut self, request: Request) {
         let options = &self.shared.options;
         if let Some(refusal) = self.upgrade.refusal(options, self.serving(), self.shared.state.get()) {
+            let (kind, why) = (refusal.kind(), refusal.message().to_string());
             if let Some(line) = request.refuse(refusal) {
                 self.log(Level::Warn, &line);
+                // A signal, which systemd may have sent (Type=notify-reload) and be waiting on.
+                // Not when busy or stopping: a reload cycle is under way, or a stop.
+                if kind == ErrorKind::UpgradeFailed {
+                    self.lineage.reload_refused(&why);
+                }
             }
             return;
         }

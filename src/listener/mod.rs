@@ -3,7 +3,8 @@
 //!
 //! - [`listen`] and [`adopt`] are how a server gets its sockets; [`should_drain`] (and its
 //!   negation [`is_shared`]) is the one answer to "may I drain this listener at shutdown?";
-//!   [`drain()`] does it (see [the `drain` module](mod@drain) for why a listener is drained at all).
+//!   [`shut`] does it once the accept loop has stopped, or [`drain()`] while it runs (see [the
+//!   `drain` module](mod@drain) for why a listener is drained at all, and how).
 //! - `env` parses what systemd, Server::Starter and a previous generation put in the
 //!   environment (pure functions, fuzzed); `address` parses `listen`'s argument; `socket` holds
 //!   the system calls on descriptors; `registry` is the one list of listeners every answer is
@@ -44,7 +45,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use crate::error::Error;
 
 pub use address::Address;
-pub use drain::{drain, has_pending_connection, idle_grace, stop_accepting, Drained};
+pub use drain::{drain, has_pending_connection, idle_grace, shut, stop_accepting, Drained};
 pub(crate) use env::FileId;
 pub use env::{parse_listen_fds, parse_server_starter_port, LINEAGE_FDS_ENV, MAX_INHERITED_FDS, OWNED_FDS_ENV, REQUIRED_FDS_ENV};
 pub(crate) use registry::{any_known, for_successor, mark_passed_on, remove_owned_paths, untaken, watch_takes};
@@ -177,12 +178,13 @@ pub fn is_inherited(fd: RawFd) -> bool {
     registry::lock().find(fd).is_some_and(|l| matches!(l.origin, Origin::Inherited(_)))
 }
 
-/// True when this process may drain the listener `fd` at shutdown (stop new connections with a
-/// socket filter, accept what is queued, then close): it owns the socket alone. False when
+/// True when this process may drain the listener `fd` at shutdown (accept what is queued, stop
+/// it with a socket filter and `shutdown`, then close): it owns the socket alone. False when
 /// other processes hold it too: it was inherited from systemd or start_server (they keep a
 /// copy), or from a previous generation that is still running, or it was passed on to a new
-/// generation by an upgrade. The filter belongs to the socket, so draining a shared one would
-/// stop the others accepting; and closing our copy of it loses nothing, the queue survives.
+/// generation by an upgrade. The filter and the shutdown belong to the socket, so draining a
+/// shared one would stop the others accepting; and closing our copy of it loses nothing, the
+/// queue survives.
 ///
 /// The answer comes from the registry, which is built from the environment on first use
 /// whatever is called first, and finds copies of a known socket (`dup`, `socket.fromfd`) by the

@@ -157,16 +157,34 @@ pub fn socket_cloexec(family: libc::c_int, kind: libc::c_int) -> io::Result<Owne
 
 // Sockets.
 
-/// Makes the socket `fd` drop every packet that would reach it: a classic BPF socket filter
-/// (`SO_ATTACH_FILTER`, Linux 2.2) of one instruction, `BPF_RET | BPF_K` with k = 0 ("keep 0
-/// bytes"). On a TCP listener that drops new SYNs while the connections already queued can
-/// still be accepted. The filter belongs to the socket (every descriptor of it, in every
-/// process) and stays until the socket is closed.
-pub fn attach_drop_all_filter(fd: RawFd) -> io::Result<()> {
-    let mut drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
-    let program = libc::sock_fprog { len: 1, filter: drop_all.as_mut_ptr() };
-    // SAFETY: `program` points to one valid instruction that outlives the call; the kernel
-    // copies the program.
+/// Makes the socket `fd` drop every TCP segment with the SYN flag that would reach it: a
+/// classic BPF socket filter (`SO_ATTACH_FILTER`, Linux 2.2). A TCP socket's filter sees each
+/// segment from its TCP header, whose byte 13 holds the flags:
+///
+/// ```text
+/// ldb [13]               load the flags byte
+/// jset #0x02, drop, keep SYN set?
+/// drop: ret #0           keep 0 bytes: dropped
+/// keep: ret #0xffffffff  keep it whole
+/// ```
+///
+/// On a TCP listener that drops new connection attempts (the client retransmits its SYN after
+/// its RTO, 1 s at first), while the handshakes already under way complete (their last ACK has
+/// no SYN flag) and the connections queued can still be accepted. A connection that completes
+/// its handshake later inherits the filter, which an established connection never needs (it
+/// receives no SYN). The filter belongs to the socket (every descriptor of it, in every process)
+/// and stays until the socket is closed. A unix stream socket never runs its filter on
+/// connections: there it changes nothing.
+pub fn attach_drop_syn_filter(fd: RawFd) -> io::Result<()> {
+    let mut drop_syn = [
+        libc::sock_filter { code: 0x30, jt: 0, jf: 0, k: 13 }, // BPF_LD | BPF_B | BPF_ABS
+        libc::sock_filter { code: 0x45, jt: 0, jf: 1, k: 0x02 }, // BPF_JMP | BPF_JSET | BPF_K
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },  // BPF_RET | BPF_K
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+    ];
+    let program = libc::sock_fprog { len: drop_syn.len() as u16, filter: drop_syn.as_mut_ptr() };
+    // SAFETY: `program` points to valid instructions that outlive the call; the kernel copies
+    // the program.
     zero_or_error(unsafe {
         libc::setsockopt(
             fd,
@@ -176,6 +194,39 @@ pub fn attach_drop_all_filter(fd: RawFd) -> io::Result<()> {
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     })
+}
+
+/// Accepts one connection from the listening socket `fd`, close-on-exec from birth
+/// (`accept4(SOCK_CLOEXEC)`, Linux 2.6.28): `WouldBlock` when none is queued on a non-blocking
+/// socket.
+pub fn accept_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 without an address buffer; a valid descriptor on success, which we own.
+    let conn = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    if conn < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(conn) })
+}
+
+/// Stops the listening socket `fd` listening, for every descriptor of it, without closing any:
+/// `shutdown(SHUT_RD)`. On a TCP listener Linux then answers new SYNs with RST (the client's
+/// connect fails with `ECONNREFUSED` at once) and resets the connections still queued, as a
+/// close would. On a unix stream listener new connections are refused at once and the queued
+/// ones stay, to be accepted (then `accept` fails with `EAGAIN`, or `EINVAL` when blocking).
+pub fn stop_listening(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown on a descriptor number; an invalid one just fails.
+    zero_or_error(unsafe { libc::shutdown(fd, libc::SHUT_RD) })
+}
+
+/// True when `fd` is in non-blocking mode (`O_NONBLOCK`).
+pub fn is_nonblocking(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: fcntl F_GETFL on a descriptor number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_NONBLOCK != 0)
 }
 
 /// The pid of the process at the other end of the connected unix socket `fd`, as the kernel

@@ -29,10 +29,15 @@
 //!   - `start_server --stop`/`--restart` signal the start_server that holds the pid file's lock
 //!     race-free; only on `ENOSYS` they fall back on `kill(2)` after the lock check (any other
 //!     error, such as `ESRCH`, is reported).
-//! - `SO_ATTACH_FILTER` (Linux 2.2, classic BPF): [`attach_drop_all_filter`], with which
-//!   `listener::stop_accepting` and `listener::drain` make a listener drop new SYNs while its
-//!   queue is accepted, so closing it resets no connection. No fallback: they return the error.
-//!   Nothing detaches the filter (`SO_DETACH_FILTER`): it lives until the socket is closed.
+//! - `SO_ATTACH_FILTER` (Linux 2.2, classic BPF): [`attach_drop_syn_filter`], with which
+//!   `listener::stop_accepting`, `listener::drain` and `listener::shut` make a listener drop new
+//!   SYNs while its queue is accepted, so closing it resets no connection. No fallback:
+//!   `stop_accepting` and `drain` return the error (`shut` goes on without it). Nothing detaches
+//!   the filter (`SO_DETACH_FILTER`): it lives until the socket is closed.
+//! - `shutdown(SHUT_RD)` on a listening socket ([`stop_listening`]): Linux stops it listening
+//!   for every descriptor at once (a TCP one answers new SYNs with RST, so clients are refused
+//!   at once; a unix one refuses new connections and keeps its queue). `listener::shut` ends
+//!   with it. `accept4(SOCK_CLOEXEC)` (Linux 2.6.28): [`accept_cloexec`], its accepts.
 //! - `SO_PEERCRED` (Linux 2.2): [`peer_pid`], which checks that `LAMEDUCK_READY_FD` is a socket
 //!   pair made by the previous generation.
 //! - `SO_PASSCRED` and `SCM_CREDENTIALS` (Linux 2.2), received with `MSG_CMSG_CLOEXEC` (Linux
@@ -68,9 +73,10 @@
 //! `proc_pidinfo` for the `/proc` reads; `SO_NOSIGPIPE` where there is no `MSG_NOSIGNAL`;
 //! `pipe` + `FD_CLOEXEC` where there is no `pipe2`/`SOCK_CLOEXEC` (not atomic against another
 //! thread's fork); `procctl(PROC_PDEATHSIG_CTL)` on FreeBSD; `__error()` for errno; `stat`
-//! of `/dev/null` for its device. Few kernels have anything like [`attach_drop_all_filter`]
+//! of `/dev/null` for its device. Few kernels have anything like [`attach_drop_syn_filter`]
 //! (FreeBSD's accept filters only delay `accept`): where there is none it fails (`ENOTSUP`)
-//! and `stop_accepting` and `drain` report the error.
+//! and `stop_accepting` and `drain` report the error. What `shutdown(SHUT_RD)` does to a
+//! listener differs between kernels: [`stop_listening`] must stop it listening (or fail).
 //!
 //! Linux values outside this module that a port must check too: `SO_DOMAIN` (Linux 2.6.32) in
 //! `generation::check_channel`; `NSIG` (65) in `signals`, and "32 up to `SIGRTMIN`" as the C

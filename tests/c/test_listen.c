@@ -1,6 +1,7 @@
 /*
  * The C drain API (ld_listen_should_drain, ld_listen_stop_accepting, ld_listen_has_pending,
- * ld_listen_drain) against real sockets: one sub-test per process (the listener registry is
+ * ld_listen_drain, ld_listen_shut) against real sockets: one sub-test per
+ * process (the listener registry is
  * per process), named by argv[1], run by tests/c_listen.rs under ASan/UBSan or valgrind.
  * Prints "ok NAME" when every check passed; a failed check exits 1 with its location.
  */
@@ -53,6 +54,38 @@ static int connects_within(int port, int ms) {
     }
     close(fd);
     return ok;
+}
+
+/* True when a connection attempt is refused (ECONNREFUSED) within `ms`: a dropped SYN is not
+ * answered for a second (its retransmission), so a refusal within far less came at once. */
+static int refused_within(int port, int ms) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    int err = rc == 0 ? 0 : errno;
+    if (rc != 0 && errno == EINPROGRESS) {
+        struct pollfd p = {fd, POLLOUT, 0};
+        socklen_t len = sizeof err;
+        err = 0;
+        if (poll(&p, 1, ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = ETIMEDOUT;
+    }
+    close(fd);
+    return err == ECONNREFUSED;
+}
+
+/* ld_listen_shut's callback: collects the connections in an array of 8. */
+typedef struct {
+    int fds[8];
+    int n;
+} taken;
+
+static void take(void *ud, int fd) {
+    taken *t = ud;
+    CHECK(t->n < 8);
+    t->fds[t->n++] = fd;
 }
 
 static int has_pending(int fd) {
@@ -147,6 +180,55 @@ static void parts_and_errors(void) {
     CHECK_EQ(ld_listen_drain(-1, 10, NULL), LD_SYSTEM);
 }
 
+/* Stopping an own listener at once: the shut takes what is still queued and refuses newcomers
+ * at once. */
+static void shut_listener(void) {
+    int fd = -1;
+    CHECK_EQ(ld_listen("127.0.0.1:0", NULL, &fd, NULL), LD_OK);
+    int port = port_of(fd);
+    int clients[3];
+    for (int i = 0; i < 3; i++) {
+        clients[i] = connect_to(port);
+        CHECK(clients[i] >= 0);
+        if (i < 2) CHECK_EQ(send(clients[i], "hi", 2, MSG_NOSIGNAL), 2); /* the third sends nothing */
+    }
+    CHECK(wait_pending(fd));
+
+    taken t = {{0}, 0};
+    ld_error *err = NULL;
+    CHECK_EQ(ld_listen_shut(fd, take, &t, &err), LD_OK);
+    CHECK(err == NULL);
+    CHECK_EQ(t.n, 3);
+    CHECK(refused_within(port, 500)); /* at once: no SYN waits for its retransmission */
+    CHECK(!has_pending(fd));
+    for (int i = 0; i < 3; i++) {
+        CHECK(fcntl(t.fds[i], F_GETFD) & FD_CLOEXEC);
+        char buf[2];
+        if (i < 2) CHECK_EQ(recv(t.fds[i], buf, 2, MSG_WAITALL), 2); /* not reset: the request is there */
+        CHECK_EQ(send(t.fds[i], "ok", 2, MSG_NOSIGNAL), 2);
+        CHECK_EQ(recv(clients[i], buf, 2, MSG_WAITALL), 2);
+        CHECK(memcmp(buf, "ok", 2) == 0);
+        close(t.fds[i]);
+        close(clients[i]);
+    }
+    /* The descriptor stays the caller's, no longer listening. */
+    err = NULL;
+    CHECK_EQ(ld_listen_shut(fd, take, &t, &err), LD_SYSTEM);
+    CHECK(err != NULL && strstr(ld_error_message(err), "cannot shut fd") != NULL);
+    ld_error_free(err);
+    close(fd);
+
+    err = NULL;
+    CHECK_EQ(ld_listen_shut(-1, NULL, NULL, &err), LD_NULL_ARGUMENT);
+    CHECK(err != NULL && strcmp(ld_error_message(err), "on_connection is NULL") == 0);
+    ld_error_free(err);
+    CHECK_EQ(ld_listen_shut(-1, take, &t, NULL), LD_SYSTEM);
+    int file = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    CHECK_EQ(ld_listen_shut(file, take, &t, NULL), LD_SYSTEM); /* not a socket */
+    close(file);
+    CHECK_EQ(t.n, 3); /* no callback on error */
+}
+
 /* A socket handed over as systemd does (fd 3, LISTEN_FDS, LISTEN_PID): shared, so never
  * drained, and the answer is the same before ld_listen took it as after. */
 static void inherited_listener(void) {
@@ -189,18 +271,24 @@ static void inherited_listener(void) {
     CHECK_EQ(ld_listen_drain(fd, 1000, NULL), LD_OK); /* at once, though a connection is queued */
     CHECK(has_pending(fd));
     CHECK(connects_within(port, 2000));
+    taken t = {{0}, 0};
+    CHECK_EQ(ld_listen_shut(fd, take, &t, NULL), LD_OK); /* left alone: nothing taken, still listening */
+    CHECK_EQ(t.n, 0);
+    CHECK(has_pending(fd));
+    CHECK(connects_within(port, 2000));
     close(client);
     close(fd);
 }
 
 int main(int argc, char **argv) {
     if (argc != 2) {
-        fprintf(stderr, "usage: %s own_listener|parts_and_errors|inherited_listener\n", argv[0]);
+        fprintf(stderr, "usage: %s own_listener|parts_and_errors|shut_listener|inherited_listener\n", argv[0]);
         return 2;
     }
     const char *name = argv[1];
     if (strcmp(name, "own_listener") == 0) own_listener();
     else if (strcmp(name, "parts_and_errors") == 0) parts_and_errors();
+    else if (strcmp(name, "shut_listener") == 0) shut_listener();
     else if (strcmp(name, "inherited_listener") == 0) inherited_listener();
     else {
         fprintf(stderr, "unknown sub-test %s\n", name);

@@ -226,6 +226,12 @@ impl Proc {
         }
     }
 
+    /// A handle that adds lines of the test's own among the stdout lines (a probe's result,
+    /// a moment that passed), so they take their place in the order of the process's lines.
+    pub fn notes(&self) -> Notes {
+        Notes(std::sync::Arc::clone(&self.lines))
+    }
+
     /// The stdout lines so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.lines.0.lock().unwrap().stdout.clone()
@@ -281,6 +287,17 @@ impl Proc {
         }
         let stderr = self.lines.0.lock().unwrap().stderr.join("\n");
         (status, stderr)
+    }
+}
+
+/// Adds lines to a [`Proc`]'s stdout lines, from any thread (see [`Proc::notes`]).
+#[derive(Clone)]
+pub struct Notes(std::sync::Arc<(std::sync::Mutex<Lines>, std::sync::Condvar)>);
+
+impl Notes {
+    pub fn add(&self, line: String) {
+        self.0 .0.lock().unwrap().stdout.push(line);
+        self.0 .1.notify_all();
     }
 }
 

@@ -75,6 +75,7 @@ static const char *const keys[] = {
     "period_ms", "drain_delay_ms", "close_timeout_ms", "signals", "upgrade_signals", "repeat",
     "explicit_ready", "logging", "upgrade_confirm_ms", "upgrade_timeout_ms", "listen_timeout_ms",
     "listen", "serve", "shutdown", "close", "before_run", "after_run", "max_connections",
+    "drain_quiet_ms", "health",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 static const char *values[NKEYS];    /* NULL: not given */
@@ -150,7 +151,7 @@ static size_t parse_signals(const char *text, int *out, size_t max) {
 enum behaviour {
     B_BLOCK, B_RETURN, B_FAIL, B_RELEASE, B_READY_BLOCK, B_STOP_BLOCK, B_IGNORE_GATE, B_HANG,
     B_WAIT_DEADLINE, B_IGNORE_DEADLINE, B_STOP, B_UPGRADE, B_UPGRADE_BUSY, B_HOLD_PERMITS,
-    B_RELEASE_PERMITS,
+    B_RELEASE_PERMITS, B_HEALTH_ANSWERS,
 };
 struct hook { enum behaviour b; int code; };
 static struct hook serve_hook = {B_BLOCK, 0}, shutdown_hook = {B_RELEASE, 0},
@@ -161,7 +162,7 @@ static void parse_hook(struct hook *hook, const char *text, const int *allowed) 
     static const char *const names[] = {
         "block", "return", "fail", "release", "ready_block", "stop_block", "ignore_gate", "hang",
         "wait_deadline", "ignore_deadline", "stop", "upgrade", "upgrade_busy", "hold_permits",
-        "release_permits",
+        "release_permits", "health_answers",
     };
     if (text == NULL) return;
     int b = -1;
@@ -261,9 +262,38 @@ static void upgrade_busy(void) {
     emit("upgrade %s", kind(first));
 }
 
+/* With a health listener: where it listens (`health ADDRESS`), or why not (`health KIND`). */
+static void report_health_address(void) {
+    if (arg("health") == NULL) return;
+    char address[512];
+    ld_status st = ld_runner_health_address(runner, address, sizeof address, NULL);
+    emit("health %s", st == LD_OK ? address : kind(st));
+}
+
+/* health_answers: the runner's in-process answers, as `answer PATH STATUS [TYPE] BODY` (the body
+ * without its final newline). ld_runner_health gives no content type: it is text/plain, or
+ * application/json for /health (its documented contract). */
+static void health_answers(void) {
+    static const char *const paths[] = {"/ready", "/live", "/health", "/nope"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        char body[1024];
+        int status = 0;
+        size_t len = 0;
+        ld_status st = ld_runner_health(runner, paths[i], &status, body, sizeof body, &len);
+        if (st != LD_OK || len != strlen(body)) {
+            emit("answer %s %s len=%zu", paths[i], kind(st), len);
+            continue;
+        }
+        if (len > 0 && body[len - 1] == '\n') body[len - 1] = '\0';
+        emit("answer %s %d [%s] %s", paths[i], status,
+             strcmp(paths[i], "/health") == 0 ? "application/json" : "text/plain; charset=utf-8", body);
+    }
+}
+
 static int serve(void *user_data, const ld_context *ctx) {
     (void)user_data;
     emit("enter serve");
+    report_health_address();
     switch (serve_hook.b) {
     case B_FAIL: emit("exit serve"); return serve_hook.code;
     case B_RETURN: emit("exit serve"); return 0;
@@ -295,6 +325,7 @@ static int shutdown_fn(void *user_data, const ld_context *ctx) {
     case B_STOP: ld_runner_stop(runner); break;
     case B_FAIL: code = shutdown_hook.code; break;
     case B_RELEASE_PERMITS: release_permits(); break;
+    case B_HEALTH_ANSWERS: health_answers(); break;
     default: break;
     }
     flag_set(&gate_open);
@@ -330,7 +361,7 @@ static void state_changed(void *user_data, ld_state from, ld_state to) {
 
 static const char *const ms_keys[] = {
     "period_ms", "drain_delay_ms", "close_timeout_ms",
-    "upgrade_confirm_ms", "upgrade_timeout_ms", "listen_timeout_ms",
+    "upgrade_confirm_ms", "upgrade_timeout_ms", "listen_timeout_ms", "drain_quiet_ms",
 };
 #define NMS (sizeof ms_keys / sizeof ms_keys[0])
 static uint64_t ms_values[NMS];
@@ -357,27 +388,44 @@ static void parse_options(void) {
         usage_error("explicit_ready", explicit_ready);
 }
 
+/* A setter's status; a refusal is reported as `refused SETTER KIND`: a setter gives a status
+ * and no message, so its name is how C names the option that was refused. */
+static ld_status checked(const char *setter, ld_status status) {
+    if (status != LD_OK) emit("refused %s %s", setter, kind(status));
+    return status;
+}
+#define SET(setter, ...) checked(#setter, setter(__VA_ARGS__))
+
 /* Passes every option given to the library; the first failing setter's status, or LD_OK. */
 static ld_status apply_options(ld_options *o) {
     static ld_status (*const ms_setters[NMS])(ld_options *, uint64_t) = {
         ld_options_set_period_ms, ld_options_set_drain_delay_ms, ld_options_set_close_timeout_ms,
         ld_options_set_upgrade_confirm_ms, ld_options_set_upgrade_timeout_ms,
-        ld_options_set_listen_timeout_ms,
+        ld_options_set_listen_timeout_ms, ld_options_set_drain_quiet_ms,
+    };
+    static const char *const ms_setter_names[NMS] = {
+        "ld_options_set_period_ms", "ld_options_set_drain_delay_ms",
+        "ld_options_set_close_timeout_ms", "ld_options_set_upgrade_confirm_ms",
+        "ld_options_set_upgrade_timeout_ms", "ld_options_set_listen_timeout_ms",
+        "ld_options_set_drain_quiet_ms",
     };
     ld_status st = LD_OK;
-    for (size_t i = 0; i < NMS && st == LD_OK; i++)
-        if (arg(ms_keys[i]) != NULL) st = ms_setters[i](o, ms_values[i]);
+    for (size_t i = 0; i < NMS && st == LD_OK; i++) /* a negative one wraps to far above 24 h */
+        if (arg(ms_keys[i]) != NULL) st = checked(ms_setter_names[i], ms_setters[i](o, ms_values[i]));
     if (st == LD_OK && arg("signals") != NULL)
-        st = ld_options_set_signals(o, nsigs > 0 ? sigs : NULL, nsigs);
+        st = SET(ld_options_set_signals, o, nsigs > 0 ? sigs : NULL, nsigs);
     if (st == LD_OK && arg("upgrade_signals") != NULL)
-        st = ld_options_set_upgrade_signals(o, nupgrade_sigs > 0 ? upgrade_sigs : NULL,
-                                            nupgrade_sigs);
-    if (st == LD_OK && arg("repeat") != NULL) st = ld_options_set_repeat_signal_policy(o, policy);
+        st = SET(ld_options_set_upgrade_signals, o, nupgrade_sigs > 0 ? upgrade_sigs : NULL,
+                 nupgrade_sigs);
+    if (st == LD_OK && arg("repeat") != NULL)
+        st = SET(ld_options_set_repeat_signal_policy, o, policy);
     if (st == LD_OK && arg("explicit_ready") != NULL)
-        st = ld_options_set_explicit_ready(o, strcmp(arg("explicit_ready"), "true") == 0);
+        st = SET(ld_options_set_explicit_ready, o, strcmp(arg("explicit_ready"), "true") == 0);
     if (st == LD_OK && arg("max_connections") != NULL) /* a negative one wraps to far above the maximum */
-        st = ld_options_set_max_connections(o, (uint64_t)max_connections);
-    if (st == LD_OK) st = ld_options_set_state_observer(o, state_changed, NULL);
+        st = SET(ld_options_set_max_connections, o, (uint64_t)max_connections);
+    if (st == LD_OK && arg("health") != NULL)
+        st = SET(ld_options_set_health_address, o, arg("health"));
+    if (st == LD_OK) st = SET(ld_options_set_state_observer, o, state_changed, NULL);
     return st;
 }
 
@@ -397,7 +445,8 @@ int main(int argc, char **argv) {
                                    B_IGNORE_GATE, B_HANG, B_UPGRADE, B_UPGRADE_BUSY,
                                    B_HOLD_PERMITS, -1};
     static const int shutdown_ok[] = {B_FAIL, B_RELEASE, B_HANG, B_WAIT_DEADLINE,
-                                      B_IGNORE_DEADLINE, B_STOP, B_RELEASE_PERMITS, -1};
+                                      B_IGNORE_DEADLINE, B_STOP, B_RELEASE_PERMITS,
+                                      B_HEALTH_ANSWERS, -1};
     static const int close_ok[] = {B_FAIL, B_RELEASE, B_HANG, -1};
     parse_hook(&serve_hook, arg("serve"), serve_ok);
     parse_hook(&shutdown_hook, arg("shutdown"), shutdown_ok);

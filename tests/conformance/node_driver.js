@@ -26,6 +26,7 @@ const KEYS = new Set([
   'period_ms', 'drain_delay_ms', 'close_timeout_ms', 'signals', 'upgrade_signals', 'repeat',
   'explicit_ready', 'logging', 'upgrade_confirm_ms', 'upgrade_timeout_ms', 'listen_timeout_ms',
   'listen', 'serve', 'shutdown', 'close', 'before_run', 'after_run', 'max_connections',
+  'drain_quiet_ms', 'health',
 ])
 
 const args = {}
@@ -57,7 +58,7 @@ function ev(text) {
 // The behaviours each hook accepts (README's table), with each hook's default.
 const BEHAVIOURS = {
   serve: ['block', 'return', 'fail', 'ready_block', 'stop_block', 'ignore_gate', 'hang', 'upgrade', 'upgrade_busy', 'hold_permits'],
-  shutdown: ['fail', 'release', 'hang', 'wait_deadline', 'ignore_deadline', 'stop', 'release_permits'],
+  shutdown: ['fail', 'release', 'hang', 'wait_deadline', 'ignore_deadline', 'stop', 'release_permits', 'health_answers'],
   close: ['fail', 'release', 'hang'],
 }
 const DEFAULT_BEHAVIOUR = { serve: 'block', shutdown: 'release', close: 'release' }
@@ -218,6 +219,13 @@ function act(hook, b, ctx) {
       releasePermits()
       openGate()
       return undefined
+    case 'health_answers':
+      for (const path of ['/ready', '/live', '/health', '/nope']) {
+        const { status, contentType, body } = runner.health(path)
+        ev(`answer ${path} ${status} [${contentType}] ${body.endsWith('\n') ? body.slice(0, -1) : body}`)
+      }
+      openGate()
+      return undefined
   }
   throw new Error(`no behaviour ${b.name}`)
 }
@@ -226,6 +234,7 @@ function act(hook, b, ctx) {
 function hook(name) {
   return (ctx) => {
     ev(`enter ${name}`)
+    if (name === 'serve' && args.health !== undefined) ev(`health ${runner.healthAddress ?? 'not_running'}`)
     if (name === 'close') {
       closeWasCalled()
       releasePermits()
@@ -270,6 +279,8 @@ set('upgradeConfirm', int(args.upgrade_confirm_ms))
 set('upgradeTimeout', int(args.upgrade_timeout_ms))
 set('listenTimeout', int(args.listen_timeout_ms))
 set('maxConnections', int(args.max_connections))
+set('drainQuiet', int(args.drain_quiet_ms))
+set('health', args.health)
 options.logger =
   args.logging === 'off'
     ? false
@@ -281,6 +292,7 @@ try {
   runner = new lameduck.Runner(server, options)
 } catch (err) {
   if (!(err instanceof TypeError || err instanceof RangeError)) throw err
+  ev(`message ${err.message}`)
   ev('result invalid_argument cause=none abandoned=false')
   process.exit(1)
 }

@@ -27,11 +27,12 @@ INT_OPTIONS = {
     "upgrade_confirm_ms": "upgrade_confirm",
     "upgrade_timeout_ms": "upgrade_timeout",
     "listen_timeout_ms": "listen_timeout",
+    "drain_quiet_ms": "drain_quiet",
 }
 SIGNAL_OPTIONS = {"signals": "signals", "upgrade_signals": "upgrade_signals"}
 OTHER_KEYS = {
     "repeat", "explicit_ready", "logging", "listen", "serve", "shutdown", "close", "before_run", "after_run",
-    "max_connections",
+    "max_connections", "health",
 }
 KEYS = set(INT_OPTIONS) | set(SIGNAL_OPTIONS) | OTHER_KEYS
 
@@ -40,7 +41,9 @@ BEHAVIOURS = {
         "block", "return", "fail", "ready_block", "stop_block", "ignore_gate", "hang", "upgrade", "upgrade_busy",
         "hold_permits",
     },
-    "shutdown": {"fail", "release", "hang", "wait_deadline", "ignore_deadline", "stop", "release_permits"},
+    "shutdown": {
+        "fail", "release", "hang", "wait_deadline", "ignore_deadline", "stop", "release_permits", "health_answers",
+    },
     "close": {"fail", "release", "hang"},
 }
 DEFAULT_BEHAVIOUR = {"serve": "block", "shutdown": "release", "close": "release"}
@@ -110,8 +113,9 @@ def upgrade_kind(runner: lameduck.Runner) -> str:
 class Server:
     """serve/shutdown/close doing the behaviours of the README's table."""
 
-    def __init__(self, behaviours: Dict[str, str]) -> None:
+    def __init__(self, behaviours: Dict[str, str], health: bool) -> None:
         self.behaviours = behaviours
+        self.health = health
         self.runner: Optional[lameduck.Runner] = None
         self.gate = threading.Event()
         self.close_entered = threading.Event()
@@ -158,6 +162,8 @@ class Server:
 
     def serve(self, ctx: lameduck.Context) -> None:
         emit("enter serve")
+        if self.health:
+            emit(f"health {self._runner().health_address or 'not_running'}")
         try:
             name, code = self._behaviour("serve")
             if name == "hang":
@@ -211,6 +217,11 @@ class Server:
                 self._runner().stop()
             elif name == "release_permits":
                 self._release_permits()
+            elif name == "health_answers":
+                for path in ("/ready", "/live", "/health", "/nope"):
+                    report = self._runner().health(path)
+                    body = report.body[:-1] if report.body.endswith("\n") else report.body
+                    emit(f"answer {path} {report.status} [{report.content_type}] {body}")
             self.gate.set()
             if name == "fail":
                 raise HookError(code)
@@ -269,6 +280,8 @@ def runner_options(args: Dict[str, str]) -> Dict[str, Any]:
                 usage(f"{key}={args[key]!r}: unknown signal name")
     if "repeat" in args:
         options["repeat_signal"] = args["repeat"]
+    if "health" in args:
+        options["health"] = args["health"]
     if "max_connections" in args:
         try:
             options["max_connections"] = int(args["max_connections"])
@@ -318,13 +331,14 @@ def main() -> None:
     GEN = int(gen_text)
     args = parse_args(sys.argv[1:], GEN)
     options = runner_options(args)
-    server = Server(behaviours(args))
+    server = Server(behaviours(args), "health" in args)
     emit(f"start pid={os.getpid()}")
     os.environ["CONFORMANCE_GEN"] = str(GEN + 1)
 
     try:
         runner = lameduck.Runner(server, **options)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as err:
+        emit(f"message {err}")
         finish("invalid_argument")
     server.runner = runner
 

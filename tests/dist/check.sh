@@ -5,7 +5,8 @@
 #   Python: the wheel into fresh venvs of the oldest and newest Python found (3.9+), import,
 #           a run ended by SIGTERM, mypy --strict on the examples of its PyPI README;
 #   Node:   both npm tarballs into a fresh project: require, import, tsc --strict, a run ended
-#           by SIGTERM, and no build tool among what got installed;
+#           by SIGTERM, the framework helpers' subpaths (with no framework installed), and no
+#           build tool among what got installed;
 #   C:      the tarball unpacked into a fresh prefix, README's C quick start and a SIGTERM run
 #           built with pkg-config only (shared and static); the .deb installed with dpkg -i
 #           into a fresh root; start_server and its man page.
@@ -98,6 +99,19 @@ tsc_deps=$(node -p "const d = require('./bindings/node/package.json').devDepende
 # shellcheck disable=SC2086
 norust npm install --prefix "$project" --no-audit --no-fund --loglevel=error --save-dev $tsc_deps
 (cd "$project" && norust npx tsc --strict --noEmit --module nodenext --moduleResolution nodenext --target es2022 --types node server.ts)
+# The framework helpers ship (lameduck/fastify, koa, express, nest, and as lameduck's own exports),
+# load with no framework installed (the frameworks are the caller's), and are typed.
+(cd "$project" && norust node -e "
+const lameduck = require('lameduck')
+for (const [sub, names] of Object.entries({ fastify: ['fastifyServer', 'runFastify'], koa: ['koaServer', 'runKoa'], express: ['expressServer', 'runExpress'], nest: ['nestServer', 'runNest'] })) {
+  const m = require('lameduck/' + sub)
+  for (const name of names) if (typeof m[name] !== 'function' || m[name] !== lameduck[name]) process.exit(1)
+}
+if (typeof lameduck.currentRunner !== 'function') process.exit(1)")
+(cd "$project" && norust node --input-type=module -e \
+  "import { runFastify } from 'lameduck/fastify'; import { runNest } from 'lameduck/nest'; import { currentRunner } from 'lameduck'; if (typeof runFastify !== 'function' || typeof runNest !== 'function' || currentRunner() !== null) process.exit(1)")
+cp tests/dist/frameworks.ts "$project/"
+(cd "$project" && norust npx tsc --strict --noEmit --module nodenext --moduleResolution nodenext --target es2022 --types node frameworks.ts)
 
 # Without the prebuilt package (--omit=optional), require() says which platform is missing.
 bare=$work/node-bare

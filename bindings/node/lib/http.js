@@ -180,10 +180,16 @@ class GatedListener {
     this.#paused = false
   }
 
-  /** The server stopped listening: no more pauses or resumes; held connections are still admitted as slots free (they were accepted). */
-  stopListening() {
+  /**
+   * The server stopped listening: no more pauses or resumes; held connections are still admitted
+   * as slots free (they were accepted). `queued`: client handles for the connections taken from
+   * the queue when the listener was shut, admitted (or held) here like accepted ones, through
+   * `listeningHandle` (the server's last).
+   */
+  stopListening(listeningHandle = null, queued = []) {
     this.#closed = true
     this.#closeBase()
+    for (const clientHandle of queued) this.#admit(listeningHandle, null, clientHandle)
     if (this.#held.length === 0) this.#unwatch()
   }
 
@@ -204,6 +210,25 @@ class GatedListener {
     this.#base = null
     this.#ownBase = false
   }
+}
+
+/**
+ * Client handles for connections accepted outside Node (the core's shut), of the listening
+ * handle's kind (TCP or Pipe), as Node's own accept makes them. A descriptor that cannot be
+ * opened is closed.
+ */
+function clientHandles(listeningHandle, fds) {
+  const handles = []
+  for (const fd of fds) {
+    const handle = new listeningHandle.constructor(0) // TCPConstants.SOCKET / PipeConstants.SOCKET
+    if (handle.open(fd) === 0) {
+      handles.push(handle)
+    } else {
+      handle.close()
+      fs.closeSync(fd)
+    }
+  }
+  return handles
 }
 
 // Node listen options that a socket from the core's listen() cannot honour.
@@ -265,8 +290,10 @@ function listenPlan(listenOptions) {
  * `runner.maxConnections = n`): while it is full the server does not accept, so new clients wait
  * in the kernel backlog (see GatedListener), and each admitted connection holds its permit until
  * it closes. Nothing of the adapter runs per request before lame-duck. shutdown:
- * - stops accepting new connections at once; connections already queued are still accepted
- *   (within the limit, as slots free) and answered (`drainListener`);
+ * - stops the listener at once: connections already queued are still accepted and answered
+ *   (within the limit, as slots free), and new ones are refused at once, none left waiting a
+ *   second for a dropped SYN's retransmission (`drainListener`; see the core's
+ *   src/listener/drain.rs);
  * - answers later requests on kept-alive sockets with `Connection: close` (http2: GOAWAY);
  * - closes an idle keep-alive socket only after `idleGrace` ms (never past the deadline);
  * - waits for in-flight requests until the deadline.
@@ -381,10 +408,16 @@ function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } =
     }
   }
 
-  /** Stops listening (Node's handle, then our own descriptor): the accept queue is gone after this. */
-  const stopListening = () => {
+  /**
+   * Stops listening (Node's handle, then our own descriptor): the accept queue is gone after this.
+   * `queued`: client handles for the connections the core's shut took from the queue, handed to
+   * the server as Node's accept would (through the gate when there is one).
+   */
+  const stopListening = (queued = []) => {
+    const listening = server._handle
     net.Server.prototype.close.call(server) // without Node's idle-socket sweep
-    if (gated) gated.stopListening()
+    if (gated) gated.stopListening(listening, queued)
+    else for (const clientHandle of queued) listening.onconnection(null, clientHandle)
     closeBase()
   }
 
@@ -462,14 +495,11 @@ function httpServer(server, listenOptions, { idleGrace = 1000, drainListener } =
         for (const s of idleSockets()) if (now >= Math.max(began, s[ADMITTED] ?? began) + grace) s.destroy()
       }
       const fd = gated ? gated.fd : serverFd(server)
-      if (typeof fd === 'number' && fd >= 0 && drainable(fd)) {
-        native.stopAccepting(fd) // no new connections; queued ones are still accepted (as the gate frees slots)
-        while (native.hasPendingConnection(fd) && !ctx.signal.aborted) {
-          closeIdle() // at the limit, queued connections wait for idle ones to go
-          await wait(2, ctx.signal)
-        }
-      }
-      stopListening()
+      // New connections are refused at once from here on; the ones still queued are accepted
+      // (synchronously: Node accepts nothing meanwhile) and handed to the server, within the
+      // limit as slots free, instead of being reset by the close.
+      const queued = typeof fd === 'number' && fd >= 0 && drainable(fd) ? clientHandles(server._handle, native.shut(fd)) : []
+      stopListening(queued)
       for (const session of sessions) session.close() // http2: GOAWAY, then close when streams end
       const held = () => (gated ? gated.held() : 0)
       for (;;) {

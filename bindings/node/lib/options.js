@@ -19,9 +19,13 @@ const DEFAULTS = {
   listenTimeout: 10000,
   upgradeConfirm: 1000,
   upgradeWithoutListeners: false,
+  onUncaughtError: 'default',
 }
 // explicitReady has no default here: left out, the server decides (see Runner).
 const OPTION_NAMES = new Set([...Object.keys(DEFAULTS), 'explicitReady', 'logger', 'signal', 'onStateChange', 'upgradeCommand', 'pidFile', 'maxConnections', 'health', 'drainQuiet'])
+
+// What onUncaughtError takes: the lame-duck policy (lib/uncaught.js), or Node's own handling.
+const UNCAUGHT_POLICIES = ['lame-duck', 'default']
 
 function milliseconds(name, value) {
   if (typeof value !== 'number') throw new TypeError(`${name} must be a number of milliseconds, got ${describeValue(value)}`)
@@ -86,6 +90,10 @@ function normalizeOptions(options) {
   if (o.health !== undefined && o.health !== null && typeof o.health !== 'string') {
     throw new TypeError(`health must be an address string such as '127.0.0.1:8081', got ${describeValue(o.health)}`)
   }
+  if (typeof o.onUncaughtError !== 'string') throw new TypeError(`onUncaughtError must be 'lame-duck' or 'default', got ${describeValue(o.onUncaughtError)}`)
+  if (!UNCAUGHT_POLICIES.includes(o.onUncaughtError)) {
+    throw new RangeError(`onUncaughtError=${JSON.stringify(o.onUncaughtError)} is invalid: use 'lame-duck' (log, lame-duck, then exit 1) or 'default' (Node's own handling)`)
+  }
   return {
     period: milliseconds('period', o.period),
     signals: signalNumbers(o.signals),
@@ -106,6 +114,7 @@ function normalizeOptions(options) {
     maxConnections: connectionLimit('maxConnections', options.maxConnections),
     health: o.health ?? undefined,
     drainQuiet: milliseconds('drainQuiet', o.drainQuiet ?? 0),
+    onUncaughtError: o.onUncaughtError,
   }
 }
 

@@ -9,19 +9,35 @@ const native = require('./native')
 const { LameDuckError, DeadlineExceededError, codeOf, errorOf, describeError, describeValue } = require('./errors')
 const { normalizeOptions, nativeOptions, workerSignalsMessage } = require('./options')
 const { Gate } = require('./gate')
+const { watchUncaughtErrors } = require('./uncaught')
 
 /** States in which the gate admits no new connection (lame-duck, close, the end): acquire() waiters are told at once. */
 const GATE_SHUT_STATES = new Set(['SHUTTING_DOWN', 'HANDING_OVER', 'CLOSING', 'STOPPED', 'FAILED'])
+/** States before lame-duck: a trigger signal arriving in one of them is what starts it. */
+const SERVING_STATES = new Set(['NOT_STARTED', 'STARTING', 'SERVING', 'READY', 'UPGRADING'])
+
+/** Runners whose run() is in progress, in the order they started (see currentRunner). */
+const running = []
 
 /** What serve and shutdown receive: the lame-duck deadline, an AbortSignal, readiness. */
 class Context {
   #native
   #controller
   #gate
-  constructor(nativeRunner, controller, gate) {
+  #runner
+  constructor(nativeRunner, controller, gate, runner) {
     this.#native = nativeRunner
     this.#controller = controller
     this.#gate = gate
+    this.#runner = runner
+  }
+  /**
+   * The name of the trigger signal that started lame-duck ('SIGTERM', 'SIGINT', …): what
+   * frameworks' shutdown hooks take (Nest's `onApplicationShutdown(signal)`). Null before, and
+   * when stop(), the `signal` option, an upgrade's hand-over or the uncaught-error policy started it.
+   */
+  get triggerSignal() {
+    return this.#runner.triggerSignal
   }
   /** The run's connection gate (the same as runner.gate): a permit per connection; lame-duck waits until every one is back. */
   get gate() {
@@ -70,6 +86,8 @@ class Runner {
   #serveCalled = false
   #held = null // events waiting for serve's hook event (see #dispatch)
   #gate
+  #triggerSignal = null
+  #stopRequested = false // stop(), the signal option or the uncaught-error policy: a later signal is not the trigger
 
   constructor(server, options) {
     if (server === null || typeof server !== 'object' && typeof server !== 'function') {
@@ -96,7 +114,12 @@ class Runner {
       throw new RangeError(err.message) // the core rejected a value; the message names the option
     }
     this.#gate = new Gate(this.#native.gate())
-    this.#context = new Context(this.#native, this.#controller, this.#gate)
+    this.#context = new Context(this.#native, this.#controller, this.#gate, this)
+  }
+
+  /** The name of the trigger signal that started lame-duck (see `ctx.triggerSignal`), or null. */
+  get triggerSignal() {
+    return this.#triggerSignal
   }
 
   /** The run's connection gate (also ctx.gate): its limit, counts and permits, for servers of your own. */
@@ -154,6 +177,7 @@ class Runner {
 
   /** Starts lame-duck exactly like a trigger signal. Before run() it makes run() reject with CanceledError. */
   stop() {
+    this.#stopRequested = true
     this.#native.stop()
   }
 
@@ -184,9 +208,15 @@ class Runner {
   /**
    * Runs until the server stopped; rejects with a LameDuckError subclass otherwise. In a worker
    * thread it rejects with SignalSetupError unless `signals` is [] and no `upgradeSignals` were
-   * given: Node delivers signals to the main thread only.
+   * given: Node delivers signals to the main thread only. The promise's `runner` is this runner.
    */
   run() {
+    const promise = this.#run()
+    promise.runner = this
+    return promise
+  }
+
+  #run() {
     if (this.#started) return Promise.reject(errorOf('BUSY', 'the runner has already run; create a new Runner for another run'))
     this.#started = true
     const o = this.#options
@@ -196,18 +226,26 @@ class Runner {
       this.#setReadiness('ended')
       return Promise.reject(errorOf('SIGNAL_SETUP', workerSignalsMessage(o)))
     }
-    if (o.signal?.aborted) this.#native.stop()
+    if (o.signal?.aborted) this.stop()
     return new Promise((resolve, reject) => {
+      const triggers = new Set(o.signals.map(([name]) => name))
       const listeners = [...o.signals, ...o.upgradeSignals].map(([name, number]) => {
-        const listener = () => this.#native.deliverSignal(number)
+        const listener = () => {
+          if (triggers.has(name)) this.#noteTrigger(name)
+          this.#native.deliverSignal(number)
+        }
         process.on(name, listener)
         return [name, listener]
       })
-      const onAbort = () => this.#native.stop()
+      const onAbort = () => this.stop()
       o.signal?.addEventListener('abort', onAbort, { once: true })
+      const uncaught = o.onUncaughtError === 'lame-duck' ? watchUncaughtErrors((message) => this.#log('error', message), () => this.stop()) : null
+      running.push(this)
       const finish = ({ error }) => {
         for (const [name, listener] of listeners) process.removeListener(name, listener)
         o.signal?.removeEventListener('abort', onAbort)
+        running.splice(running.indexOf(this), 1)
+        uncaught?.end() // after an uncaught error: exit(1) once the run's own handlers ran
         clearTimeout(this.#deadlineTimer)
         this.#abortContext('the run is over')
         this.#setReadiness('ended')
@@ -222,6 +260,15 @@ class Runner {
         finish({ kind: 'done', error: { kind: 'BUSY', message: err.message, abandoned: false } })
       }
     })
+  }
+
+  /**
+   * Remembers `name` as the trigger when it starts lame-duck: the first trigger signal while the
+   * run still serves and nothing else asked to stop (a signal after a stop is the same event).
+   */
+  #noteTrigger(name) {
+    if (this.#triggerSignal !== null || this.#stopRequested || !SERVING_STATES.has(this.#native.state)) return
+    this.#triggerSignal = name
   }
 
   /**
@@ -354,15 +401,34 @@ class Runner {
 }
 
 
-/** Runs `server` under lame-duck coordination (Go's lameduck.Run). */
+/** A run that could not start (bad options or server): its promise rejects with `err`, and its `runner` is null. */
+function rejectedRun(err) {
+  const promise = Promise.reject(err)
+  promise.runner = null
+  return promise
+}
+
+/**
+ * Runs `server` under lame-duck coordination (Go's lameduck.Run). The promise's `runner` is the
+ * Runner (null when the options or the server are invalid: the promise then rejects with a
+ * TypeError or RangeError), for `stop()`, `ready()`, `state` or `upgrade()`.
+ */
 function run(server, options) {
   let runner
   try {
     runner = new Runner(server, options)
   } catch (err) {
-    return Promise.reject(err)
+    return rejectedRun(err)
   }
   return runner.run()
 }
 
-module.exports = { Runner, Context, run }
+/**
+ * The Runner whose run is in progress (the most recently started one if several are), or null:
+ * for code that has no reference to it, say a request handler deep in a framework.
+ */
+function currentRunner() {
+  return running.length === 0 ? null : running[running.length - 1]
+}
+
+module.exports = { Runner, Context, run, currentRunner, rejectedRun }

@@ -466,6 +466,18 @@ pub fn has_pending_connection(fd: i32) -> Result<bool> {
         .map_err(|e| Error::new(Status::GenericFailure, format!("hasPendingConnection(fd={fd}): {e}")))
 }
 
+/// Stops the listening socket `fd` at once (see the core's `listener::shut`): accepts what is
+/// still queued, then stops it listening, so new connection attempts are refused at once and
+/// none was reset. Returns the accepted connections' descriptors, in queue order, JS's to serve
+/// and close (lib/http.js opens a handle on each). Only for listeners this process owns alone,
+/// once nothing else accepts on them.
+#[napi]
+pub fn shut(fd: i32) -> Result<Vec<i32>> {
+    use std::os::fd::IntoRawFd;
+    let taken = lameduck::listener::shut(fd).map_err(|e| Error::new(Status::GenericFailure, format!("shut(fd={fd}): {e}")))?;
+    Ok(taken.into_iter().map(IntoRawFd::into_raw_fd).collect())
+}
+
 /// A listening socket's descriptor for `address`: inherited (systemd LISTEN_FDS,
 /// Server::Starter) or fresh. JS owns it (lib/listen.js hands it to `server.listen({ fd })`).
 #[napi]

@@ -53,31 +53,57 @@ test('the listener answers, and the adaptive drain ends once a probe saw "not re
   assert.equal(runner.healthAddress, null)
 })
 
-test('healthHandler, koaHealth and fastifyHealth answer on the server\'s own port', async (t) => {
+test('healthHandler, koaHealth and fastifyHealth answer on real node:http, Express, Koa and Fastify servers', async (t) => {
   const runner = new lameduck.Runner(waiter(), { logger: false, signals: [], upgradeSignals: [] })
   const running = runner.run()
+  t.after(async () => {
+    runner.stop()
+    await running
+  })
   await until('READY', () => runner.state === 'READY')
+  const listen = async (server) => {
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.after(() => server.close())
+    return `http://127.0.0.1:${server.address().port}`
+  }
+  // node:http, with next() for the app's own paths.
   const handler = lameduck.healthHandler(runner)
-  const server = http.createServer((req, res) => handler(req, res, () => res.end('app\n')))
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.after(() => server.close())
-  const base = `http://127.0.0.1:${server.address().port}`
-  assert.deepEqual(await get(`${base}/ready`), [200, 'ready\n'])
-  assert.deepEqual(await get(`${base}/elsewhere`), [200, 'app\n'], 'other paths go to next()')
-  assert.equal(JSON.parse((await get(`${base}/healthz`))[1]).state, 'READY')
-  // Koa's and Fastify's shapes, driven with the objects they pass.
-  const koa = { path: '/ready', headers: {}, set(k, v) { this.headers[k] = v } }
-  let nextCalled = false
-  await lameduck.koaHealth(runner)(koa, async () => { nextCalled = true })
-  assert.equal(koa.status, 200)
-  assert.equal(koa.body, 'ready\n')
-  assert.equal(nextCalled, false)
-  const reply = { code(c) { this.status = c; return this }, header() { return this }, type(t) { this.contentType = t; return this } }
-  assert.equal(await lameduck.fastifyHealth(runner)({ url: '/live' }, reply), 'live\n')
-  assert.equal(reply.status, 200)
-  assert.throws(() => lameduck.healthHandler(null), TypeError)
+  const plain = await listen(http.createServer((req, res) => handler(req, res, () => res.end('app\n'))))
+  assert.deepEqual(await get(`${plain}/ready`), [200, 'ready\n'])
+  assert.deepEqual(await get(`${plain}/elsewhere`), [200, 'app\n'], 'other paths go to next()')
+  assert.equal(JSON.parse((await get(`${plain}/healthz`))[1]).state, 'READY')
+  // Express: app.use, without a runner (currentRunner() at each request).
+  const express = require('express')()
+  express.use(lameduck.healthHandler())
+  express.get('/', (req, res) => res.send('express\n'))
+  const ex = await listen(http.createServer(express))
+  assert.deepEqual(await get(`${ex}/live`), [200, 'live\n'])
+  assert.deepEqual(await get(`${ex}/`), [200, 'express\n'])
+  // Koa middleware.
+  const Koa = require('koa')
+  const koa = new Koa()
+  koa.use(lameduck.koaHealth(runner))
+  koa.use((ctx) => { ctx.body = 'koa\n' })
+  const k = await listen(http.createServer(koa.callback()))
+  const [status, body] = await get(`${k}/health`)
+  assert.equal(status, 200)
+  assert.equal(JSON.parse(body).pid, process.pid)
+  assert.deepEqual(await get(`${k}/other`), [200, 'koa\n'])
+  // A Fastify route.
+  const fastify = require('fastify')()
+  fastify.get('/ready', lameduck.fastifyHealth(runner))
+  await fastify.listen({ port: 0, host: '127.0.0.1' })
+  t.after(() => fastify.close())
+  const f = `http://127.0.0.1:${fastify.server.address().port}`
+  const res = await fetch(`${f}/ready`)
+  assert.equal(res.status, 200)
+  assert.equal(res.headers.get('cache-control'), 'no-store')
+  assert.equal(await res.text(), 'ready\n')
+  // After the run: the handler without a runner says no run is in progress.
   runner.stop()
   await running
+  assert.deepEqual(await get(`${ex}/ready`), [503, 'not ready: no run in progress\n'])
+  assert.throws(() => lameduck.healthHandler(null), TypeError)
 })
 
 test('bad health options are errors naming them', () => {

@@ -775,6 +775,18 @@ fn has_pending_connection(fd: i32) -> PyResult<bool> {
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("has_pending_connection(fd={fd}): {e}")))
 }
 
+/// Stops the listening socket `fd` at once (see `lameduck::listener::shut`): accepts what is
+/// still queued, then stops it listening, so new connection attempts are refused at once and
+/// none was reset. Returns the accepted connections' descriptors, in queue order, the caller's
+/// to serve and close. Only for sockets this process owns alone, once nothing else accepts on
+/// them. OSError for a descriptor that is not a listening socket.
+#[pyfunction]
+fn shut(fd: i32) -> PyResult<Vec<i32>> {
+    use std::os::fd::IntoRawFd;
+    let taken = lameduck::listener::shut(fd).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("shut(fd={fd}): {e}")))?;
+    Ok(taken.into_iter().map(IntoRawFd::into_raw_fd).collect())
+}
+
 /// A listening socket's descriptor for `address`: inherited (systemd LISTEN_FDS, Server::Starter)
 /// or fresh. The caller owns it. ValueError for bad input (naming it), OSError for bind errors.
 #[pyfunction]
@@ -835,6 +847,7 @@ fn _lameduck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPermit>()?;
     m.add_function(wrap_pyfunction!(stop_accepting, m)?)?;
     m.add_function(wrap_pyfunction!(has_pending_connection, m)?)?;
+    m.add_function(wrap_pyfunction!(shut, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
     m.add_function(wrap_pyfunction!(adopt, m)?)?;
     m.add_function(wrap_pyfunction!(is_inherited, m)?)?;

@@ -91,7 +91,8 @@ def test_wsgi_handler_on_a_real_server() -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = make_server("127.0.0.1", 0, lameduck.health.wsgi_app(runner), handler_class=Quiet)
+    # Without a runner, the handler asks lameduck.current_runner() at each request.
+    server = make_server("127.0.0.1", 0, lameduck.health.wsgi_app(), handler_class=Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
@@ -104,6 +105,20 @@ def test_wsgi_handler_on_a_real_server() -> None:
     runner.stop()
     thread.join(LIMIT)
     assert errors == []
+    assert lameduck.current_runner() is None
+    sent: List[Any] = []
+
+    async def call() -> None:
+        async def receive() -> Any:
+            return {"type": "http.request"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await lameduck.health.asgi_app()({"type": "http", "method": "GET", "path": "/ready"}, receive, send)
+
+    asyncio.run(call())
+    assert sent[0]["status"] == 503 and sent[1]["body"] == b"not ready: no run in progress\n"
 
 
 def test_aiohttp_and_asgi_handlers_on_a_real_loop() -> None:

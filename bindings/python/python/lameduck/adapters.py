@@ -2,10 +2,10 @@
 
 They all handle keep-alive so that nothing is lost. Once lame-duck begins:
 
-- the listening socket stops taking new connections at once; connections already in its
-  accept queue are still accepted and answered (with ``Connection: close``), then it is closed
-  and new connections are refused (``drain_listener``, on unless the socket looks shared with
-  other processes: see ``lameduck.listener`` in the core);
+- the listening socket stops at once: the connections already in its accept queue are
+  accepted and answered (with ``Connection: close``), and new connections are refused at once,
+  none left waiting a second for a dropped SYN's retransmission (``drain_listener``, on unless
+  the socket is shared with other processes: see ``src/listener/drain.rs`` in the core);
 - a request that arrives on a kept-alive connection is still answered, with
   ``Connection: close``;
 - an idle keep-alive connection is closed only after ``idle_grace`` seconds (default 1.0,
@@ -21,9 +21,10 @@ Closing idle connections at once instead loses requests: Go's ``http.Server.Shut
 Every adapter accepts through the run's connection gate (``ctx.gate``; ``max_connections=``
 on the runner): it takes a permit *before* ``accept`` and gives it back when the connection
 closes, so while the gate is full it does not accept and new clients wait in the kernel's
-accept queue, none refused. Lame-duck drains through it too: the run ends once every permit is
-back. Nothing of the adapters runs per request before lame-duck (the asyncio adapter's
-``next_request`` is one method call that returns your read).
+accept queue, none refused. Lame-duck drains through it too: the connections taken from the
+queue when the listener stops are admitted within the limit as slots free, and the run ends
+once every permit is back. Nothing of the adapters runs per request before lame-duck (the
+asyncio adapter's ``next_request`` is one method call that returns your read).
 
 Every adapter binds through :func:`lameduck.listen` (or registers a socket that arrived bound
 with :func:`lameduck.adopt`), so an upgrade (SIGHUP, :meth:`lameduck.Runner.upgrade`) hands
@@ -60,31 +61,34 @@ T = TypeVar("T")
 
 
 def _drain_default(drain_listener: Optional[bool]) -> Optional[bool]:
-    """Drain (stop new SYNs, accept what is queued, then close) only listeners we own alone.
-    Under systemd socket activation or start_server the socket is shared, and a drop filter on it
-    would stop the others from accepting too. There, closing our copy loses nothing anyway.
-    None means: ask the core per socket when shutdown comes (see _stop_accepting). The adapters'
-    sockets all come from lameduck.listen() or lameduck.adopt(), so the core knows where each
-    came from, and its answer changes when it should: a socket handed over by a previous
-    generation is ours alone once that generation has exited. (The environment is no guide:
-    os.environ is a snapshot from startup, and LISTEN_FDS is set in every upgraded generation.)"""
+    """Drain (take what is queued, then stop the socket listening, then close) only listeners
+    we own alone. Under systemd socket activation or start_server the socket is shared, and
+    shutting it would stop the others from accepting too. There, closing our copy loses nothing
+    anyway. None means: ask the core per socket when shutdown comes (see _drainable). The
+    adapters' sockets all come from lameduck.listen() or lameduck.adopt(), so the core knows
+    where each came from, and its answer changes when it should: a socket handed over by a
+    previous generation is ours alone once that generation has exited. (The environment is no
+    guide: os.environ is a snapshot from startup, and LISTEN_FDS is set in every upgraded
+    generation.)"""
     return None if drain_listener is None else bool(drain_listener)
 
 
-def _stop_accepting(sockets: Iterable[Any], drain: Optional[bool] = None) -> List[int]:
-    """Attaches the drop filter to each listener to drain; returns their fds. With the default
-    (None), the core decides per socket (should_drain): one that is shared with other processes
-    (inherited, or handed on by an upgrade) is left alone."""
+def _drainable(sockets: Iterable[Any], drain: Optional[bool] = None) -> List[int]:
+    """The fds of the listeners to drain. With the default (None), the core decides per socket
+    (should_drain): one that is shared with other processes (inherited, or handed on by an
+    upgrade) is left alone."""
+    if drain is False:
+        return []
     fds = [s.fileno() for s in sockets]
-    if drain is None:
-        fds = [fd for fd in fds if _lameduck.should_drain(fd)]
-    for fd in fds:
-        _lameduck.stop_accepting(fd)
-    return fds
+    return [fd for fd in fds if drain or _lameduck.should_drain(fd)]
 
 
-def _pending(fds: List[int]) -> bool:
-    return any(_lameduck.has_pending_connection(fd) for fd in fds)
+def _shut(fds: List[int]) -> List[socket.socket]:
+    """Stops each listener at once (the core's shut: new connections are refused at once, and
+    nobody waits for a dropped SYN's retransmission) and returns the connections still in their
+    queues, accepted, to be served: closing the listener would have reset them. Call it once
+    the accept loop has stopped, right before the listener is closed."""
+    return [socket.socket(fileno=conn) for fd in fds for conn in _lameduck.shut(fd)]
 
 
 def _check_grace(idle_grace: float) -> float:
@@ -113,8 +117,8 @@ class HTTPServerAdapter:
     back. Both are per connection: nothing runs per request in normal service. The listening
     socket is made non-blocking, so an ``accept`` after a long wait for a slot cannot block if
     another process sharing the socket took the connection meanwhile. Lame-duck wakes a
-    blocked ``get_request`` at once; connections already in the accept queue are still
-    admitted within the limit while the listener drains.
+    blocked ``get_request`` at once; the connections still in the accept queue when the
+    listener stops are admitted within the limit, as slots free.
 
     For ``BaseHTTPRequestHandler`` subclasses, the server's ``RequestHandlerClass`` is wrapped:
     once lame-duck begins (not before, so normal service pays nothing) responses carry
@@ -296,22 +300,17 @@ class HTTPServerAdapter:
             self._lame_duck = True
             serving = self._serving
         self._enter_lame_duck()
+        queued: List[socket.socket] = []
         if serving:
+            self.server.shutdown()  # the accept loop has stopped when this returns
             try:
-                if self.drain_listener is not False:
-                    # No new connections, but accept (and answer) every one already queued.
-                    # Those may wait for a slot: once the idle grace is over, idle keep-alive
-                    # connections close so that they get one.
-                    fds = _stop_accepting([self.server.socket], self.drain_listener)
-                    while _pending(fds) and not ctx.done:
-                        if not self._closing_idle and time.monotonic() >= grace_end:
-                            self._close_idle()
-                        time.sleep(0.002)
+                # New connections are refused at once from here on; the ones still queued
+                # are accepted, to be answered below instead of reset by the close.
+                queued = _shut(_drainable([self.server.socket], self.drain_listener))
             except OSError:
                 pass  # a forced close() closed the listener meanwhile
-            finally:
-                self.server.shutdown()  # the accept loop has stopped when this returns
-        self.server.socket.close()  # new connections are refused from here on
+        self.server.socket.close()
+        self._serve_queued(queued, ctx, grace_end)
         # idle keep-alive connections get a grace (never past the deadline)
         ctx.wait(max(0.0, grace_end - time.monotonic()))
         self._close_idle()
@@ -319,6 +318,40 @@ class HTTPServerAdapter:
         if gate is not None and not gate.wait_empty(ctx.remaining() or 0.0):
             raise TimeoutError(f"{gate.admitted} connection(s) still open at the deadline")
         self.server.server_close()
+
+    def _serve_queued(self, queued: List[socket.socket], ctx: Context, grace_end: float) -> None:
+        """Serves the connections taken from the queue, in order, each once the gate admits it
+        (within the limit). They may wait for a slot: once the idle grace (until ``grace_end``)
+        is over, idle keep-alive connections close so that they get one. What is still waiting
+        at the deadline, or once close was called, is closed."""
+        gate = self._gate
+        while queued and gate is not None and not ctx.done:
+            try:
+                permit = gate.try_acquire(queued=True)
+            except GateClosedError:
+                break
+            if permit is None:
+                if not self._closing_idle and time.monotonic() >= grace_end:
+                    self._close_idle()
+                time.sleep(0.002)
+                continue
+            conn = queued.pop(0)
+            self._connections[conn] = [permit, None]
+            try:
+                address = conn.getpeername()
+            except OSError:
+                address = ""  # the client is gone already
+            # What socketserver does with each connection it accepts.
+            if not self.server.verify_request(conn, address):
+                self.server.shutdown_request(conn)
+                continue
+            try:
+                self.server.process_request(conn, address)
+            except Exception:
+                self.server.handle_error(conn, address)
+                self.server.shutdown_request(conn)
+        for conn in queued:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
@@ -521,6 +554,16 @@ class _Acceptor:
             return
         self._reserved = permit
         self._resume()
+
+    def admit(self, conn: socket.socket) -> bool:
+        """Hands on ``conn``, a connection taken from the queue when the listener was shut, if
+        the gate admits it now (within the limit): False while the gate is full. Raises
+        GateClosedError once close was called."""
+        permit = self._gate.try_acquire(queued=True)
+        if permit is None:
+            return False
+        self._on_connection(conn, permit)
+        return True
 
     def stop(self) -> None:
         """Stops accepting; gives back the slot kept for the next connection."""
@@ -805,27 +848,37 @@ async def _drain_async(
     grace_end: float,
     end_grace: Callable[[], None],
 ) -> None:
-    """The asyncio form of the drain in HTTPServerAdapter.shutdown: the acceptor takes what is
-    queued (within the gate's limit) while we wait. Then it stops, and the connections it
-    accepted last get their transports (``connect_accepted_socket`` runs in a task), so the
-    caller can close the server without losing any. The queued ones may wait for a slot: once
-    the idle grace (until ``grace_end``, loop time) is over, ``end_grace`` closes the idle
-    keep-alive connections so that they get one."""
-    sockets = list(sockets)
+    """The asyncio form of the drain in HTTPServerAdapter.shutdown: the acceptor stops, and the
+    listeners are shut (new connections are refused at once; what is still queued is accepted).
+    The acceptor hands on the connections taken as the gate admits them (within the limit), and
+    each gets its transport (``connect_accepted_socket`` runs in a task), so the caller can close
+    the server without losing any. They may wait for a slot: once the idle grace (until
+    ``grace_end``, loop time) is over, ``end_grace`` closes the idle keep-alive connections so
+    that they get one. What is still waiting at the deadline is closed."""
     loop = asyncio.get_running_loop()
-    graced = False
-    if drain is not False:
-        fds = _stop_accepting(sockets, drain)
-        while _pending(fds) and not ctx.done:
-            if not graced and loop.time() >= grace_end:
-                graced = True
-                end_grace()
-            await asyncio.sleep(0.002)
+    queued: List[socket.socket] = []
     if acceptor is not None:
         acceptor.stop()
+        try:
+            queued = _shut(_drainable(sockets, drain))
+        except OSError:
+            pass  # a forced close() closed the listener meanwhile
+    graced = False
+    while queued and acceptor is not None and not ctx.done:
+        try:
+            if acceptor.admit(queued[0]):
+                queued.pop(0)
+                continue
+        except GateClosedError:
+            break
+        if not graced and loop.time() >= grace_end:
+            graced = True
+            end_grace()
+        await asyncio.sleep(0.002)
+    for conn in queued:
+        conn.close()
     if connecting:
         await asyncio.wait(list(connecting), timeout=max(ctx.remaining() or 0.0, 0.1))
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -892,6 +945,7 @@ class AiohttpAdapter:
         self._stopped: Optional[asyncio.Event] = None
         self._acceptor: Optional[_Acceptor] = None
         self._permits: Dict[Any, Permit] = {}  # connection (RequestHandler) -> its permit
+        self._fresh: Set[Any] = set()  # connections taken from the queue in lame-duck
         self._connecting: Set["asyncio.Task[None]"] = set()
         self._all_closed: Optional[asyncio.Event] = None
 
@@ -918,6 +972,8 @@ class AiohttpAdapter:
         assert self.runner is not None and self.runner.server is not None
         handler = self.runner.server()
         self._permits[handler] = permit
+        if self._lame_duck:
+            self._fresh.add(handler)
         return handler
 
     def _connection(self, conn: socket.socket, permit: Permit) -> None:
@@ -942,6 +998,7 @@ class AiohttpAdapter:
             try:
                 lost(handler, exc)
             finally:
+                adapter._fresh.discard(handler)
                 permit = adapter._permits.pop(handler, None)
                 if permit is not None:
                     permit.release()
@@ -991,12 +1048,18 @@ class AiohttpAdapter:
         await self._stopped.wait()
 
     def _close_idle(self) -> None:
-        """Ends the idle grace: idle connections close now, busy ones after their response."""
+        """Ends the idle grace: idle connections (aiohttp's own test: waiting for a next request,
+        none received) close now, busy ones after their response. A connection taken from the
+        queue in lame-duck is not idle before its first request: that was sent before the
+        listener stopped, and is answered even past the grace."""
         for conn in self._connections():
-            if getattr(conn, "_request_in_progress", True) or getattr(conn, "_messages", None):
-                conn.close()  # busy: closes after its response (which says Connection: close)
-            else:
+            if conn in self._fresh and not getattr(conn, "_request_count", 1):
+                continue
+            waiter = getattr(conn, "_waiter", None)
+            if waiter is not None and not waiter.done() and not getattr(conn, "_messages", None):
                 conn.force_close()  # idle past the grace: close now
+            else:
+                conn.close()  # busy: closes after its response (which says Connection: close)
 
     async def shutdown(self, ctx: Context) -> None:
         loop = asyncio.get_running_loop()
@@ -1012,6 +1075,9 @@ class AiohttpAdapter:
         await ctx.wait_async(max(0.0, grace_end - loop.time()))
         self._close_idle()
         if self._permits:
+            # The last permit may have gone back before the connections taken from the queue
+            # had theirs: only from now on does an empty set mean every connection closed.
+            self._all_closed.clear()
             try:
                 await asyncio.wait_for(self._all_closed.wait(), timeout=ctx.remaining())
             except asyncio.TimeoutError:

@@ -50,7 +50,8 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Literal, Mapp
 
 from ._listen import _address, listen
 from ._runner import Context, Runner
-from .adapters import _check_grace, _drain_default, _pending, _stop_accepting
+from . import _lameduck
+from .adapters import _check_grace, _drain_default, _drainable, _shut
 
 __all__ = ["uvicorn", "hypercorn", "UvicornServer", "HypercornServer", "ClosingMiddleware"]
 
@@ -238,19 +239,32 @@ class _Served:
             "%s: answering with Connection: close; stopping in %gs (idle grace)", self._name, self.idle_grace
         )
         sock = self._sock
+        fds: List[int] = []
         if sock is not None and sock.fileno() >= 0 and self.drain_listener is not False:
             try:
-                # No new connections; the server still accepts (and answers) the queued ones.
-                fds = _stop_accepting([sock], self.drain_listener)
-                while _pending(fds) and not ctx.done:
+                # No new connections (their SYNs are dropped for these few milliseconds); the
+                # server still accepts (and answers) the queued ones.
+                fds = _drainable([sock], self.drain_listener)
+                for fd in fds:
+                    _lameduck.stop_accepting(fd)
+                while any(_lameduck.has_pending_connection(fd) for fd in fds) and not ctx.done:
                     await asyncio.sleep(0.002)
             except OSError:
-                pass  # the server failed and closed the listener meanwhile
+                fds = []  # the server failed and closed the listener meanwhile
         # Accept nothing more (a shared socket's new connections go to the other processes), so
         # the connections accepted last have their first request read during the grace: the
         # server's shutdown would close them as idle. Kept-alive connections get the grace to
         # send one more request (answered, then closed).
         self._accept_no_more()
+        # Then stop listening at once (the core's shut): a client arriving during the grace is
+        # refused at once instead of waiting a second for its dropped SYN's retransmission. The
+        # server keeps its accept machinery to itself, so a handshake that completed in the
+        # instant between the queue emptying and here cannot be handed to it: it gets a 503.
+        try:
+            for straggler in _shut(fds):
+                _refuse(straggler)
+        except OSError:
+            pass
         await ctx.wait_async(max(0.0, grace_end - loop.time()))
         self._stop_gracefully(ctx)
         finished = self._finished
@@ -285,6 +299,18 @@ class _Served:
             self._force()
             task.cancel()
             await finished.wait()
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Answers a connection the server cannot be given with 503 and closes it."""
+    try:
+        conn.setblocking(False)
+        conn.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------------------------
